@@ -1,0 +1,104 @@
+"""Config loading: recipes fill the schema with the paper's numbers; bad input is named."""
+import pytest
+
+from resnet_jax import config as cfg
+
+RECIPES = ["configs/cifar10.py", "configs/imagenet_paper.py", "configs/imagenet_modern.py",
+           "configs/smoke.py"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_fills_the_schema(recipe):
+    config = cfg.load_config(recipe)
+    for section, fields in cfg.REQUIRED_FIELDS.items():
+        node = config[section] if section else config
+        assert set(fields) <= set(node.keys())
+    # No field the schema does not know: one meaning and one home per field.
+    for section in ("model", "data", "optim", "train"):
+        assert set(config[section].keys()) == set(cfg.REQUIRED_FIELDS[section])
+
+
+def test_cifar10_is_the_papers_recipe():
+    c = cfg.load_config("configs/cifar10.py")
+    assert (c.model.arch, c.model.depth, c.model.shortcut, c.model.plain) == ("cifar", 20, "A", False)
+    assert (c.train.batch_size, c.train.num_steps) == (128, 64000)
+    assert tuple(c.optim.boundaries) == (32000, 48000) and c.optim.schedule_unit == "steps"
+    assert (c.optim.lr, c.optim.momentum, c.optim.weight_decay) == (0.1, 0.9, 1e-4)
+    assert c.data.num_val_examples == 5000 and c.data.train_augment == "pad_crop_flip"
+    assert c.optim.warmup == "none"
+
+
+def test_cifar10_arguments_and_resnet110_warmup():
+    c = cfg.load_config("configs/cifar10.py:depth=110,shortcut=B,plain=false")
+    assert (c.model.depth, c.model.shortcut, c.model.plain) == (110, "B", False)
+    assert (c.optim.warmup, c.optim.warmup_lr, c.optim.warmup_length) == ("constant", 0.01, 400)
+    plain = cfg.load_config("configs/cifar10.py:depth=56,plain=true")
+    assert plain.model.plain is True and plain.model.depth == 56
+
+
+def test_imagenet_recipes():
+    p = cfg.load_config("configs/imagenet_paper.py:depth=50,epochs=90")
+    assert (p.train.batch_size, p.optim.lr, tuple(p.optim.boundaries)) == (256, 0.1, (30, 60))
+    assert p.train.num_steps == 90 * (1281167 // 256)
+    assert (p.data.train_augment, p.data.eval_crops, p.data.lighting_std) == ("scale", "10crop", 0.1)
+    p120 = cfg.load_config("configs/imagenet_paper.py")
+    assert tuple(p120.optim.boundaries) == (30, 60, 90)
+    m = cfg.load_config("configs/imagenet_modern.py")
+    assert (m.model.bottleneck_stride, m.model.dtype, m.optim.schedule) == ("v1.5", "bfloat16", "cosine")
+    assert (m.optim.warmup, m.optim.label_smoothing, m.data.train_augment) == ("linear", 0.1, "inception")
+
+
+def test_overrides_are_typed():
+    c = cfg.load_config("configs/smoke.py", ["--config.optim.lr=0.2", "--config.train.num_steps=3",
+                                             "--config.train.progress=true",
+                                             "--config.optim.boundaries=1,2", "config.seed=7"])
+    assert c.optim.lr == 0.2 and isinstance(c.optim.lr, float)
+    assert c.train.num_steps == 3 and c.train.progress is True and c.seed == 7
+    assert tuple(c.optim.boundaries) == (1, 2)
+    one = cfg.load_config("configs/smoke.py", ["--config.optim.lr=1"])
+    assert isinstance(one.optim.lr, float)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("--config.optim.lrr=0.2", "optim.lrr"),
+    ("--config.optimizer.lr=0.2", "optimizer"),
+    ("--config.optim.lr=fast", "optim.lr"),
+    ("--config.train.batch_size=12.5", "train.batch_size"),
+    ("--config.train.progress=maybe", "train.progress"),
+    ("--config.model=3", "model"),
+    ("--config.train.batch_size=0", "train.batch_size"),
+    ("--config.optim.boundaries=5,1", "optim.boundaries"),
+])
+def test_bad_fields_are_refused_by_name(override, named):
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        cfg.load_config("configs/smoke.py", [override])
+
+
+def test_bad_enum_names_allowed_values():
+    with pytest.raises(ValueError, match="model.shortcut.*A, B, C"):
+        cfg.load_config("configs/smoke.py", ["--config.model.shortcut=D"])
+    with pytest.raises(ValueError, match="train.bn_mode.*global, per_device, group"):
+        cfg.load_config("configs/smoke.py", ["--config.train.bn_mode=sync"])
+    with pytest.raises(ValueError, match="model.depth.*6n\\+2"):
+        cfg.load_config("configs/smoke.py:depth=10")
+
+
+def test_bad_recipe_argument_and_file():
+    with pytest.raises(ValueError, match="'dpeth'"):
+        cfg.load_config("configs/cifar10.py:dpeth=20")
+    with pytest.raises(ValueError, match="does not exist"):
+        cfg.load_config("configs/nope.py")
+
+
+def test_check_fits_names_the_batch():
+    c = cfg.load_config("configs/smoke.py", ["--config.train.batch_size=12"])
+    with pytest.raises(ValueError, match="train.batch_size=12.*8 devices"):
+        cfg.check_fits(c, num_devices=8, process_count=1)
+    cfg.check_fits(cfg.load_config("configs/smoke.py"), num_devices=8, process_count=2)
+
+
+def test_json_round_trip():
+    c = cfg.load_config("configs/imagenet_paper.py")
+    back = cfg.from_json(cfg.to_json(c))
+    assert back.to_dict() == c.to_dict()
+    assert isinstance(back.optim.boundaries, tuple)
