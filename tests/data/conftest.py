@@ -1,0 +1,55 @@
+"""Data-test helpers: small generated image folders and tars (a few KB, in tmp dirs)."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+
+def write_folder(root: str, classes=("cat", "dog"), per_class: int = 3, size=(8, 8),
+                 seed: int = 0) -> dict:
+    """root/<class>/<i>.jpg with random RGB JPEGs; returns {path: class_index}."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for ci, cls in enumerate(classes):
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            path = os.path.join(root, cls, f"{i:04d}.jpg")
+            Image.fromarray(arr).save(path, quality=95)
+            out[path] = ci
+    return out
+
+
+def odd_images(size=(8, 8)) -> dict:
+    """name -> bytes of real-world oddities: grayscale, CMYK, PNG named .jpg, RGBA PNG."""
+    def enc(img, fmt):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        return buf.getvalue()
+    gray = Image.fromarray(np.full(size[::-1], 100, np.uint8), "L")
+    cmyk = Image.new("CMYK", size, (0, 255, 255, 0))  # pure red in CMYK
+    rgb = Image.fromarray(np.full((*size[::-1], 3), 50, np.uint8))
+    rgba = Image.new("RGBA", size, (10, 20, 30, 128))
+    return {"gray.jpg": enc(gray, "JPEG"), "cmyk.jpg": enc(cmyk, "JPEG"),
+            "png_in.jpg": enc(rgb, "PNG"), "rgba.png": enc(rgba, "PNG")}
+
+
+def write_tar(path: str, folder_root: str, split: str = "train") -> None:
+    """Pack folder_root/<class>/<img> as split/<class>/<img> into a .tar.gz."""
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder_root, arcname=split)
+
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def helpers():
+    """This module's helpers (tests use --import-mode=importlib, so they cannot import it)."""
+    return sys.modules[__name__]
