@@ -1,0 +1,143 @@
+"""Optimizers and learning-rate schedules of the paper (and of large-batch follow-ups), from optax.
+
+Reads the `optim` section of the config (see docs/ARCHITECTURE.md, "Config schema"):
+
+- `name`: 'sgd' (momentum SGD, Nesterov optional) or 'lars' (You et al. 2017, very large batches).
+- `lr`, `lr_scaling` ('none' | 'linear': lr * batch_size / base_batch_size, Goyal et al. 2017).
+- `weight_decay`: L2 "as in the paper": `weight_decay * w` is added to the gradient before the
+  momentum (`optax.add_decayed_weights` before `optax.sgd`), which is exactly Caffe's and
+  PyTorch's SGD weight decay. `decay_bn_and_bias=False` leaves every 1-D parameter (BN scale
+  and bias, dense/conv biases) undecayed (and, for LARS, out of the trust ratio).
+- `schedule`: 'piecewise' (multiply by `decay_factor` at each of `boundaries`) or 'cosine'
+  (to 0 at `num_steps`); `schedule_unit`: 'steps' or 'epochs' (boundaries and warmup_length).
+- `warmup`: 'none' | 'linear' (from `warmup_lr` to the base lr over `warmup_length`) |
+  'constant' (`warmup_lr` for `warmup_length`, e.g. the paper's ResNet-110: 0.01 for 400
+  iterations, then 0.1).
+
+The schedule is indexed by the number of updates already done, so `schedule(s)` is the lr of
+the update that takes the state from step s to s+1, and a boundary b means "from the update
+after b updates on" (the paper's "divide by 10 at 32k iterations": steps 0..31999 at 0.1).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+NAMES = ("sgd", "lars")
+LR_SCALINGS = ("none", "linear")
+SCHEDULES = ("piecewise", "cosine")
+UNITS = ("steps", "epochs")
+WARMUPS = ("none", "linear", "constant")
+
+
+def _choice(field: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"optim.{field}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
+    """A length in `unit` ('steps' | 'epochs') as a whole number of steps."""
+    return int(round(value * steps_per_epoch)) if unit == "epochs" else int(round(value))
+
+
+def base_learning_rate(optim_config: Any, batch_size: Optional[int] = None) -> float:
+    """The peak lr: `lr`, times `batch_size / base_batch_size` under the linear scaling rule."""
+    _choice("lr_scaling", optim_config.lr_scaling, LR_SCALINGS)
+    if optim_config.lr_scaling == "none":
+        return float(optim_config.lr)
+    if batch_size is None:
+        raise ValueError("optim.lr_scaling='linear' needs the global batch_size")
+    return float(optim_config.lr) * batch_size / float(optim_config.base_batch_size)
+
+
+def make_schedule(optim_config: Any, steps_per_epoch: int, *, batch_size: Optional[int] = None,
+                  num_steps: Optional[int] = None) -> optax.Schedule:
+    """The learning rate as a function of the number of updates done (an optax schedule).
+
+    Args:
+      optim_config: the config's `optim` section (fields listed in the module docstring).
+      steps_per_epoch: converts `boundaries` / `warmup_length` when `schedule_unit='epochs'`.
+      batch_size: global batch size, needed only for `lr_scaling='linear'`.
+      num_steps: total training steps, needed only for `schedule='cosine'` (decays to 0 there).
+    """
+    c = optim_config
+    _choice("schedule", c.schedule, SCHEDULES)
+    _choice("schedule_unit", c.schedule_unit, UNITS)
+    _choice("warmup", c.warmup, WARMUPS)
+    peak = base_learning_rate(c, batch_size)
+    warm = 0 if c.warmup == "none" else _to_steps(c.warmup_length, c.schedule_unit, steps_per_epoch)
+
+    if c.schedule == "piecewise":
+        bounds = [_to_steps(b, c.schedule_unit, steps_per_epoch) for b in c.boundaries]
+        if bounds != sorted(bounds):
+            raise ValueError(f"optim.boundaries={list(c.boundaries)} must be increasing")
+        main = optax.piecewise_constant_schedule(peak, {b: float(c.decay_factor) for b in bounds})
+    else:
+        if num_steps is None:
+            raise ValueError("optim.schedule='cosine' needs num_steps (train.num_steps)")
+        cosine = optax.cosine_decay_schedule(peak, decay_steps=max(1, num_steps - warm))
+        main = lambda step: cosine(jnp.maximum(step - warm, 0))  # noqa: E731
+
+    if c.warmup == "none" or warm <= 0:
+        return main
+    if c.warmup == "constant":
+        head = optax.constant_schedule(float(c.warmup_lr))
+    else:
+        head = optax.linear_schedule(float(c.warmup_lr), peak, transition_steps=warm)
+    # Boundaries of the main schedule stay absolute: warmup replaces its first `warm` steps.
+    return lambda step: jnp.where(step < warm, head(step), main(step))
+
+
+def decay_mask(params: Any, decay_bn_and_bias: bool) -> Any:
+    """Which parameters get weight decay: all, or only the >= 2-D ones (conv and dense kernels).
+
+    Every 1-D parameter of a ResNet is a BN scale/bias or a bias, so the rank is the test.
+    """
+    return jax.tree.map(lambda p: bool(decay_bn_and_bias) or p.ndim > 1, params)
+
+
+def _sgd(learning_rate: Any, *, momentum: float, nesterov: bool, weight_decay: float,
+         mask: Callable) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+
+
+def _lars(learning_rate: Any, *, momentum: float, nesterov: bool, weight_decay: float,
+          mask: Callable) -> optax.GradientTransformation:
+    return optax.lars(learning_rate, weight_decay=weight_decay, weight_decay_mask=mask,
+                      trust_ratio_mask=mask, momentum=momentum, nesterov=nesterov)
+
+
+def make_optimizer(optim_config: Any, steps_per_epoch: int, *, batch_size: Optional[int] = None,
+                   num_steps: Optional[int] = None) -> optax.GradientTransformation:
+    """SGD or LARS with weight decay (mask included) and the schedule of `make_schedule`.
+
+    Wrapped in `optax.inject_hyperparams`, so the lr of the last update can be read back from the
+    optimizer state with `current_lr(opt_state)`.
+    """
+    c = optim_config
+    _choice("name", c.name, NAMES)
+    schedule = make_schedule(c, steps_per_epoch, batch_size=batch_size, num_steps=num_steps)
+    build = _sgd if c.name == "sgd" else _lars
+    mask = lambda params: decay_mask(params, c.decay_bn_and_bias)  # noqa: E731
+
+    def factory(learning_rate):
+        return build(learning_rate, momentum=float(c.momentum), nesterov=bool(c.nesterov),
+                     weight_decay=float(c.weight_decay), mask=mask)
+
+    return optax.inject_hyperparams(factory)(learning_rate=schedule)
+
+
+def current_lr(opt_state: Any) -> jax.Array:
+    """The lr of the most recent update (schedule(0) before any), or NaN if not injected."""
+    # optax has had several injected-state classes (InjectHyperparamsState,
+    # InjectStatefulHyperparamsState): match on the `hyperparams` dict, not the class.
+    injected = lambda x: isinstance(getattr(x, "hyperparams", None), dict)  # noqa: E731
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=injected) if injected(s)]
+    if not found or "learning_rate" not in found[0].hyperparams:
+        return jnp.asarray(jnp.nan, jnp.float32)
+    return jnp.asarray(found[0].hyperparams["learning_rate"], jnp.float32)
