@@ -1,0 +1,213 @@
+"""Checkpoints (orbax) and preemption.
+
+A checkpoint of step s holds the TrainState, the base RNG and a small JSON `meta` item
+(model name and config, step = the position in the data: the next batch to train is the
+batch of step s). Saves are asynchronous; orbax writes each one into a temporary directory
+and renames it (a commit file on GCS), so a checkpoint is complete or absent and a crash or
+a full disk during a save leaves the previous ones as they were.
+
+Layout: `workdir/checkpoints/<step>/{state,meta}`. Retention: the newest `keep` plus the one
+with the lowest validation top-1 error (`save(..., metrics={'top1_error': ...})`).
+
+Preemption: `PreemptionWatcher.should_stop(i)` is checked at step boundaries. In one process a
+SIGTERM handler sets a flag. With `jax.distributed` initialized, JAX's coordination service
+owns SIGTERM and `reached_preemption_sync_point` makes every host stop at the same boundary.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(ValueError):
+    """The workdir holds checkpoints of another model than the config asks for."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A save failed (e.g. disk full); the previous checkpoints are untouched."""
+
+
+def _key_data(rng: jax.Array) -> jax.Array:
+    """Raw uint32 key data of an old-style or typed key (orbax saves plain arrays)."""
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(rng)
+    return rng
+
+
+def _abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs carrying each leaf's sharding, so restore lands on the mesh."""
+    def leaf(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+    return jax.tree.map(leaf, tree)
+
+
+class Checkpointer:
+    """Saves and restores (TrainState, rng, meta) under `directory`.
+
+    Args:
+      directory: where step directories go (local path or gs://).
+      keep: how many of the newest checkpoints to keep (plus the best).
+      async_save: write in a background thread (the train loop goes on meanwhile).
+    """
+
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+        self.directory = directory
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+            ocp.checkpoint_managers.LatestN(n=keep),
+            # reverse=True sorts by decreasing error; BestN keeps the tail: the lowest error.
+            ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["top1_error"], reverse=True,
+                                          n=1, keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy, enable_async_checkpointing=async_save, create=True,
+            cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(directory, options=options,
+                                             item_names=("state", "meta"))
+
+    def all_steps(self) -> list[int]:
+        """Committed steps on disk, oldest first (temporary directories are not steps)."""
+        self.manager.reload()
+        return sorted(self.manager.all_steps(read=True))
+
+    def save(self, step: int, state: Any, rng: jax.Array, meta: dict,
+             metrics: dict | None = None) -> None:
+        """Starts an (async) save of step `step`. Raises CheckpointSaveError if this or an
+        earlier async save failed; the checkpoints committed before it stay restorable."""
+        items = {"state": state, "rng": _key_data(rng)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(items),
+                                  meta=ocp.args.JsonSave(dict(meta, step=int(step))))
+        try:
+            self.manager.check_for_errors()
+            self.manager.save(int(step), args=args, metrics=metrics, force=True)
+        except Exception as err:  # orbax re-raises the background thread's error here
+            raise CheckpointSaveError(self._save_failed(step, err)) from err
+
+    def _save_failed(self, step: int, err: Exception) -> str:
+        previous = [s for s in self._committed() if s < step]
+        kept = f"the checkpoint of step {previous[-1]} is intact" if previous else \
+            "no earlier checkpoint exists"
+        return (f"checkpoint save near step {step} in {self.directory} failed "
+                f"({type(err).__name__}: {err}); {kept}")
+
+    def _committed(self) -> list[int]:
+        try:
+            return self.all_steps()
+        except Exception:  # noqa: BLE001 - only used to word an error message
+            return []
+
+    def wait(self) -> None:
+        """Blocks until pending saves are committed; raises CheckpointSaveError on failure."""
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as err:
+            raise CheckpointSaveError(self._save_failed(1 << 62, err)) from err
+
+    def close(self) -> None:
+        self.manager.close()
+
+    def read_meta(self, step: int) -> dict:
+        """The JSON meta item of `step`."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore_latest(self, state: Any, rng: jax.Array,
+                       check_meta: Callable[[dict], None] | None = None,
+                       ) -> tuple[Any, jax.Array, int] | None:
+        """Restores the newest readable checkpoint onto the shardings of `state` and `rng`.
+
+        A checkpoint that fails to read (truncated, corrupt) is skipped with a warning and the
+        one before it is tried. `check_meta(meta)` may raise (e.g. CheckpointMismatchError);
+        that error propagates. Returns (state, rng, step), or None if there is no checkpoint.
+        """
+        steps = self.all_steps()
+        typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+        target = {"state": _abstract(state), "rng": _abstract(_key_data(rng))}
+        for step in reversed(steps):
+            try:
+                meta = self.read_meta(step)
+            except Exception as err:  # noqa: BLE001 - any read failure means unusable
+                self._warn_skip(step, err)
+                continue
+            if check_meta is not None:
+                check_meta(meta)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target)))["state"]
+            except Exception as err:  # noqa: BLE001
+                self._warn_skip(step, err)
+                continue
+            new_rng = jax.random.wrap_key_data(restored["rng"]) if typed else restored["rng"]
+            return restored["state"], new_rng, int(meta["step"])
+        if steps:
+            raise RuntimeError(f"no readable checkpoint in {self.directory} (steps {steps} all "
+                               "failed to restore; see the warnings above)")
+        return None
+
+    def _warn_skip(self, step: int, err: Exception) -> None:
+        log.warning("checkpoint of step %d in %s cannot be read (%s: %s); trying the previous "
+                    "one", step, self.directory, type(err).__name__, str(err)[:300])
+
+
+def check_same_model(expected: dict) -> Callable[[dict], None]:
+    """A `check_meta` that refuses checkpoints whose meta['model'] differs from `expected`."""
+    def check(meta: dict) -> None:
+        found = meta.get("model")
+        if found != expected:
+            raise CheckpointMismatchError(
+                f"the workdir holds checkpoints of another model: {found} (step "
+                f"{meta.get('step')}), but the config asks for {expected}; use a new --workdir "
+                "or the config the workdir was trained with (its config.json)")
+    return check
+
+
+class PreemptionWatcher:
+    """Tells the loop when to save and stop because of SIGTERM (preemption).
+
+    Use as a context manager; `should_stop(boundary_index)` must be called by every process
+    at every step boundary with a counter that grows by one each call.
+    """
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._previous = None
+        self._distributed = jax.process_count() > 1
+
+    def __enter__(self) -> "PreemptionWatcher":
+        # Multi-process: the coordination service's own SIGTERM notifier must stay installed.
+        if not self._distributed and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self._flag.set()
+
+    def request_stop(self) -> None:
+        """What the SIGTERM handler does; tests call it directly."""
+        self._flag.set()
+
+    def should_stop(self, boundary_index: int) -> bool:
+        if self._distributed:
+            return multihost_utils.reached_preemption_sync_point(boundary_index)
+        return self._flag.is_set()
+
+
+def is_checkpoint_dir(path: str) -> bool:
+    """True when `path` exists and holds at least one entry (a previous run)."""
+    return os.path.isdir(path) and bool(os.listdir(path))

@@ -1,0 +1,124 @@
+"""Checkpoints: round trip onto the mesh, retention, fallback past a corrupt newest save,
+model mismatch, a failed save that leaves the previous checkpoint restorable, SIGTERM flag."""
+import logging
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+
+from resnet_jax.train import checkpoint as ckpt
+
+
+def _state(value: float):
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    rep = NamedSharding(mesh, jax.P())
+    tree = {"step": jnp.asarray(3, jnp.int32),
+            "params": {"w": jnp.full((4, 3), value, jnp.float32), "b": jnp.arange(3.0) + value}}
+    return jax.device_put(tree, rep)
+
+
+def _assert_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+META = {"model": {"name": "cifar_resnet8"}}
+
+
+def test_round_trip_with_rng_and_step(tmp_path):
+    c = ckpt.Checkpointer(str(tmp_path / "ck"), keep=2)
+    rng = jax.random.PRNGKey(42)
+    c.save(5, _state(1.5), rng, META)
+    c.wait()
+    state, new_rng, step = c.restore_latest(_state(0.0), jax.random.PRNGKey(0))
+    assert step == 5
+    _assert_equal(state, _state(1.5))
+    np.testing.assert_array_equal(new_rng, rng)
+    assert state["params"]["w"].sharding == _state(0.0)["params"]["w"].sharding
+    typed = jax.random.key(7)
+    c.save(6, _state(2.0), typed, META)
+    c.wait()
+    _, back, _ = c.restore_latest(_state(0.0), jax.random.key(0))
+    np.testing.assert_array_equal(jax.random.key_data(back), jax.random.key_data(typed))
+    c.close()
+
+
+def test_empty_directory_restores_none(tmp_path):
+    c = ckpt.Checkpointer(str(tmp_path / "ck"))
+    assert c.restore_latest(_state(0.0), jax.random.PRNGKey(0)) is None
+
+
+def test_keeps_last_k_plus_best(tmp_path):
+    c = ckpt.Checkpointer(str(tmp_path / "ck"), keep=2)
+    errors = {1: 50.0, 2: 10.0, 3: 40.0, 4: 30.0, 5: 35.0}
+    for step, err in errors.items():
+        c.save(step, _state(step), jax.random.PRNGKey(0), META, metrics={"top1_error": err})
+        c.wait()
+    assert c.all_steps() == [2, 4, 5]  # last two + the best (step 2)
+    c.close()
+
+
+def _truncate_step(directory, step):
+    for root, _, files in os.walk(os.path.join(directory, str(step), "state")):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+
+
+def test_truncated_newest_falls_back_with_warning(tmp_path, caplog):
+    directory = str(tmp_path / "ck")
+    c = ckpt.Checkpointer(directory, keep=3)
+    for step in (1, 2):
+        c.save(step, _state(float(step)), jax.random.PRNGKey(step), META)
+        c.wait()
+    c.close()
+    _truncate_step(directory, 2)
+    c2 = ckpt.Checkpointer(directory, keep=3)
+    with caplog.at_level(logging.WARNING):
+        state, rng, step = c2.restore_latest(_state(0.0), jax.random.PRNGKey(0))
+    assert step == 1
+    _assert_equal(state, _state(1.0))
+    assert "step 2" in caplog.text and "previous" in caplog.text
+
+
+def test_model_mismatch_is_a_clear_error(tmp_path):
+    c = ckpt.Checkpointer(str(tmp_path / "ck"))
+    c.save(1, _state(1.0), jax.random.PRNGKey(0), META)
+    c.wait()
+    check = ckpt.check_same_model({"name": "cifar_resnet20"})
+    with pytest.raises(ckpt.CheckpointMismatchError, match="cifar_resnet8.*cifar_resnet20"):
+        c.restore_latest(_state(0.0), jax.random.PRNGKey(0), check_meta=check)
+
+
+def test_failed_save_keeps_previous_restorable(tmp_path, monkeypatch):
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
+    directory = str(tmp_path / "ck")
+    c = ckpt.Checkpointer(directory, keep=1)
+    c.save(1, _state(1.0), jax.random.PRNGKey(1), META)
+    c.wait()
+
+    async def disk_full(self, x, directory):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", disk_full)
+    with pytest.raises(ckpt.CheckpointSaveError, match="step 1 is intact"):
+        c.save(2, _state(2.0), jax.random.PRNGKey(2), META)
+        c.wait()
+    monkeypatch.undo()
+    fresh = ckpt.Checkpointer(directory, keep=1)
+    assert fresh.all_steps() == [1]
+    state, _, step = fresh.restore_latest(_state(0.0), jax.random.PRNGKey(0))
+    assert step == 1
+    _assert_equal(state, _state(1.0))
+
+
+def test_sigterm_sets_the_stop_flag():
+    with ckpt.PreemptionWatcher() as watcher:
+        assert not watcher.should_stop(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert watcher.should_stop(1)
+    assert signal.getsignal(signal.SIGTERM) is not watcher._handle
