@@ -1,0 +1,217 @@
+"""Sweep configs: load them, expand their axes into members, name and configure each member.
+
+A sweep config is a Python file whose ``get_config(arg=None)`` returns a ConfigDict (or a
+dict) with:
+
+- ``base`` (str): the base config spec, ``'path.py[:arg]'``, relative to the current
+  directory, to the sweep file, or to the repository root (``'configs/cifar10.py'``), or absolute.
+- ``overrides`` (list of ``(field, value)`` pairs, optional): applied to every member, e.g.
+  ``[('train.num_steps', 64000)]``.
+- ``axes`` (list of ``(field, values)`` pairs): the fields to vary, e.g.
+  ``[('model.depth', [20, 32]), ('model.plain', [True, False]), ('seed', [0, 1])]``.
+  Pairs, not a dict, because ConfigDict refuses dotted keys and the order matters.
+- ``recipe_args`` (list of ``(field, arg)`` pairs, optional): axes handed to the base recipe
+  as its ``:arg`` (``('model.depth', 'depth')`` -> ``cifar10.py:depth=110``) instead of being
+  set as fields, so that whatever the recipe derives from them (ResNet-110's warmup) follows.
+- ``name`` (str, optional): a title for the report.
+
+Members are the cartesian product of the axes, the first axis outermost (itertools.product
+order), so member ``i`` means the same run on every host.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """An expanded sweep: the base spec, shared overrides and ordered axes."""
+
+    name: str
+    base: str
+    overrides: tuple[tuple[str, Any], ...]
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+    recipe_args: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def fields(self) -> list[str]:
+        """The varied fields, in axis order."""
+        return [field for field, _ in self.axes]
+
+    def members(self) -> list["Member"]:
+        """All members, in the fixed cartesian-product order."""
+        keys = axis_labels(self.fields)
+        grid = itertools.product(*(values for _, values in self.axes))
+        return [
+            Member(index=i, values=tuple(zip(self.fields, combo)),
+                   name=member_name(keys, combo))
+            for i, combo in enumerate(grid)
+        ]
+
+    def to_json(self) -> dict:
+        """A JSON-able description (written as ``sweep.json`` in the sweep workdir)."""
+        return {
+            "name": self.name,
+            "base": self.base,
+            "overrides": [[f, v] for f, v in self.overrides],
+            "axes": [[f, list(vs)] for f, vs in self.axes],
+            "recipe_args": [[f, a] for f, a in self.recipe_args],
+            "members": [m.name for m in self.members()],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One point of the grid: its index, its ``(field, value)`` pairs and its directory name."""
+
+    index: int
+    values: tuple[tuple[str, Any], ...]
+    name: str
+
+
+def format_value(value: Any) -> str:
+    """A value as it appears in a member name: bools lower-case, the rest as ``str``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line override value: Python literal, true/false, else the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def axis_labels(fields: Sequence[str]) -> list[str]:
+    """Short labels for fields: the last path component, or the full path where two clash."""
+    last = [f.rsplit(".", 1)[-1] for f in fields]
+    return [short if last.count(short) == 1 else full for short, full in zip(last, fields)]
+
+
+def member_name(labels: Sequence[str], values: Sequence[Any]) -> str:
+    """``depth=20,plain=true``: the member's directory name."""
+    return ",".join(f"{k}={format_value(v)}" for k, v in zip(labels, values))
+
+
+def _pairs(value: Any, what: str) -> tuple[tuple[str, Any], ...]:
+    """Accept a list of (field, value) pairs or a plain dict; reject anything else."""
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        return tuple(value.items())
+    try:
+        pairs = tuple((str(f), v) for f, v in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"sweep field '{what}' must be a list of (field, value) pairs, got {value!r}"
+        ) from None
+    return pairs
+
+
+def sweep_from_config(config: Any, source: str | os.PathLike = "") -> Sweep:
+    """Validate a sweep ConfigDict/dict into a :class:`Sweep`; ``source`` resolves ``base``."""
+    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+    base = get("base", None)
+    if not isinstance(base, str) or not base:
+        raise ValueError("sweep field 'base' must be a config spec string like 'configs/cifar10.py'")
+    axes = _pairs(get("axes", None), "axes")
+    if not axes:
+        raise ValueError("sweep field 'axes' must name at least one (field, values) pair")
+    checked = []
+    for field, values in axes:
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise ValueError(f"sweep axis '{field}' must list its values, got {values!r}")
+        values = tuple(values)
+        if not values:
+            raise ValueError(f"sweep axis '{field}' has no values")
+        if len(set(map(format_value, values))) != len(values):
+            raise ValueError(f"sweep axis '{field}' repeats a value: {values!r}")
+        checked.append((field, values))
+    fields = [f for f, _ in checked]
+    if len(set(fields)) != len(fields):
+        raise ValueError(f"sweep field 'axes' names a field twice: {fields}")
+    recipe_args = tuple((f, str(a)) for f, a in _pairs(get("recipe_args", None), "recipe_args"))
+    for field, _ in recipe_args:
+        if field not in fields:
+            raise ValueError(f"sweep field 'recipe_args' names {field!r}, which is not an axis; "
+                             f"axes: {fields}")
+    name = get("name", None) or (Path(source).stem if source else "sweep")
+    return Sweep(name=str(name), base=resolve_spec(base, source),
+                 overrides=_pairs(get("overrides", None), "overrides"), axes=tuple(checked),
+                 recipe_args=recipe_args)
+
+
+def resolve_spec(spec: str, source: str | os.PathLike = "") -> str:
+    """Make ``path.py[:arg]`` absolute: try it as given, beside ``source``, then the repo root."""
+    path, sep, arg = spec.partition(":")
+    candidates = [Path(path)]
+    if source:
+        candidates.append(Path(source).resolve().parent / path)
+    candidates.append(REPO_ROOT / path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate.resolve()) + sep + arg
+    raise FileNotFoundError(
+        f"sweep field 'base': no config file {path!r} (looked in {[str(c) for c in candidates]})"
+    )
+
+
+def load_sweep(spec: str) -> Sweep:
+    """Import a sweep file ``path.py[:arg]`` and expand its ``get_config(arg)``."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"sweep config {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"_sweep_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"sweep config {path!r} defines no get_config()")
+    config = module.get_config(arg) if arg else module.get_config()
+    return sweep_from_config(config, path)
+
+
+def override_text(field: str, value: Any) -> str:
+    """``('train.num_steps', 100)`` -> ``'--config.train.num_steps=100'`` (resnet_jax.config syntax)."""
+    if isinstance(value, (tuple, list)):
+        text = repr(tuple(value))
+    else:
+        text = format_value(value)
+    return f"--config.{field}={text}"
+
+
+def member_spec(sweep: Sweep, member: Member) -> tuple[str, list[str]]:
+    """The member's ``(config spec, override strings)`` for ``resnet_jax.config.load_config``.
+
+    Recipe-argument axes go after the spec's colon; the sweep's overrides and the other axes
+    become ``--config.field=value`` strings (parsed and type-checked by load_config).
+    """
+    arg_names = dict(sweep.recipe_args)
+    args = [f"{arg_names[f]}={format_value(v)}" for f, v in member.values if f in arg_names]
+    spec = sweep.base
+    if args:
+        spec += ("," if ":" in spec and not spec.endswith(":") else
+                 ("" if spec.endswith(":") else ":")) + ",".join(args)
+    overrides = [override_text(f, v) for f, v in sweep.overrides]
+    overrides += [override_text(f, v) for f, v in member.values if f not in arg_names]
+    return spec, overrides
+
+
+def get_field(config: Any, field: str) -> Any:
+    """``a.b.c`` of a ConfigDict or nested dict."""
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node

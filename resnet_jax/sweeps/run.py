@@ -1,0 +1,206 @@
+"""``resnet-jax sweep SWEEP_CONFIG --workdir DIR``: run a grid of training runs, one after another.
+
+Layout of DIR::
+
+    sweep.json             the expanded sweep (base, overrides, axes, member names)
+    sweep_log.jsonl        one line per member attempt: index, name, status, seconds, error
+    <member name>/         e.g. ``depth=20,plain=true``: the member's training workdir
+        member.json        index, name and the (field, value) pairs of this member
+        results.json ...   written by train_and_evaluate; its presence marks the member done
+        error.txt          exception and traceback of the last failed attempt
+
+Members run in-process through ``resnet_jax.train.loop.train_and_evaluate(config, workdir)``,
+each on every device this process sees. A member whose ``results.json`` exists is skipped;
+a failing member is recorded and the sweep goes on. ``--member i`` or
+``--num-shards N --shard-index j`` (members ``i`` with ``i % N == j``) split the grid over jobs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ml_collections
+
+from resnet_jax.sweeps import grid
+
+TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
+LoadFn = Callable[[str, Sequence[str]], ml_collections.ConfigDict]
+
+
+def select_indices(num_members: int, member: int | None = None, num_shards: int = 1,
+                   shard_index: int = 0) -> list[int]:
+    """The member indices this job runs: one ``member``, or every ``num_shards``-th from ``shard_index``."""
+    if num_shards < 1:
+        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
+    if member is not None:
+        if not 0 <= member < num_members:
+            raise ValueError(f"--member must be in [0, {num_members}), got {member}")
+        if num_shards != 1:
+            raise ValueError("--member and --num-shards cannot be combined")
+        return [member]
+    return [i for i in range(num_members) if i % num_shards == shard_index]
+
+
+def _default_load(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    from resnet_jax.config import load_config  # lazy: keeps `resnet-jax report` light
+
+    return load_config(spec, overrides)
+
+
+def _default_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    from resnet_jax.train.loop import train_and_evaluate  # lazy: imports the whole trainer
+
+    return train_and_evaluate(config, workdir)
+
+
+def member_config(sweep: grid.Sweep, member: grid.Member, extra_overrides: Sequence[str] = (),
+                  load_fn: LoadFn | None = None) -> ml_collections.ConfigDict:
+    """The member's validated config: the recipe (with its recipe-argument axes), the sweep's
+    overrides, ``extra_overrides`` (``--config.a.b=v`` strings), then the member's other axes.
+    Raises ValueError when a field does not end up with the member's value."""
+    spec, overrides = grid.member_spec(sweep, member)
+    config = (load_fn or _default_load)(spec, [*overrides[:len(sweep.overrides)],
+                                               *extra_overrides,
+                                               *overrides[len(sweep.overrides):]])
+    for field, value in member.values:
+        got = grid.get_field(config, field)
+        if grid.format_value(got) != grid.format_value(value):
+            raise ValueError(f"sweep: member {member.name} wants {field}={value!r} "
+                             f"but the config has {got!r} (a --set override of an axis?)")
+    return config
+
+
+def _is_chief() -> bool:
+    """Only process 0 of a multi-process job writes sweep bookkeeping."""
+    try:
+        import jax
+
+        return jax.process_index() == 0
+    except Exception:  # noqa: BLE001 - no backend yet is as good as one process
+        return True
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write atomically: several jobs may share the sweep directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _append_log(workdir: Path, record: dict) -> None:
+    with open(workdir / "sweep_log.jsonl", "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+def run_member(sweep: grid.Sweep, member: grid.Member, workdir: str | os.PathLike, *,
+               extra_overrides: Sequence[str] = (), train_fn: TrainFn | None = None,
+               load_fn: LoadFn | None = None, chief: bool = True) -> dict:
+    """Run (or skip) one member; never raises for a training failure. Returns its log record."""
+    mdir = Path(workdir) / member.name
+    record = {"index": member.index, "name": member.name, "status": "skipped", "seconds": 0.0}
+    if (mdir / "results.json").exists():
+        return record
+    mdir.mkdir(parents=True, exist_ok=True)
+    if chief:
+        _write_json(mdir / "member.json", {"index": member.index, "name": member.name,
+                                           "values": [[f, v] for f, v in member.values]})
+    start = time.time()
+    try:
+        config = member_config(sweep, member, extra_overrides, load_fn)
+        (train_fn or _default_train)(config, str(mdir))
+    except Exception as err:  # noqa: BLE001 - a failed member must not stop the sweep
+        record.update(status="failed", error=f"{type(err).__name__}: {err}")
+        if chief:
+            (mdir / "error.txt").write_text(traceback.format_exc())
+    else:
+        record["status"] = "done"
+        if chief and (mdir / "error.txt").exists():
+            (mdir / "error.txt").unlink()  # an earlier failure, now fixed
+    record["seconds"] = round(time.time() - start, 3)
+    return record
+
+
+def run_sweep(sweep: grid.Sweep, workdir: str | os.PathLike, *,
+              indices: Sequence[int] | None = None,
+              extra_overrides: Sequence[str] = (),
+              train_fn: TrainFn | None = None, load_fn: LoadFn | None = None,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Run the selected members (all by default) in order; return one record per member.
+
+    Records: ``{"index", "name", "status": "done"|"skipped"|"failed", "seconds", ["error"]}``.
+    ``train_fn(config, workdir)`` and ``load_fn(spec)`` default to the real trainer and
+    ``resnet_jax.config.load_config``; tests inject fakes.
+    """
+    root = Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    chief = _is_chief()
+    if chief:
+        desc = sweep.to_json()
+        desc["extra_overrides"] = list(extra_overrides)
+        _write_json(root / "sweep.json", desc)
+    members = sweep.members()
+    chosen = range(len(members)) if indices is None else indices
+    records = []
+    for i in chosen:
+        member = members[i]
+        log(f"[sweep] member {i + 1}/{len(members)} {member.name}: starting")
+        record = run_member(sweep, member, root, extra_overrides=extra_overrides,
+                            train_fn=train_fn, load_fn=load_fn, chief=chief)
+        if record["status"] != "skipped" and chief:
+            _append_log(root, {**record, "time": time.time()})
+        log(f"[sweep] member {i + 1}/{len(members)} {member.name}: {record['status']}"
+            f" ({record['seconds']:.1f} s){'  ' + record.get('error', '') if 'error' in record else ''}")
+        records.append(record)
+    return records
+
+
+def summarize(records: Sequence[dict]) -> str:
+    """One line: how many members finished, were skipped, failed (and which)."""
+    count = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
+    line = f"[sweep] {count['done']} done, {count['skipped']} skipped, {count['failed']} failed"
+    failed = [r["name"] for r in records if r["status"] == "failed"]
+    return line + (f": {', '.join(failed)} (see <member>/error.txt)" if failed else "")
+
+
+def _parse_set(items: Sequence[str]) -> list[str]:
+    """``train.num_steps=2000`` -> ``--config.train.num_steps=2000``."""
+    out = []
+    for item in items:
+        field, sep, _ = item.partition("=")
+        if not sep or not field:
+            raise ValueError(f"--set expects FIELD=VALUE (e.g. train.num_steps=2000), got {item!r}")
+        out.append("--config." + item.removeprefix("--").removeprefix("config."))
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``resnet-jax sweep``."""
+    parser.add_argument("sweep_config", help="sweep config file, path.py[:arg] (see configs/sweeps/)")
+    parser.add_argument("--workdir", required=True, help="sweep directory; one subfolder per member")
+    parser.add_argument("--member", type=int, default=None, help="run only member i (0-based)")
+    parser.add_argument("--num-shards", type=int, default=1, help="split the grid over N jobs")
+    parser.add_argument("--shard-index", type=int, default=0, help="this job's shard, in [0, N)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field for every member, e.g. train.num_steps=2000")
+    parser.add_argument("--list", action="store_true", help="print the members and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``resnet-jax sweep``: 0 when no member failed, 1 otherwise."""
+    sweep = grid.load_sweep(args.sweep_config)
+    members = sweep.members()
+    indices = select_indices(len(members), args.member, args.num_shards, args.shard_index)
+    if args.list:
+        for m in members:
+            print(f"{m.index:4d}  {m.name}{'' if m.index in indices else '  (other shard)'}")
+        return 0
+    records = run_sweep(sweep, args.workdir, indices=indices, extra_overrides=_parse_set(args.set))
+    print(summarize(records))
+    return 1 if any(r["status"] == "failed" for r in records) else 0

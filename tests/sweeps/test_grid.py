@@ -1,0 +1,109 @@
+"""Sweep configs -> members: order, names, specs and the shipped configs."""
+from pathlib import Path
+
+import pytest
+
+from resnet_jax.sweeps import grid, run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sweep(axes, **extra):
+    return grid.sweep_from_config({"base": "configs/cifar10.py", "axes": axes, **extra})
+
+
+def test_members_are_the_cartesian_product_first_axis_outermost():
+    sweep = _sweep([("model.depth", [20, 32, 44]), ("model.plain", [True, False])])
+    names = [m.name for m in sweep.members()]
+    assert names == ["depth=20,plain=true", "depth=20,plain=false", "depth=32,plain=true",
+                     "depth=32,plain=false", "depth=44,plain=true", "depth=44,plain=false"]
+    assert [m.index for m in sweep.members()] == list(range(6))
+    assert sweep.members()[3].values == (("model.depth", 32), ("model.plain", False))
+
+
+def test_clashing_leaf_names_keep_the_full_path():
+    assert grid.axis_labels(["model.seed", "seed", "model.depth"]) == [
+        "model.seed", "seed", "depth"]
+
+
+@pytest.mark.parametrize("bad, word", [
+    ({"axes": [("seed", [0])]}, "base"),
+    ({"base": "configs/cifar10.py", "axes": []}, "axes"),
+    ({"base": "configs/cifar10.py", "axes": [("seed", [])]}, "seed"),
+    ({"base": "configs/cifar10.py", "axes": [("seed", [1, 1])]}, "repeats"),
+    ({"base": "configs/cifar10.py", "axes": [("seed", 3)]}, "seed"),
+    ({"base": "configs/cifar10.py", "axes": [("seed", [0])],
+      "recipe_args": [("model.depth", "depth")]}, "recipe_args"),
+])
+def test_bad_sweep_configs_name_the_field(bad, word):
+    with pytest.raises(ValueError, match=word):
+        grid.sweep_from_config(bad)
+
+
+def test_missing_base_file_is_reported():
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        grid.sweep_from_config({"base": "configs/nope.py", "axes": [("seed", [0])]})
+
+
+def test_recipe_arg_axes_go_to_the_recipe_so_derived_settings_follow():
+    # ResNet-110's lr warmup is derived by the recipe from its depth argument; setting
+    # model.depth as a field would silently drop it.
+    sweep = grid.load_sweep(str(REPO / "configs/sweeps/cifar10_depth_plain.py:steps=16000"))
+    m110 = [m for m in sweep.members() if m.name == "depth=110,plain=false"][0]
+    spec, overrides = grid.member_spec(sweep, m110)
+    assert spec.endswith("cifar10.py:depth=110,plain=false")
+    config = run.member_config(sweep, m110)
+    assert (config.model.depth, config.model.plain) == (110, False)
+    assert (config.optim.warmup, config.optim.warmup_length) == ("constant", 400)
+    # the shortened recipe keeps the drops at 1/2 and 3/4 of the run, like 32k/48k of 64k
+    assert config.train.num_steps == 16000 and tuple(config.optim.boundaries) == (8000, 12000)
+    m20 = sweep.members()[0]
+    assert run.member_config(sweep, m20).optim.warmup == "none"
+
+
+def test_field_axes_become_typed_overrides():
+    sweep = grid.load_sweep(str(REPO / "configs/sweeps/cifar10_shortcut.py:depth=32,seeds=2"))
+    member = sweep.members()[3]
+    assert member.name == "shortcut=B,seed=1"
+    config = run.member_config(sweep, member)
+    assert (config.model.depth, config.model.shortcut, config.seed) == (32, "B", 1)
+
+
+def test_an_override_that_contradicts_an_axis_is_refused():
+    sweep = grid.load_sweep(str(REPO / "configs/sweeps/smoke.py"))
+    with pytest.raises(ValueError, match="model.plain"):
+        run.member_config(sweep, sweep.members()[0], ["--config.model.plain=true"])
+
+
+@pytest.mark.parametrize("name, count", [
+    ("cifar10_depth_plain.py", 10), ("cifar10_shortcut.py", 9),
+    ("imagenet_shortcut34.py", 3), ("imagenet_plain_vs_resnet.py", 4), ("smoke.py", 4)])
+def test_shipped_sweeps_load_and_every_member_config_validates(name, count):
+    sweep = grid.load_sweep(str(REPO / "configs/sweeps" / name))
+    members = sweep.members()
+    assert len(members) == count
+    for member in members:
+        config = run.member_config(sweep, member)
+        for field, value in member.values:
+            assert grid.get_field(config, field) == value
+
+
+def test_table2_and_table3_sweeps_match_the_paper_setup():
+    t2 = grid.load_sweep(str(REPO / "configs/sweeps/imagenet_plain_vs_resnet.py:epochs=90"))
+    configs = [run.member_config(t2, m) for m in t2.members()]
+    assert {(c.model.depth, c.model.plain) for c in configs} == {
+        (18, True), (18, False), (34, True), (34, False)}
+    assert {c.model.shortcut for c in configs} == {"A"}  # Table 2 uses option A
+    t3 = grid.load_sweep(str(REPO / "configs/sweeps/imagenet_shortcut34.py"))
+    assert [run.member_config(t3, m).model.shortcut for m in t3.members()] == ["A", "B", "C"]
+
+
+def test_shards_partition_the_grid():
+    shards = [run.select_indices(10, num_shards=3, shard_index=j) for j in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+    assert shards[1] == [1, 4, 7]
+    assert run.select_indices(10, member=7) == [7]
+    with pytest.raises(ValueError, match="--member"):
+        run.select_indices(10, member=10)
+    with pytest.raises(ValueError, match="--shard-index"):
+        run.select_indices(10, num_shards=2, shard_index=2)
