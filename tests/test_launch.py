@@ -1,0 +1,76 @@
+"""Launch scripts: shellcheck-clean, and --dry-run prints the commands they would run."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["launch/local.sh", "launch/slurm.sbatch", "launch/tpu_pod.sh"]
+
+
+def _dry(*args: str) -> list[str]:
+    out = subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_shellcheck_clean(script):
+    result = subprocess.run(["shellcheck", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_local_dry_run_starts_n_processes():
+    lines = _dry("launch/local.sh", "-n", "3", "--port", "4321", "--cpu-devices", "2",
+                 "--dry-run", "--", "--config", "configs/smoke.py", "--workdir", "/tmp/w")
+    assert len(lines) == 3
+    for i, line in enumerate(lines):
+        assert line.startswith("resnet-jax train --config configs/smoke.py --workdir /tmp/w")
+        assert f"--coordinator localhost:4321 --num-processes 3 --process-id {i}" in line
+        assert "--cpu-devices 2" in line
+
+
+def test_local_rejects_bad_count():
+    result = subprocess.run(["bash", "launch/local.sh", "-n", "zero", "--dry-run"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "-n must be a positive integer" in result.stderr
+
+
+def test_slurm_dry_run_uses_srun_and_distributed():
+    (line,) = _dry("launch/slurm.sbatch", "--dry-run", "--config", "configs/cifar10.py",
+                   "--workdir", "/runs/a")
+    assert line.startswith("srun ") and "resnet-jax train --distributed" in line
+    assert line.endswith("--config configs/cifar10.py --workdir /runs/a")
+    text = (ROOT / "launch/slurm.sbatch").read_text()
+    assert "#SBATCH --signal=TERM@" in text and "#SBATCH --ntasks-per-node=1" in text
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], "gcloud compute tpus tpu-vm create t --zone z --accelerator-type v4-32"),
+    (["--spot"], "--spot"),
+    (["--queued", "--spot"], "gcloud compute tpus queued-resources create t --node-id t"),
+])
+def test_tpu_create(flags, expected):
+    (line,) = _dry("launch/tpu_pod.sh", "create", "--name", "t", "--zone", "z", "--dry-run",
+                   *flags)
+    assert expected in line
+
+
+def test_tpu_install_and_train_run_on_all_workers():
+    install = _dry("launch/tpu_pod.sh", "install", "--name", "t", "--zone", "z", "--dry-run")
+    assert any("tpu-vm scp --recurse" in l and "--worker=all" in l for l in install)
+    assert any("tpu-vm ssh t" in l and "--worker=all" in l and "pip\\ install" in l
+               for l in install)
+    (train,) = _dry("launch/tpu_pod.sh", "train", "--name", "t", "--zone", "z", "--dry-run",
+                    "--workdir", "gs://b/run", "--data-dir", "gs://b/tfds", "--",
+                    "--config", "configs/imagenet_paper.py:depth=50")
+    assert "tpu-vm ssh t --zone z --worker=all" in train
+    assert "resnet-jax\\ train\\ --distributed" in train
+    assert "--workdir\\ gs://b/run" in train and "--config.data.data_dir=gs://b/tfds" in train
+
+
+def test_tpu_bad_mode_names_the_modes():
+    result = subprocess.run(["bash", "launch/tpu_pod.sh", "fly", "--name", "t", "--zone", "z"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "create, install, train, delete" in result.stderr
