@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from resnet_jax.sweeps import collect, grid, report  # noqa: E402
@@ -33,7 +34,7 @@ def error_curve(records: Sequence[collect.MemberRecord], split: str,
 def _panels(records, fields):
     """[(title, [(label, members)])]: split on model.plain when it varies (plain | ResNet)."""
     curve_fields = [f for f in fields if f != PLAIN_FIELD]
-    plains = [v for v in dict.fromkeys(r.get(PLAIN_FIELD) for r in records)]
+    plains = list(dict.fromkeys(r.get(PLAIN_FIELD) for r in records))
     splits = [(True, "plain"), (False, "ResNet")] if PLAIN_FIELD in fields else [(None, "")]
     panels = []
     for value, title in splits:
@@ -41,11 +42,7 @@ def _panels(records, fields):
         if value is not None and value not in plains:
             continue
         groups = report.group_members(chosen, curve_fields)
-        labelled = []
-        for values, members in groups:
-            text = _curve_label(values, title, members)
-            labelled.append((text, members))
-        panels.append((title, labelled))
+        panels.append((title, [(_curve_label(v, title, m), m) for v, m in groups]))
     return panels
 
 
@@ -119,7 +116,9 @@ def plot_layer_responses(records: Sequence[collect.MemberRecord], fields: Sequen
         bottom.plot(layers, np.sort(mean)[::-1], **style)
     top.set_xlabel("layer index (original order)")
     bottom.set_xlabel("layer index (sorted by magnitude)")
+    top.set_title("std of each 3x3 layer's response (after BN, before ReLU)")
     for ax in (top, bottom):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("std of response")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

@@ -1,0 +1,99 @@
+"""The report of a (fake-trained) sweep: table rows and numbers, valid PNG figures."""
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+
+from resnet_jax.sweeps import collect, grid, report, run
+
+from tests.sweeps.fakes import fake_train
+
+REPO = Path(__file__).resolve().parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+    image = plt.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+@pytest.fixture(scope="module")
+def depth_sweep(tmp_path_factory):
+    """depth {20, 56} x plain x 2 seeds, plain-56 seed 1 failing; fake analysis for two."""
+    root = tmp_path_factory.mktemp("fig6")
+    sweep = grid.load_sweep(
+        str(REPO / "configs/sweeps/cifar10_depth_plain.py:steps=40,depths=20/56,seeds=2"))
+    fail = lambda c: c.model.plain and c.model.depth == 56 and c.seed == 1  # noqa: E731
+    run.run_sweep(sweep, root, train_fn=lambda c, w: fake_train(c, w, fail), log=lambda _: None)
+    for name, stds in (("depth=20,plain=true,seed=0", [1.0, 2.0, 1.5]),
+                       ("depth=20,plain=false,seed=0", [0.5, 0.7, 0.6])):
+        (root / name / collect.ANALYSIS_FILE).write_text(json.dumps({"layer_std": stds}))
+    return root
+
+
+def test_rows_group_seeds_and_keep_grid_order(depth_sweep):
+    desc, records = collect.read_sweep(depth_sweep)
+    fields = collect.varied_fields(desc, records)
+    assert fields == ["model.depth", "model.plain", "seed"]
+    rows = report.build_rows(records, fields)
+    assert [(r["group"]["model.depth"], r["group"]["model.plain"]) for r in rows] == [
+        (20, True), (20, False), (56, True), (56, False)]
+    plain20, res20, plain56, res56 = rows
+    # fake error: plain 40 + seed; ResNet 30 - depth/10 + seed; seeds 0 and 1
+    assert plain20["final"] == pytest.approx((40.5, 0.5 ** 0.5))
+    assert res56["final"] == pytest.approx((24.9, 0.5 ** 0.5))
+    assert res56["best"][0] == pytest.approx(24.4)
+    assert (plain56["runs"], plain56["members"], plain56["failed"]) == (1, 2, 1)
+    assert plain56["final"] == (40.0, 0.0)
+    assert res20["params"] == 20_000 and res20["macs"] == 40_000_000
+    assert res20["model"] == "ResNet-20" and res20["steps"] == 40
+
+
+def test_report_md_has_one_row_per_model_and_the_figures(depth_sweep):
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    assert report.run(parser.parse_args([str(depth_sweep)])) == 0
+    text = (depth_sweep / "report.md").read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| depth | plain | model | runs | top-1 err % (final)")
+    body = lines[1:]
+    assert len(body) == 4
+    assert body[0].startswith("| 20 | true | plain-20 | 2/2 | 40.50 ± 0.71 | 40.00 ± 0.71")
+    assert body[2].startswith("| 56 | true | plain-56 | 1/2 (1 failed) | 40.00 | 39.50 |")
+    assert "| 20.00K | 40.00M | 40 | 12.5s |" in body[1]
+    assert "FAILED: RuntimeError: boom at depth 56" in text
+    assert "![" in text and report.FIG6 in text and report.FIG7 in text
+    assert_png(depth_sweep / report.FIG6)
+    assert_png(depth_sweep / report.FIG7)
+
+
+def test_fig6_panels_split_plain_and_resnet(depth_sweep):
+    from resnet_jax.sweeps import plots
+
+    desc, records = collect.read_sweep(depth_sweep)
+    panels = plots._panels(records, collect.varied_fields(desc, records))
+    assert [(title, [label for label, _ in groups]) for title, groups in panels] == [
+        ("plain", ["plain-20", "plain-56"]), ("ResNet", ["ResNet-20", "ResNet-56"])]
+    steps, err = plots.error_curve(panels[1][1][0][1], "val")
+    # ResNet-20 val error at the end, mean of seeds 0 and 1 (28 and 29)
+    assert steps[-1] == 40 and err[-1] == pytest.approx(28.5)
+
+
+def test_no_figure_without_data(tmp_path):
+    (tmp_path / "a=1").mkdir()
+    (tmp_path / "a=1" / "member.json").write_text(json.dumps(
+        {"index": 0, "name": "a=1", "values": [["a", 1]]}))
+    out = report.write_report(tmp_path)
+    assert "`a=1`: not finished" in out.read_text()
+    assert not (tmp_path / report.FIG6).exists() and not (tmp_path / report.FIG7).exists()
+
+
+def test_formats():
+    assert report.fmt_error((6.61, 0.16), 5) == "6.61 ± 0.16"
+    assert report.fmt_error((6.43, 0.0), 1) == "6.43"
+    assert report.fmt_count(1_727_962) == "1.73M" and report.fmt_count(3.6e9) == "3.60G"
+    assert report.fmt_time(3725) == "1h02m" and report.fmt_time(185) == "3m05s"

@@ -1,0 +1,104 @@
+"""The sweep runner with a fake trainer: runs all, skips finished, survives failures, shards."""
+import argparse
+import functools
+import json
+from pathlib import Path
+
+from resnet_jax.sweeps import grid, run
+
+from tests.sweeps.fakes import fake_train
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = str(REPO / "configs/sweeps/smoke.py")
+
+
+class Recorder:
+    def __init__(self, fail_if=None):
+        self.calls = []
+        self.fail_if = fail_if
+
+    def __call__(self, config, workdir):
+        self.calls.append(Path(workdir).name)
+        return fake_train(config, workdir, self.fail_if)
+
+
+def test_runs_every_member_then_skips_them_all(tmp_path):
+    sweep = grid.load_sweep(SMOKE)
+    train = Recorder()
+    records = run.run_sweep(sweep, tmp_path, train_fn=train, log=lambda _: None)
+    names = [m.name for m in sweep.members()]
+    assert train.calls == names and [r["status"] for r in records] == ["done"] * 4
+    desc = json.loads((tmp_path / "sweep.json").read_text())
+    assert desc["members"] == names
+    member = json.loads((tmp_path / names[2] / "member.json").read_text())
+    assert member == {"index": 2, "name": "plain=true,seed=0",
+                      "values": [["model.plain", True], ["seed", 0]]}
+    # what the trainer saw is the member's config
+    config = json.loads((tmp_path / names[3] / "config.json").read_text())
+    assert (config["model"]["plain"], config["seed"]) == (True, 1)
+
+    again = Recorder()
+    records = run.run_sweep(sweep, tmp_path, train_fn=again, log=lambda _: None)
+    assert again.calls == [] and [r["status"] for r in records] == ["skipped"] * 4
+    assert "0 done, 4 skipped, 0 failed" in run.summarize(records)
+
+
+def test_a_failing_member_is_recorded_and_the_rest_run(tmp_path):
+    sweep = grid.load_sweep(SMOKE)
+    train = Recorder(fail_if=lambda c: c.model.plain and c.seed == 0)
+    records = run.run_sweep(sweep, tmp_path, train_fn=train, log=lambda _: None)
+    assert [r["status"] for r in records] == ["done", "done", "failed", "done"]
+    assert "boom at depth 8" in records[2]["error"]
+    error = (tmp_path / "plain=true,seed=0" / "error.txt").read_text()
+    assert "Traceback" in error and "RuntimeError: boom at depth 8" in error
+    assert not (tmp_path / "plain=true,seed=0" / "results.json").exists()
+    log = [json.loads(x) for x in (tmp_path / "sweep_log.jsonl").read_text().splitlines()]
+    assert [x["status"] for x in log] == ["done", "done", "failed", "done"]
+    assert "plain=true,seed=0" in run.summarize(records)
+
+    # run again with the cause fixed: only the failed member runs, and its error goes away
+    fixed = Recorder()
+    records = run.run_sweep(sweep, tmp_path, train_fn=fixed, log=lambda _: None)
+    assert fixed.calls == ["plain=true,seed=0"]
+    assert not (tmp_path / "plain=true,seed=0" / "error.txt").exists()
+
+
+def test_a_bad_override_fails_members_not_the_sweep(tmp_path):
+    sweep = grid.load_sweep(SMOKE)
+    records = run.run_sweep(sweep, tmp_path, extra_overrides=["--config.train.nope=1"],
+                            train_fn=Recorder(), log=lambda _: None)
+    assert {r["status"] for r in records} == {"failed"}
+    assert "train.nope" in records[0]["error"]
+
+
+def test_shards_split_the_work_and_together_finish_it(tmp_path):
+    sweep = grid.load_sweep(SMOKE)
+    seen = []
+    for j in range(2):
+        train = Recorder()
+        indices = run.select_indices(4, num_shards=2, shard_index=j)
+        run.run_sweep(sweep, tmp_path, indices=indices, train_fn=train, log=lambda _: None)
+        seen.append(train.calls)
+    assert seen == [["plain=false,seed=0", "plain=true,seed=0"],
+                    ["plain=false,seed=1", "plain=true,seed=1"]]
+    assert all((tmp_path / m.name / "results.json").exists() for m in sweep.members())
+
+
+def test_cli_list_and_set(tmp_path, capsys, monkeypatch):
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--list",
+                              "--num-shards", "2", "--shard-index", "1"])
+    assert run.run(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and out[0].endswith("(other shard)") and out[1].strip() == "1  plain=false,seed=1"
+    # --set reaches every member's config; the exit status reports failures
+    train = Recorder(fail_if=lambda c: c.seed == 1)
+    monkeypatch.setattr(run, "_default_train", train)
+    args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--member", "0",
+                              "--set", "train.num_steps=6"])
+    assert run.run(args) == 0 and train.calls == ["plain=false,seed=0"]
+    config = json.loads((tmp_path / "plain=false,seed=0" / "config.json").read_text())
+    assert config["train"]["num_steps"] == 6
+    args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--member", "1"])
+    assert run.run(args) == 1
