@@ -9,7 +9,8 @@ Augmentation randomness is stateless, keyed by (seed, process, position in the s
 the batch of step s is the same whether or not the run restarted at s.
 
 Errors: an undecodable image raises `CorruptImageError` naming its file (data.on_corrupt
-'error'), or is dropped and counted in `num_skipped` ('skip'; later batches then shift).
+'error'), or is dropped and counted in `num_skipped` ('skip'; later batches then shift;
+the count covers the files read so far, not an epoch's dropped remainder).
 """
 from __future__ import annotations
 
@@ -172,7 +173,11 @@ class StreamingPipeline:
                 except self.tf.errors.OpError as e:
                     self._raise_corrupt(e, step, epoch, idx)
                 pos = batch.pop("position")
-                self.num_skipped += int(pos[-1] - expected + 1 - len(pos))
+                skipped = int(pos[-1] - expected + 1 - len(pos))
+                if skipped:
+                    self.num_skipped += skipped
+                    log.warning("skipped %d unreadable images at step %d (data.on_corrupt="
+                                "'skip'); %d so far", skipped, step, self.num_skipped)
                 expected = int(pos[-1]) + 1
                 step += 1
                 yield batch
@@ -208,9 +213,12 @@ class StreamingPipeline:
             raise ValueError(f"eval_batches(scale={scale}) with data.eval_crops='multiscale': "
                              f"scale must be one of data.multiscale_sizes={self.eval_scales}")
         mode, size, resize = self.eval_crops, self.size, self.eval_resize
+        view_shape = {"center": [1, size, size, 3], "10crop": [10, size, size, 3],
+                      "multiscale": [2, scale, scale, 3]}[mode]
 
         def views(image_bytes, label, mask):
             v = augment.eval_views(image_bytes, mode, size, resize, scale or 0)
+            v.set_shape(view_shape)
             return {"image": v, "label": tf.cast(label, tf.int32), "mask": mask}
 
         if self.source_name == "folder":
@@ -228,8 +236,7 @@ class StreamingPipeline:
             ds = self.src.dataset(self.eval_shard).map(
                 lambda x, y: views(x, y, True), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
-            shape = [2, scale, scale, 3] if scale else ds.element_spec["image"].shape
-            pad = {"image": tf.zeros(shape, tf.uint8), "label": tf.constant(0, tf.int32),
+            pad = {"image": tf.zeros(view_shape, tf.uint8), "label": tf.constant(0, tf.int32),
                    "mask": tf.constant(False)}
             total = self.eval_num_batches * self.eval_batch_size
             ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).take(total)
