@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,15 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointSaveError(RuntimeError):
     """A save failed (e.g. disk full); the previous checkpoints are untouched."""
+
+
+class Restored(NamedTuple):
+    """What `Checkpointer.restore_latest` returns: the state, the base rng, the step (= the
+    position in the data) and the JSON meta item saved with them."""
+    state: Any
+    rng: jax.Array
+    step: int
+    meta: dict
 
 
 def _key_data(rng: jax.Array) -> jax.Array:
@@ -78,7 +87,7 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         """Committed steps on disk, oldest first (temporary directories are not steps)."""
         self.manager.reload()
-        return sorted(self.manager.all_steps(read=True))
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, rng: jax.Array, meta: dict,
              metrics: dict | None = None) -> None:
@@ -124,12 +133,12 @@ class Checkpointer:
 
     def restore_latest(self, state: Any, rng: jax.Array,
                        check_meta: Callable[[dict], None] | None = None,
-                       ) -> tuple[Any, jax.Array, int] | None:
+                       ) -> Restored | None:
         """Restores the newest readable checkpoint onto the shardings of `state` and `rng`.
 
         A checkpoint that fails to read (truncated, corrupt) is skipped with a warning and the
         one before it is tried. `check_meta(meta)` may raise (e.g. CheckpointMismatchError);
-        that error propagates. Returns (state, rng, step), or None if there is no checkpoint.
+        that error propagates. Returns a `Restored`, or None if there is no checkpoint.
         """
         steps = self.all_steps()
         typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
@@ -149,7 +158,7 @@ class Checkpointer:
                 self._warn_skip(step, err)
                 continue
             new_rng = jax.random.wrap_key_data(restored["rng"]) if typed else restored["rng"]
-            return restored["state"], new_rng, int(meta["step"])
+            return Restored(restored["state"], new_rng, int(meta["step"]), meta)
         if steps:
             raise RuntimeError(f"no readable checkpoint in {self.directory} (steps {steps} all "
                                "failed to restore; see the warnings above)")

@@ -34,15 +34,15 @@ def test_round_trip_with_rng_and_step(tmp_path):
     rng = jax.random.PRNGKey(42)
     c.save(5, _state(1.5), rng, META)
     c.wait()
-    state, new_rng, step = c.restore_latest(_state(0.0), jax.random.PRNGKey(0))
-    assert step == 5
+    state, new_rng, step, meta = c.restore_latest(_state(0.0), jax.random.PRNGKey(0))
+    assert step == 5 and meta["model"] == META["model"]
     _assert_equal(state, _state(1.5))
     np.testing.assert_array_equal(new_rng, rng)
     assert state["params"]["w"].sharding == _state(0.0)["params"]["w"].sharding
     typed = jax.random.key(7)
     c.save(6, _state(2.0), typed, META)
     c.wait()
-    _, back, _ = c.restore_latest(_state(0.0), jax.random.key(0))
+    _, back, _, _ = c.restore_latest(_state(0.0), jax.random.key(0))
     np.testing.assert_array_equal(jax.random.key_data(back), jax.random.key_data(typed))
     c.close()
 
@@ -80,7 +80,7 @@ def test_truncated_newest_falls_back_with_warning(tmp_path, caplog):
     _truncate_step(directory, 2)
     c2 = ckpt.Checkpointer(directory, keep=3)
     with caplog.at_level(logging.WARNING):
-        state, rng, step = c2.restore_latest(_state(0.0), jax.random.PRNGKey(0))
+        state, rng, step, _ = c2.restore_latest(_state(0.0), jax.random.PRNGKey(0))
     assert step == 1
     _assert_equal(state, _state(1.0))
     assert "step 2" in caplog.text and "previous" in caplog.text
@@ -111,7 +111,7 @@ def test_failed_save_keeps_previous_restorable(tmp_path, monkeypatch):
     monkeypatch.undo()
     fresh = ckpt.Checkpointer(directory, keep=1)
     assert fresh.all_steps() == [1]
-    state, _, step = fresh.restore_latest(_state(0.0), jax.random.PRNGKey(0))
+    state, _, step, _ = fresh.restore_latest(_state(0.0), jax.random.PRNGKey(0))
     assert step == 1
     _assert_equal(state, _state(1.0))
 

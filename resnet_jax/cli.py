@@ -1,0 +1,58 @@
+"""`resnet-jax` command line: a thin dispatcher. Each command lives beside its code and exposes
+an `add_arguments(parser)` and a `run(args) -> int` function (docs/ARCHITECTURE.md "Runs");
+modules are imported only when their command runs, so `describe` does not load the trainer.
+
+Arguments argparse does not know are handed to the command as `args.extra` (train takes the
+`--config.a.b=value` overrides from there); a `ValueError` is printed as one line, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# name: (module, add_arguments function, run function, help)
+COMMANDS = {
+    "train": ("resnet_jax.train.commands", "add_train_arguments", "run_train",
+              "train (or resume) a config in a workdir"),
+    "eval": ("resnet_jax.train.commands", "add_eval_arguments", "run_eval",
+             "evaluate a workdir's newest checkpoint"),
+    "describe": ("resnet_jax.models.describe", "add_arguments", "run",
+                 "a model's layers, parameters and multiply-adds"),
+    "sweep": ("resnet_jax.sweeps.run", "add_arguments", "run", "run a sweep of configs"),
+    "report": ("resnet_jax.sweeps.report", "add_arguments", "run", "tables and plots of a sweep"),
+    "analyze": ("resnet_jax.sweeps.analysis", "add_arguments", "run",
+                "layer response analysis (paper Fig. 7)"),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The top parser; only the chosen command's module is imported for its arguments."""
+    parser = argparse.ArgumentParser(prog="resnet-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, add, _, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text)
+        if name == command:
+            getattr(importlib.import_module(module), add)(sp)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args, extra = parser.parse_known_args(argv)
+    args.extra = extra
+    module, _, run, _ = COMMANDS[args.command]
+    if extra and args.command not in ("train", "eval"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(getattr(importlib.import_module(module), run)(args) or 0)
+    except ValueError as err:
+        print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""`resnet-jax train` and `resnet-jax eval` (dispatched by resnet_jax/cli.py).
+
+    resnet-jax train --config configs/cifar10.py:depth=110,shortcut=B --workdir W \
+        [--config.optim.lr=0.2 ...] [--distributed | --coordinator H:P --num-processes N
+        --process-id I] [--cpu-devices K]
+    resnet-jax eval --workdir W [--crops center|10crop|multiscale]
+
+`train` on a workdir that holds checkpoints resumes from the newest one. Multi-process:
+`--distributed` lets jax.distributed.initialize() find the cluster (TPU pods, SLURM);
+`--coordinator/--num-processes/--process-id` set it explicitly (launch/local.sh).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+CROPS = ("center", "10crop", "multiscale")
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("processes and devices")
+    group.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() with cluster auto-detection")
+    group.add_argument("--coordinator", help="host:port of process 0 (explicit multi-process)")
+    group.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
+    group.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
+    group.add_argument("--cpu-devices", type=int,
+                       help="give this process K CPU devices (tests, local multi-process runs)")
+
+
+def init_runtime(args: argparse.Namespace) -> None:
+    """Sets CPU device count and joins jax.distributed; must run before any JAX computation."""
+    import jax
+    if args.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    if args.coordinator:
+        if args.num_processes is None or args.process_id is None:
+            raise ValueError("--coordinator needs --num-processes and --process-id")
+        # Short timeouts so a dead peer fails the run in seconds, not minutes.
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                   initialization_timeout=120, heartbeat_timeout_seconds=30)
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
+def config_overrides(extra: Sequence[str]) -> list[str]:
+    """The `--config.a.b=v` (or `--config.a.b v`) arguments argparse left over; others refused."""
+    out, items, i = [], list(extra), 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--config."):
+            raise ValueError(f"unrecognized argument {item!r} (config fields are set with "
+                             "--config.section.field=value)")
+        if "=" not in item:
+            if i + 1 >= len(items):
+                raise ValueError(f"{item}: missing value")
+            item, i = f"{item}={items[i + 1]}", i + 1
+        out.append(item)
+        i += 1
+    return out
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True,
+                        help="recipe file and its argument: configs/cifar10.py:depth=110,shortcut=B")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory (local or gs://); an existing one is resumed")
+    _add_runtime_arguments(parser)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from resnet_jax.config import load_config
+    config = load_config(args.config, config_overrides(getattr(args, "extra", ())))
+    init_runtime(args)
+    from resnet_jax.train.loop import train_and_evaluate
+    results = train_and_evaluate(config, args.workdir)
+    import jax
+    if jax.process_index() == 0 and not results.get("preempted"):
+        print(json.dumps({"best": results["best"], "final": results["final"]}))
+    return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="a workdir written by `train`")
+    parser.add_argument("--crops", choices=CROPS,
+                        help="test views (default: the run's data.eval_crops)")
+    _add_runtime_arguments(parser)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if getattr(args, "extra", None):
+        raise ValueError(f"unrecognized arguments: {' '.join(args.extra)}")
+    init_runtime(args)
+    import jax
+    from resnet_jax.train import loop
+    config = loop.read_config(args.workdir)
+    if args.crops:
+        config.data.eval_crops = args.crops
+    run, state, step = loop.restore_for_eval(args.workdir, config)
+    summary = loop.evaluate(run, state)
+    result = {"step": step, "crops": config.data.eval_crops, **summary}
+    if jax.process_index() == 0:
+        print(json.dumps(result))
+    return 0
+
+
+def main_for_tests(argv: Sequence[str]) -> int:  # pragma: no cover - convenience
+    from resnet_jax.cli import main
+    return main(list(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main_for_tests(sys.argv[1:]))

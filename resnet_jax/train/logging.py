@@ -1,0 +1,150 @@
+"""Run logs: `metrics.jsonl` (one JSON object per line), TensorBoard events (`tb/`, via
+tensorboardX) and a console progress line. Only process 0 writes or prints; other processes
+get writers whose methods do nothing, so the loop calls them unconditionally.
+
+metrics.jsonl rows (docs/ARCHITECTURE.md "Runs"): step, epoch, split ('train'|'val'), loss,
+top1_error, top5_error (percent), lr, grad_norm, images_per_sec, wall_time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from etils import epath
+
+ROW_FIELDS = ("step", "epoch", "split", "loss", "top1_error", "top5_error", "lr", "grad_norm",
+              "images_per_sec", "wall_time")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe floats (NaN/inf become None: plain JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Appends rows to `workdir/metrics.jsonl` and scalars to `workdir/tb`.
+
+    Args:
+      workdir: the run directory (local or gs://).
+      enabled: False on processes other than 0.
+      resume_step: when resuming from a checkpoint of this step, rows of later steps (logged
+        by the interrupted run after its last checkpoint) are dropped, so every step appears
+        once and the file matches an uninterrupted run.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if not enabled:
+            return
+        self._truncate_after(resume_step)
+        from tensorboardX import SummaryWriter  # lazy: only process 0 needs it
+        self._tb = SummaryWriter(logdir=os.fspath(epath.Path(workdir) / "tb"))
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(row + "\n" for row in rows))
+
+    def write(self, row: dict) -> None:
+        """One metrics row; keys outside ROW_FIELDS are kept too."""
+        if not self.enabled:
+            return
+        row = {k: _clean(v) for k, v in row.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        split, step = row["split"], int(row["step"])
+        for key, value in row.items():
+            if key not in ("step", "split", "wall_time") and isinstance(value, (int, float)):
+                self._tb.add_scalar(f"{split}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """All rows of `workdir/metrics.jsonl`."""
+    path = epath.Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_duration(seconds: float) -> str:
+    """3725 -> '1:02:05'."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """A one-line progress bar: step, epoch, loss, accuracy, images/s and ETA.
+
+    On a terminal the line is redrawn in place; otherwise (logs, CI) each update is a line.
+    """
+
+    def __init__(self, total_steps: int, steps_per_epoch: int, enabled: bool = True,
+                 stream: TextIO | None = None, width: int = 20):
+        self.total, self.steps_per_epoch = total_steps, max(steps_per_epoch, 1)
+        self.enabled, self.width = enabled, width
+        self.stream = stream or sys.stdout
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def line(self, step: int, loss: float, top1_error: float, images_per_sec: float,
+             eta_s: float) -> str:
+        done = int(self.width * step / max(self.total, 1))
+        bar = "=" * done + (">" if done < self.width else "") + " " * (self.width - done - 1)
+        return (f"[{bar[:self.width]}] step {step}/{self.total} "
+                f"epoch {step / self.steps_per_epoch:.2f} loss {loss:.4f} "
+                f"acc {100.0 - top1_error:.2f}% {images_per_sec:,.0f} img/s "
+                f"ETA {format_duration(eta_s)}")
+
+    def update(self, step: int, loss: float, top1_error: float, images_per_sec: float,
+               eta_s: float) -> None:
+        if not self.enabled:
+            return
+        text = self.line(step, loss, top1_error, images_per_sec, eta_s)
+        self.stream.write(("\r" + text) if self._tty else (text + "\n"))
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """A line of its own (eval results, checkpoints), not overwritten by the bar."""
+        if not self.enabled:
+            return
+        self.stream.write(("\n" if self._tty else "") + text + "\n")
+        self.stream.flush()
+
+
+class Timer:
+    """Images/s over the steps since the last `rate` call (wall clock)."""
+
+    def __init__(self) -> None:
+        self._t = time.perf_counter()
+        self._steps = 0
+
+    def restart(self) -> None:
+        """Starts a new window now (after an evaluation or a save, which are not training)."""
+        self._t, self._steps = time.perf_counter(), 0
+
+    def add(self, steps: int) -> None:
+        self._steps += steps
+
+    def rate(self, batch_size: int) -> tuple[float, float]:
+        """(images per second, seconds per step) since the last call; resets the window."""
+        now = time.perf_counter()
+        elapsed, steps = now - self._t, self._steps
+        self._t, self._steps = now, 0
+        if steps == 0 or elapsed <= 0:
+            return 0.0, float("nan")
+        return steps * batch_size / elapsed, elapsed / steps
