@@ -131,6 +131,16 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
 
+    def latest_meta(self) -> dict | None:
+        """The meta of the newest checkpoint whose meta reads (None if there is none); cheap,
+        so a run can refuse a workdir of another model before building anything big."""
+        for step in reversed(self.all_steps()):
+            try:
+                return self.read_meta(step)
+            except Exception:  # noqa: BLE001 - unreadable: restore_latest will warn about it
+                continue
+        return None
+
     def restore_latest(self, state: Any, rng: jax.Array,
                        check_meta: Callable[[dict], None] | None = None,
                        ) -> Restored | None:

@@ -171,30 +171,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         work.mkdir(parents=True, exist_ok=True)
     checkpointer = ckpt_lib.Checkpointer(os.fspath(work / "checkpoints"),
                                          keep=config.train.keep_checkpoints)
-    state, rng = initial_state(run)
-    # Restore before writing anything: a workdir of another model must be left untouched.
-    restored = checkpointer.restore_latest(state, rng, ckpt_lib.check_same_model(run.meta))
-    meta_state = {"best": None, "train_time_s": 0.0}
-    step = 0
-    if restored is not None:
-        state, rng, step = restored.state, restored.rng, restored.step
-        meta_state = {k: restored.meta.get(k, v) for k, v in meta_state.items()}
-    if lead:
-        (work / "config.json").write_text(config_lib.to_json(config) + "\n")
-    writer = MetricsWriter(os.fspath(work), enabled=lead, resume_step=step)
-    progress = Progress(config.train.num_steps, run.pipeline.steps_per_epoch,
-                        enabled=lead and config.train.progress)
-    if restored is not None:
-        progress.message(f"resumed from the checkpoint of step {step} in {work / 'checkpoints'}")
+    writer = None
     try:
+        state, rng, step, meta_state = _resume(run, checkpointer)
+        if lead:
+            (work / "config.json").write_text(config_lib.to_json(config) + "\n")
+        writer = MetricsWriter(os.fspath(work), enabled=lead, resume_step=step)
+        progress = Progress(config.train.num_steps, run.pipeline.steps_per_epoch,
+                            enabled=lead and config.train.progress)
+        if step:
+            progress.message(f"resumed from the checkpoint of step {step} in {work}")
         with ckpt_lib.PreemptionWatcher() as watcher:
             result = _train(run, state, rng, step, meta_state, checkpointer, writer, progress,
                             watcher, on_step, work)
         checkpointer.wait()
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         checkpointer.close()
     return result
+
+
+def _resume(run: Run, checkpointer: ckpt_lib.Checkpointer) -> tuple:
+    """(state, rng, step, {'best', 'train_time_s'}): from the newest checkpoint, or fresh.
+
+    The model is checked before the state is built or anything is written: a workdir of
+    another model is refused fast and left untouched.
+    """
+    check = ckpt_lib.check_same_model(run.meta)
+    latest = checkpointer.latest_meta()
+    if latest is not None:
+        check(latest)
+    state, rng = initial_state(run)
+    meta_state = {"best": None, "train_time_s": 0.0}
+    restored = checkpointer.restore_latest(state, rng, check)
+    if restored is None:
+        return state, rng, 0, meta_state
+    meta_state = {k: restored.meta.get(k, v) for k, v in meta_state.items()}
+    return restored.state, restored.rng, restored.step, meta_state
 
 
 def _train(run, state, rng, step, meta_state, checkpointer, writer, progress, watcher,
@@ -306,15 +320,10 @@ def load_trained(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
     checkpointer = ckpt_lib.Checkpointer(os.fspath(epath.Path(workdir) / "checkpoints"),
                                          keep=10 ** 6)
     try:
-        meta = None
-        for step in reversed(checkpointer.all_steps()):
-            try:
-                meta = checkpointer.read_meta(step)["model"]
-                break
-            except Exception:  # noqa: BLE001 - an unreadable save: try the one before
-                continue
+        latest = checkpointer.latest_meta()
     finally:
         checkpointer.close()
+    meta = latest["model"] if latest else None
     if meta is None:
         raise ValueError(f"--workdir {workdir}: no readable checkpoint")
     mesh = parallel.make_mesh()
