@@ -127,7 +127,7 @@ def run_dirs(workdir: str | Path) -> list[Path]:
         return [root]
     runs = sorted(d for d in root.iterdir() if (d / "results.json").exists()) if root.is_dir() else []
     if not runs:
-        raise FileNotFoundError(f"{str(root)!r} holds no finished run (no results.json here "
+        raise ValueError(f"{str(root)!r} holds no finished run (no results.json here "
                                 "or in its subdirectories)")
     return runs
 

@@ -98,7 +98,7 @@ def read_sweep(sweep_dir: str | Path) -> tuple[dict, list[MemberRecord]]:
     """``(sweep.json content or {}, members in grid order)``; members not yet started are left out."""
     root = Path(sweep_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"sweep directory {str(root)!r} does not exist")
+        raise ValueError(f"sweep directory {str(root)!r} does not exist")
     desc = _read_json(root / "sweep.json") or {}
     order = {name: i for i, name in enumerate(desc.get("members", []))}
     dirs = [d for d in root.iterdir() if d.is_dir() and (

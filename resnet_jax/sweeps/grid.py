@@ -164,7 +164,7 @@ def resolve_spec(spec: str, source: str | os.PathLike = "") -> str:
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate.resolve()) + sep + arg
-    raise FileNotFoundError(
+    raise ValueError(
         f"sweep field 'base': no config file {path!r} (looked in {[str(c) for c in candidates]})"
     )
 
@@ -173,7 +173,7 @@ def load_sweep(spec: str) -> Sweep:
     """Import a sweep file ``path.py[:arg]`` and expand its ``get_config(arg)``."""
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"sweep config {path!r} does not exist")
+        raise ValueError(f"sweep config {path!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"_sweep_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

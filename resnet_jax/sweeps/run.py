@@ -114,12 +114,16 @@ def run_member(sweep: grid.Sweep, member: grid.Member, workdir: str | os.PathLik
     start = time.time()
     try:
         config = member_config(sweep, member, extra_overrides, load_fn)
-        (train_fn or _default_train)(config, str(mdir))
+        result = (train_fn or _default_train)(config, str(mdir))
     except Exception as err:  # noqa: BLE001 - a failed member must not stop the sweep
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
         if chief:
             (mdir / "error.txt").write_text(traceback.format_exc())
     else:
+        if isinstance(result, dict) and result.get("preempted"):
+            # The trainer saved and stopped on SIGTERM: the job is going away; a rerun resumes.
+            record.update(status="preempted", seconds=round(time.time() - start, 3))
+            return record
         record["status"] = "done"
         if chief and (mdir / "error.txt").exists():
             (mdir / "error.txt").unlink()  # an earlier failure, now fixed
@@ -134,7 +138,8 @@ def run_sweep(sweep: grid.Sweep, workdir: str | os.PathLike, *,
               log: Callable[[str], None] = print) -> list[dict]:
     """Run the selected members (all by default) in order; return one record per member.
 
-    Records: ``{"index", "name", "status": "done"|"skipped"|"failed", "seconds", ["error"]}``.
+    Records: ``{"index", "name", "status": "done"|"skipped"|"failed"|"preempted", "seconds",
+    ["error"]}``. A preempted member (SIGTERM; its checkpoint saved) ends the sweep early.
     ``train_fn(config, workdir)`` and ``load_fn(spec)`` default to the real trainer and
     ``resnet_jax.config.load_config``; tests inject fakes.
     """
@@ -158,13 +163,19 @@ def run_sweep(sweep: grid.Sweep, workdir: str | os.PathLike, *,
         log(f"[sweep] member {i + 1}/{len(members)} {member.name}: {record['status']}"
             f" ({record['seconds']:.1f} s){'  ' + record.get('error', '') if 'error' in record else ''}")
         records.append(record)
+        if record["status"] == "preempted":
+            log("[sweep] preempted: stopping; run the same command again to resume")
+            break
     return records
 
 
 def summarize(records: Sequence[dict]) -> str:
     """One line: how many members finished, were skipped, failed (and which)."""
-    count = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
+    count = {s: sum(r["status"] == s for r in records)
+             for s in ("done", "skipped", "failed", "preempted")}
     line = f"[sweep] {count['done']} done, {count['skipped']} skipped, {count['failed']} failed"
+    if count["preempted"]:
+        line += ", preempted (rerun to resume)"
     failed = [r["name"] for r in records if r["status"] == "failed"]
     return line + (f": {', '.join(failed)} (see <member>/error.txt)" if failed else "")
 
@@ -190,6 +201,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field for every member, e.g. train.num_steps=2000")
     parser.add_argument("--list", action="store_true", help="print the members and exit")
+    parser.add_argument("--compile-cache", default="", metavar="DIR",
+                        help="persistent JAX compilation cache: members that differ only in "
+                             "seed (or other non-shape fields) then compile once")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -201,6 +215,10 @@ def run(args: argparse.Namespace) -> int:
         for m in members:
             print(f"{m.index:4d}  {m.name}{'' if m.index in indices else '  (other shard)'}")
         return 0
+    if args.compile_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     records = run_sweep(sweep, args.workdir, indices=indices, extra_overrides=_parse_set(args.set))
     print(summarize(records))
-    return 1 if any(r["status"] == "failed" for r in records) else 0
+    return 1 if any(r["status"] in ("failed", "preempted") for r in records) else 0

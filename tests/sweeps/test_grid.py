@@ -41,7 +41,7 @@ def test_bad_sweep_configs_name_the_field(bad, word):
 
 
 def test_missing_base_file_is_reported():
-    with pytest.raises(FileNotFoundError, match="nope.py"):
+    with pytest.raises(ValueError, match="nope.py"):
         grid.sweep_from_config({"base": "configs/nope.py", "axes": [("seed", [0])]})
 
 

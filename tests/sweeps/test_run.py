@@ -102,3 +102,21 @@ def test_cli_list_and_set(tmp_path, capsys, monkeypatch):
     assert config["train"]["num_steps"] == 6
     args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--member", "1"])
     assert run.run(args) == 1
+
+
+def test_a_preempted_member_stops_the_sweep_and_resumes_on_rerun(tmp_path):
+    sweep = grid.load_sweep(SMOKE)
+    calls = []
+
+    def preempted_once(config, workdir):
+        calls.append(Path(workdir).name)
+        if len(calls) == 2:
+            return {"preempted": True, "step": 4}
+        return fake_train(config, workdir)
+
+    records = run.run_sweep(sweep, tmp_path, train_fn=preempted_once, log=lambda _: None)
+    assert [r["status"] for r in records] == ["done", "preempted"]
+    assert "preempted" in run.summarize(records)
+    records = run.run_sweep(sweep, tmp_path, train_fn=preempted_once, log=lambda _: None)
+    assert [r["status"] for r in records] == ["skipped", "done", "done", "done"]
+    assert calls[1] == calls[2] == "plain=false,seed=1"
