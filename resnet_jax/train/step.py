@@ -56,10 +56,16 @@ def _as_float(rng: jax.Array, images: jax.Array, train: bool) -> jax.Array:
 def _global_key(rng: Any, mesh: Mesh) -> jax.Array:
     """The key replicated over the mesh (the same key on every process); no-op if already so.
 
-    `device_put` of an uncommitted value onto a multi-process sharding checks that every
-    process passed the same value.
+    A typed key is moved as its raw uint32 data (device_put onto devices of other processes
+    takes host values only) and re-wrapped with its own impl (threefry, rbg, ...).
     """
-    return jax.device_put(rng, parallel.replicated(mesh))
+    sharding = parallel.replicated(mesh)
+    if isinstance(rng, jax.Array) and rng.sharding == sharding:
+        return rng
+    if isinstance(rng, jax.Array) and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        data = jax.device_put(np.asarray(jax.random.key_data(rng)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(rng))
+    return jax.device_put(np.asarray(rng), sharding)
 
 
 def create_train_state(rng: Any, model: nn.Module, tx: optax.GradientTransformation,

@@ -114,14 +114,14 @@ def grouped_reference(state, batch, rng, groups):
     img_g = images.reshape((groups, -1) + images.shape[1:])
     lab_g = batch["label"].reshape(groups, -1)
 
-    def loss_fn(params):
-        losses, stats = [], []
-        for x, y in zip(img_g, lab_g):
-            logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                                      train=True, mutable=["batch_stats"])
-            losses.append(jnp.mean(S.cross_entropy(logits, y)))
-            stats.append(upd["batch_stats"])
-        return jnp.mean(jnp.stack(losses)), jax.tree.map(lambda *s: sum(s) / groups, *stats)
+    def group_loss(params, x, y):
+        logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                  train=True, mutable=["batch_stats"])
+        return jnp.mean(S.cross_entropy(logits, y)), upd["batch_stats"]
+
+    def loss_fn(params):  # each group on its own, then the mean of the groups
+        losses, stats = jax.vmap(group_loss, in_axes=(None, 0, 0))(params, img_g, lab_g)
+        return jnp.mean(losses), jax.tree.map(lambda v: jnp.mean(v, axis=0), stats)
 
     (loss, stats), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params)
     updates, _ = tx().update(grads, state.opt_state, state.params)

@@ -1,0 +1,75 @@
+"""A few training steps, run either as one of N processes (`python _mp_worker.py PID N PORT OUT`,
+started by test_multiprocess.py) or in the test process itself (`run_steps`), so both sides train
+the same model on the same global batches.
+
+Each process feeds only its own rows of the global batch (`parallel.to_global`); BN statistics
+are per device, so the placement of every row on the right device matters.
+"""
+import os
+import sys
+
+NUM_STEPS, GLOBAL_BATCH, HW = 3, 16, 8
+
+
+def run_steps(process_index: int, process_count: int) -> dict:
+    """Train NUM_STEPS steps on all devices; returns host numpy params, batch_stats, losses."""
+    import jax
+    import ml_collections
+    import numpy as np
+
+    import resnet_jax
+    from resnet_jax import parallel
+    from resnet_jax.train import optim, step
+
+    mesh = parallel.make_mesh()
+    groups = parallel.bn_num_groups("per_device", 1, mesh.size)
+    model = resnet_jax.create_model("cifar_resnet8", width=4, bn_num_groups=groups)
+    c = ml_collections.ConfigDict(dict(
+        name="sgd", lr=0.1, lr_scaling="none", base_batch_size=128, momentum=0.9,
+        nesterov=False, weight_decay=1e-4, decay_bn_and_bias=False, schedule="piecewise",
+        schedule_unit="steps", boundaries=[2], decay_factor=0.1, warmup="none",
+        warmup_length=0, warmup_lr=0.0, label_smoothing=0.0))
+    tx = optim.make_optimizer(c, steps_per_epoch=10)
+    # rbg: fast to compile on CPU; the init runs replicated, so every device draws the same.
+    state = step.create_train_state(jax.random.key(0, impl="rbg"), model, tx, (HW, HW, 3),
+                                    mesh=mesh)
+    fn = step.make_train_fn(model, tx, mesh)
+    b = GLOBAL_BATCH // process_count
+    losses = []
+    for s in range(NUM_STEPS):
+        rng = np.random.default_rng(s)
+        images = rng.normal(size=(GLOBAL_BATCH, HW, HW, 3)).astype(np.float32)
+        labels = rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)
+        rows = slice(process_index * b, (process_index + 1) * b)
+        state, metrics = fn(state, {"image": images[rows], "label": labels[rows]},
+                            jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    flat = {}
+    for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            flat[name + jax.tree_util.keystr(path)] = np.asarray(leaf)  # fully replicated
+    flat["losses"] = np.array(losses)
+    return flat
+
+
+def main(argv: list) -> int:
+    pid, nproc, port, out = int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    import numpy as np
+
+    jax.config.update("jax_num_cpu_devices", 8 // nproc)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Short timeouts: a dead peer must fail the test in seconds, not hang it for minutes.
+    jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid,
+                               initialization_timeout=30, heartbeat_timeout_seconds=10,
+                               shutdown_timeout_seconds=10)
+    assert jax.process_count() == nproc and jax.device_count() == 8
+    result = run_steps(jax.process_index(), jax.process_count())
+    np.savez(out, **result)
+    jax.distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

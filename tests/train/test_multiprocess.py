@@ -1,0 +1,56 @@
+"""2 processes x 4 CPU devices (jax.distributed on localhost, gloo collectives) train exactly
+like 1 process x 8 devices: same losses, parameters and BN statistics after a few steps."""
+import importlib.util
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+WORKER = pathlib.Path(__file__).with_name("_mp_worker.py")
+
+
+def load_worker():
+    spec = importlib.util.spec_from_file_location("_mp_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    nproc, port = 2, free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("XLA_FLAGS", None)  # the worker sets its own device count
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(nproc), str(port),
+                               str(tmp_path / f"p{i}.npz")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(nproc)]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=120)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
+
+    reference = load_worker().run_steps(0, 1)  # this process: 8 devices (conftest)
+    for i in range(nproc):
+        got = dict(np.load(tmp_path / f"p{i}.npz"))
+        assert sorted(got) == sorted(reference)
+        for key, value in reference.items():
+            np.testing.assert_allclose(got[key], value, rtol=2e-5, atol=2e-6, err_msg=key)
+    assert np.all(np.isfinite(reference["losses"]))
