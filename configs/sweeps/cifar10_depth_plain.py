@@ -2,7 +2,8 @@
 each as a plain net and as a ResNet (option A), on the 45k/5k split of the shared train set.
 
     resnet-jax sweep configs/sweeps/cifar10_depth_plain.py --workdir runs/fig6
-    resnet-jax sweep configs/sweeps/cifar10_depth_plain.py:steps=16000,depths=20/56 --workdir runs/f6s
+    resnet-jax sweep configs/sweeps/cifar10_depth_plain.py:steps=16000,depths=20/56 \
+        --workdir runs/fig6_short
 
 Arguments (after the colon, comma separated): steps (default 64000, the paper's; a shorter run
 keeps the lr drops at 1/2 and 3/4 of it, as the paper's 32k/48k are of 64k), depths

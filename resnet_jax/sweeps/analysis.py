@@ -125,7 +125,9 @@ def run_dirs(workdir: str | Path) -> list[Path]:
     root = Path(workdir)
     if (root / "results.json").exists():
         return [root]
-    runs = sorted(d for d in root.iterdir() if (d / "results.json").exists()) if root.is_dir() else []
+    runs = []
+    if root.is_dir():
+        runs = sorted(d for d in root.iterdir() if (d / "results.json").exists())
     if not runs:
         raise ValueError(f"{str(root)!r} holds no finished run (no results.json here "
                                 "or in its subdirectories)")

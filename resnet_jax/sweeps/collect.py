@@ -30,7 +30,8 @@ class MemberRecord:
     error: str = ""
 
     def get(self, field: str, default: Any = None) -> Any:
-        """A config field (``model.depth``): the member's value, else its config.json, else default."""
+        """A config field (``model.depth``): the member's value, else config.json's, else
+        ``default``."""
         if field in self.values:
             return self.values[field]
         node: Any = self.config or {}
@@ -64,7 +65,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def _values_from_name(name: str) -> dict[str, Any]:
-    """Fallback when member.json is missing: ``depth=20,plain=true`` -> {'depth': 20, 'plain': True}."""
+    """Without member.json: ``depth=20,plain=true`` -> {'depth': 20, 'plain': True}."""
     values = {}
     for part in name.split(","):
         key, sep, text = part.partition("=")
@@ -95,7 +96,7 @@ def read_member(mdir: Path, fallback_index: int = 0) -> MemberRecord:
 
 
 def read_sweep(sweep_dir: str | Path) -> tuple[dict, list[MemberRecord]]:
-    """``(sweep.json content or {}, members in grid order)``; members not yet started are left out."""
+    """``(sweep.json content or {}, members in grid order)``; members not started are left out."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise ValueError(f"sweep directory {str(root)!r} does not exist")

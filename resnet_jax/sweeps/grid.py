@@ -126,7 +126,8 @@ def sweep_from_config(config: Any, source: str | os.PathLike = "") -> Sweep:
     get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
     base = get("base", None)
     if not isinstance(base, str) or not base:
-        raise ValueError("sweep field 'base' must be a config spec string like 'configs/cifar10.py'")
+        raise ValueError("sweep field 'base' must be a config spec string like "
+                         "'configs/cifar10.py'")
     axes = _pairs(get("axes", None), "axes")
     if not axes:
         raise ValueError("sweep field 'axes' must name at least one (field, values) pair")
@@ -184,7 +185,7 @@ def load_sweep(spec: str) -> Sweep:
 
 
 def override_text(field: str, value: Any) -> str:
-    """``('train.num_steps', 100)`` -> ``'--config.train.num_steps=100'`` (resnet_jax.config syntax)."""
+    """``('train.num_steps', 100)`` -> ``'--config.train.num_steps=100'`` (load_config's syntax)."""
     if isinstance(value, (tuple, list)):
         text = repr(tuple(value))
     else:

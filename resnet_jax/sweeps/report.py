@@ -119,7 +119,9 @@ def render_table(rows: Sequence[dict], fields: Sequence[str]) -> str:
             "top-5 err % (final)", "params", "mult-adds", "steps", "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        runs = f"{row['runs']}/{row['members']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        runs = f"{row['runs']}/{row['members']}"
+        if row["failed"]:
+            runs += f" ({row['failed']} failed)"
         cells = [*(grid.format_value(row["group"][k]) for k in keys), row["model"] or "-", runs,
                  fmt_error(row["final"], row["runs"]), fmt_error(row["best"], row["runs"]),
                  fmt_error(row["final_top5"], row["runs"]), fmt_count(row["params"]),
@@ -145,7 +147,7 @@ def render_members(records: Sequence[collect.MemberRecord]) -> str:
 
 
 def write_report(sweep_dir: str | Path, *, plots: bool = True) -> Path:
-    """Write ``report.md`` (and the PNG figures when ``plots``) into ``sweep_dir``; return its path."""
+    """Write ``report.md`` (and the PNGs if ``plots``) into ``sweep_dir``; return its path."""
     root = Path(sweep_dir)
     desc, records = collect.read_sweep(root)
     fields = collect.varied_fields(desc, records)
@@ -162,7 +164,7 @@ def write_report(sweep_dir: str | Path, *, plots: bool = True) -> Path:
 
         figures = []
         if plotting.plot_training_curves(records, fields, root / FIG6):
-            figures.append(("Training (dashed) and eval (solid) error vs iterations (Fig. 6)", FIG6))
+            figures.append(("Train (dashed) and eval (solid) error vs iterations (Fig. 6)", FIG6))
         if plotting.plot_layer_responses(records, fields, root / FIG7):
             figures.append(("Std of 3x3 layer responses after BN (Fig. 7)", FIG7))
         if figures:

@@ -34,7 +34,8 @@ LoadFn = Callable[[str, Sequence[str]], ml_collections.ConfigDict]
 
 def select_indices(num_members: int, member: int | None = None, num_shards: int = 1,
                    shard_index: int = 0) -> list[int]:
-    """The member indices this job runs: one ``member``, or every ``num_shards``-th from ``shard_index``."""
+    """The member indices this job runs: ``member`` alone, or every ``num_shards``-th one
+    starting at ``shard_index``."""
     if num_shards < 1:
         raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
     if not 0 <= shard_index < num_shards:
@@ -160,8 +161,9 @@ def run_sweep(sweep: grid.Sweep, workdir: str | os.PathLike, *,
                             train_fn=train_fn, load_fn=load_fn, chief=chief)
         if record["status"] != "skipped" and chief:
             _append_log(root, {**record, "time": time.time()})
+        error = f"  {record['error']}" if "error" in record else ""
         log(f"[sweep] member {i + 1}/{len(members)} {member.name}: {record['status']}"
-            f" ({record['seconds']:.1f} s){'  ' + record.get('error', '') if 'error' in record else ''}")
+            f" ({record['seconds']:.1f} s){error}")
         records.append(record)
         if record["status"] == "preempted":
             log("[sweep] preempted: stopping; run the same command again to resume")
@@ -193,8 +195,10 @@ def _parse_set(items: Sequence[str]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``resnet-jax sweep``."""
-    parser.add_argument("sweep_config", help="sweep config file, path.py[:arg] (see configs/sweeps/)")
-    parser.add_argument("--workdir", required=True, help="sweep directory; one subfolder per member")
+    parser.add_argument("sweep_config",
+                        help="sweep config file, path.py[:arg] (see configs/sweeps/)")
+    parser.add_argument("--workdir", required=True,
+                        help="sweep directory; one subfolder per member")
     parser.add_argument("--member", type=int, default=None, help="run only member i (0-based)")
     parser.add_argument("--num-shards", type=int, default=1, help="split the grid over N jobs")
     parser.add_argument("--shard-index", type=int, default=0, help="this job's shard, in [0, N)")

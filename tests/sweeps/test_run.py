@@ -91,7 +91,8 @@ def test_cli_list_and_set(tmp_path, capsys, monkeypatch):
                               "--num-shards", "2", "--shard-index", "1"])
     assert run.run(args) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 4 and out[0].endswith("(other shard)") and out[1].strip() == "1  plain=false,seed=1"
+    assert len(out) == 4 and out[0].endswith("(other shard)")
+    assert out[1].strip() == "1  plain=false,seed=1"
     # --set reaches every member's config; the exit status reports failures
     train = Recorder(fail_if=lambda c: c.seed == 1)
     monkeypatch.setattr(run, "_default_train", train)
