@@ -95,9 +95,11 @@ class Progress:
     """
 
     def __init__(self, total_steps: int, steps_per_epoch: int, enabled: bool = True,
-                 stream: TextIO | None = None, width: int = 20):
+                 stream: TextIO | None = None, width: int = 20, bar: bool = True):
+        """enabled: False on processes other than 0 (nothing printed); bar: False prints only
+        the messages (evaluations, resume, preemption), not the per-log progress line."""
         self.total, self.steps_per_epoch = total_steps, max(steps_per_epoch, 1)
-        self.enabled, self.width = enabled, width
+        self.enabled, self.width, self.bar = enabled, width, bar
         self.stream = stream or sys.stdout
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
@@ -112,7 +114,7 @@ class Progress:
 
     def update(self, step: int, loss: float, top1_error: float, images_per_sec: float,
                eta_s: float) -> None:
-        if not self.enabled:
+        if not (self.enabled and self.bar):
             return
         text = self.line(step, loss, top1_error, images_per_sec, eta_s)
         self.stream.write(("\r" + text) if self._tty else (text + "\n"))
@@ -122,7 +124,7 @@ class Progress:
         """A line of its own (eval results, checkpoints), not overwritten by the bar."""
         if not self.enabled:
             return
-        self.stream.write(("\n" if self._tty else "") + text + "\n")
+        self.stream.write(("\n" if self._tty and self.bar else "") + text + "\n")
         self.stream.flush()
 
 

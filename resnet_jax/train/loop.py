@@ -94,7 +94,8 @@ def initial_state(run: Run) -> tuple[step_lib.TrainState, jax.Array]:
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(run.config.seed))
     state = step_lib.create_train_state(init_rng, run.model, run.tx,
                                         tuple(run.meta["image_shape"]), mesh=run.mesh)
-    return state, train_rng
+    # A global (replicated) array: orbax cannot save a process-local one in multi-host runs.
+    return state, parallel.replicate(np.asarray(train_rng), run.mesh)
 
 
 def evaluate(run: Run, state: step_lib.TrainState, eval_fn: Callable | None = None) -> dict:
@@ -178,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             (work / "config.json").write_text(config_lib.to_json(config) + "\n")
         writer = MetricsWriter(os.fspath(work), enabled=lead, resume_step=step)
         progress = Progress(config.train.num_steps, run.pipeline.steps_per_epoch,
-                            enabled=lead and config.train.progress)
+                            enabled=lead, bar=config.train.progress)
         if step:
             progress.message(f"resumed from the checkpoint of step {step} in {work}")
         with ckpt_lib.PreemptionWatcher() as watcher:
