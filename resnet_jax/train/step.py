@@ -141,7 +141,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
     grad_norm = optax.tree.norm(grads)
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, deltas),
-                              batch_stats=updates["batch_stats"], opt_state=opt_state)
+                              batch_stats=updates.get("batch_stats", {}), opt_state=opt_state)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     metrics = {"loss": loss, "top1": jnp.mean(topk_correct(logits, labels, 1)),
                "top5": jnp.mean(topk_correct(logits, labels, min(5, logits.shape[-1]))),

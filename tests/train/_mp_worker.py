@@ -12,7 +12,8 @@ NUM_STEPS, GLOBAL_BATCH, HW = 3, 16, 8
 
 
 def run_steps(process_index: int, process_count: int) -> dict:
-    """Train NUM_STEPS steps on all devices; returns host numpy params, batch_stats, losses."""
+    """Train NUM_STEPS steps on all devices, then evaluate; returns host numpy params,
+    batch_stats, train losses and eval sums."""
     import jax
     import ml_collections
     import numpy as np
@@ -44,7 +45,22 @@ def run_steps(process_index: int, process_count: int) -> dict:
         state, metrics = fn(state, {"image": images[rows], "label": labels[rows]},
                             jax.random.key(1))
         losses.append(float(metrics["loss"]))
-    flat = {}
+    # Eval over 21 examples in global batches of 8: every process runs the same number of
+    # batches, the padded rows are masked out, and each example counts once.
+    eval_fn, n, eb = step.make_eval_fn(model, mesh), 21, 8
+    data = np.random.default_rng(99)
+    images = data.normal(size=(n, HW, HW, 3)).astype(np.float32)
+    labels = data.integers(0, 10, n).astype(np.int32)
+    sums = np.zeros(4)
+    for start in range(0, n, eb):
+        idx = np.arange(start, start + eb)
+        mask = idx < n
+        idx = np.where(mask, idx, 0)
+        rows = slice(process_index * eb // process_count, (process_index + 1) * eb // process_count)
+        out = eval_fn(state, {"image": images[idx][rows, None], "label": labels[idx][rows],
+                              "mask": mask[rows]})
+        sums += [float(out[k]) for k in ("loss", "top1", "top5", "count")]
+    flat = {"eval_sums": sums}
     for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
             flat[name + jax.tree_util.keystr(path)] = np.asarray(leaf)  # fully replicated
