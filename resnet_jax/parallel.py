@@ -91,7 +91,8 @@ def bn_num_groups(bn_mode: str, bn_group_size: int, num_devices: int) -> int:
     [g*k, (g+1)*k) because the batch is sharded contiguously along `data`.
     """
     if bn_mode not in BN_MODES:
-        raise ValueError(f"train.bn_mode={bn_mode!r} is not allowed; choose one of {list(BN_MODES)}")
+        raise ValueError(
+            f"train.bn_mode={bn_mode!r} is not allowed; choose one of {list(BN_MODES)}")
     if bn_mode == "global":
         return 1
     if bn_mode == "per_device":

@@ -1,4 +1,5 @@
-"""Schedules hit the paper's boundaries at the right step; weight decay and LARS do what they say."""
+"""Schedules hit the paper's boundaries at the right step; weight decay and LARS do what they
+say."""
 import jax
 import jax.numpy as jnp
 import ml_collections
