@@ -88,7 +88,12 @@ def test_sigterm_subprocess_resume_is_bitwise(tmp_path):
     # The uninterrupted run, in this process (also 8 CPU devices: the same programs).
     config = load_config(f"configs/smoke.py:steps={steps}", OVERRIDES)
     reference = tmp_path / "reference"
-    loop.train_and_evaluate(config, str(reference))
+    old_cache = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(cache))  # reuse the subprocesses' programs
+    try:
+        loop.train_and_evaluate(config, str(reference))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old_cache)
     a = jax.tree.leaves(jax.device_get(loop.load_trained(str(workdir))[2]))
     b = jax.tree.leaves(jax.device_get(loop.load_trained(str(reference))[2]))
     for x, y in zip(a, b):

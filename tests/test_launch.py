@@ -74,3 +74,46 @@ def test_tpu_bad_mode_names_the_modes():
     result = subprocess.run(["bash", "launch/tpu_pod.sh", "fly", "--name", "t", "--zone", "z"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "create, install, train, delete" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_local_launcher_two_processes_stop_and_resume(tmp_path):
+    """launch/local.sh runs 2 CPU processes (4 devices each) that checkpoint; SIGTERM to the
+    launcher makes both save at the same step and exit 0; the same command then resumes."""
+    import json
+    import os
+    import signal
+    import socket
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+               RESNET_JAX=f"{sys.executable} -m resnet_jax.cli")
+    cmd = ["bash", "launch/local.sh", "-n", "2", "--port", str(port), "--cpu-devices", "4",
+           "--log-dir", str(tmp_path / "logs"), "--", "--config", "configs/smoke.py:steps=60",
+           "--workdir", str(workdir), "--config.train.eval_every_steps=60"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    logs = (tmp_path / "logs" / "process_0.log").read_text()
+    assert "preempted (SIGTERM)" in logs, logs[-2000:]
+    saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert saved and saved[-1] < 60 and not (workdir / "results.json").exists()
+    cmd[5] = str(port + 1) if port < 65535 else str(port - 1)
+    assert subprocess.run(cmd, cwd=ROOT, env=env, timeout=300).returncode == 0
+    logs = (tmp_path / "logs" / "process_0.log").read_text()
+    assert f"resumed from the checkpoint of step {saved[-1]}" in logs
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["steps"] == 60 and results["final"]["step"] == 60
