@@ -9,8 +9,6 @@ import pytest
 
 from resnet_jax.sweeps import analysis, collect, grid, report, run
 
-from tests.sweeps.test_report import assert_png
-
 REPO = Path(__file__).resolve().parents[2]
 FAILING = "plain=true,seed=1"
 
@@ -31,7 +29,7 @@ def real_train_except_one(config, workdir):
 
 
 @pytest.mark.slow
-def test_tiny_sweep_resumes_survives_a_failure_and_reports(tmp_path):
+def test_tiny_sweep_resumes_survives_a_failure_and_reports(tmp_path, assert_png):
     sweep = grid.load_sweep(str(REPO / "configs/sweeps/smoke.py"))
     records = run.run_sweep(sweep, tmp_path, train_fn=real_train_except_one, log=lambda _: None)
     assert [r["status"] for r in records] == ["done", "done", "done", "failed"]

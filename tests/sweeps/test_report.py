@@ -3,26 +3,14 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pytest
 
 from resnet_jax.sweeps import collect, grid, report, run
 
-from tests.sweeps.fakes import fake_train
-
 REPO = Path(__file__).resolve().parents[2]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_png(path: Path) -> None:
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
-    image = plt.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
-
 
 @pytest.fixture(scope="module")
-def depth_sweep(tmp_path_factory):
+def depth_sweep(tmp_path_factory, fake_train):
     """depth {20, 56} x plain x 2 seeds, plain-56 seed 1 failing; fake analysis for two."""
     root = tmp_path_factory.mktemp("fig6")
     sweep = grid.load_sweep(
@@ -53,7 +41,7 @@ def test_rows_group_seeds_and_keep_grid_order(depth_sweep):
     assert res20["model"] == "ResNet-20" and res20["steps"] == 40
 
 
-def test_report_md_has_one_row_per_model_and_the_figures(depth_sweep):
+def test_report_md_has_one_row_per_model_and_the_figures(depth_sweep, assert_png):
     parser = argparse.ArgumentParser()
     report.add_arguments(parser)
     assert report.run(parser.parse_args([str(depth_sweep)])) == 0

@@ -1,30 +1,29 @@
 """The sweep runner with a fake trainer: runs all, skips finished, survives failures, shards."""
 import argparse
-import functools
 import json
 from pathlib import Path
 
 from resnet_jax.sweeps import grid, run
-
-from tests.sweeps.fakes import fake_train
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "configs/sweeps/smoke.py")
 
 
 class Recorder:
-    def __init__(self, fail_if=None):
+    """A trainer that records the members it was called for, then runs ``train``."""
+
+    def __init__(self, train, fail_if=None):
         self.calls = []
-        self.fail_if = fail_if
+        self.train, self.fail_if = train, fail_if
 
     def __call__(self, config, workdir):
         self.calls.append(Path(workdir).name)
-        return fake_train(config, workdir, self.fail_if)
+        return self.train(config, workdir, self.fail_if)
 
 
-def test_runs_every_member_then_skips_them_all(tmp_path):
+def test_runs_every_member_then_skips_them_all(tmp_path, fake_train):
     sweep = grid.load_sweep(SMOKE)
-    train = Recorder()
+    train = Recorder(fake_train)
     records = run.run_sweep(sweep, tmp_path, train_fn=train, log=lambda _: None)
     names = [m.name for m in sweep.members()]
     assert train.calls == names and [r["status"] for r in records] == ["done"] * 4
@@ -37,15 +36,15 @@ def test_runs_every_member_then_skips_them_all(tmp_path):
     config = json.loads((tmp_path / names[3] / "config.json").read_text())
     assert (config["model"]["plain"], config["seed"]) == (True, 1)
 
-    again = Recorder()
+    again = Recorder(fake_train)
     records = run.run_sweep(sweep, tmp_path, train_fn=again, log=lambda _: None)
     assert again.calls == [] and [r["status"] for r in records] == ["skipped"] * 4
     assert "0 done, 4 skipped, 0 failed" in run.summarize(records)
 
 
-def test_a_failing_member_is_recorded_and_the_rest_run(tmp_path):
+def test_a_failing_member_is_recorded_and_the_rest_run(tmp_path, fake_train):
     sweep = grid.load_sweep(SMOKE)
-    train = Recorder(fail_if=lambda c: c.model.plain and c.seed == 0)
+    train = Recorder(fake_train, fail_if=lambda c: c.model.plain and c.seed == 0)
     records = run.run_sweep(sweep, tmp_path, train_fn=train, log=lambda _: None)
     assert [r["status"] for r in records] == ["done", "done", "failed", "done"]
     assert "boom at depth 8" in records[2]["error"]
@@ -57,25 +56,25 @@ def test_a_failing_member_is_recorded_and_the_rest_run(tmp_path):
     assert "plain=true,seed=0" in run.summarize(records)
 
     # run again with the cause fixed: only the failed member runs, and its error goes away
-    fixed = Recorder()
+    fixed = Recorder(fake_train)
     records = run.run_sweep(sweep, tmp_path, train_fn=fixed, log=lambda _: None)
     assert fixed.calls == ["plain=true,seed=0"]
     assert not (tmp_path / "plain=true,seed=0" / "error.txt").exists()
 
 
-def test_a_bad_override_fails_members_not_the_sweep(tmp_path):
+def test_a_bad_override_fails_members_not_the_sweep(tmp_path, fake_train):
     sweep = grid.load_sweep(SMOKE)
     records = run.run_sweep(sweep, tmp_path, extra_overrides=["--config.train.nope=1"],
-                            train_fn=Recorder(), log=lambda _: None)
+                            train_fn=Recorder(fake_train), log=lambda _: None)
     assert {r["status"] for r in records} == {"failed"}
     assert "train.nope" in records[0]["error"]
 
 
-def test_shards_split_the_work_and_together_finish_it(tmp_path):
+def test_shards_split_the_work_and_together_finish_it(tmp_path, fake_train):
     sweep = grid.load_sweep(SMOKE)
     seen = []
     for j in range(2):
-        train = Recorder()
+        train = Recorder(fake_train)
         indices = run.select_indices(4, num_shards=2, shard_index=j)
         run.run_sweep(sweep, tmp_path, indices=indices, train_fn=train, log=lambda _: None)
         seen.append(train.calls)
@@ -84,7 +83,7 @@ def test_shards_split_the_work_and_together_finish_it(tmp_path):
     assert all((tmp_path / m.name / "results.json").exists() for m in sweep.members())
 
 
-def test_cli_list_and_set(tmp_path, capsys, monkeypatch):
+def test_cli_list_and_set(tmp_path, capsys, monkeypatch, fake_train):
     parser = argparse.ArgumentParser()
     run.add_arguments(parser)
     args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--list",
@@ -94,7 +93,7 @@ def test_cli_list_and_set(tmp_path, capsys, monkeypatch):
     assert len(out) == 4 and out[0].endswith("(other shard)")
     assert out[1].strip() == "1  plain=false,seed=1"
     # --set reaches every member's config; the exit status reports failures
-    train = Recorder(fail_if=lambda c: c.seed == 1)
+    train = Recorder(fake_train, fail_if=lambda c: c.seed == 1)
     monkeypatch.setattr(run, "_default_train", train)
     args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--member", "0",
                               "--set", "train.num_steps=6"])
@@ -105,7 +104,7 @@ def test_cli_list_and_set(tmp_path, capsys, monkeypatch):
     assert run.run(args) == 1
 
 
-def test_a_preempted_member_stops_the_sweep_and_resumes_on_rerun(tmp_path):
+def test_a_preempted_member_stops_the_sweep_and_resumes_on_rerun(tmp_path, fake_train):
     sweep = grid.load_sweep(SMOKE)
     calls = []
 

@@ -1,6 +1,11 @@
-"""A fake trainer that writes what train_and_evaluate writes, with numbers from the config."""
+"""Helpers for the sweep tests, as fixtures: a fake trainer that writes what
+train_and_evaluate writes (numbers from the config), and a PNG check."""
 import json
 from pathlib import Path
+
+import pytest
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_error(config) -> float:
@@ -29,3 +34,24 @@ def fake_train(config, workdir: str, fail_if=None) -> dict:
                "train_time_s": 12.5, "steps": steps}
     (wd / "results.json").write_text(json.dumps(results))
     return results
+
+
+def check_png(path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+    image = plt.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+@pytest.fixture(name="fake_train", scope="session")
+def fake_train_fixture():
+    """``fake_train(config, workdir, fail_if=None) -> results``."""
+    return fake_train
+
+
+@pytest.fixture(name="assert_png", scope="session")
+def assert_png_fixture():
+    """``assert_png(path)``: PNG signature, non-trivial size, readable back by matplotlib."""
+    return check_png
