@@ -61,11 +61,12 @@ def flip_preprocess(rng, images, train):
 
 
 @functools.lru_cache(maxsize=None)
-def train_fn(num_devices=8, groups=1, k=1, indexed=False):
+def train_fn(num_devices=8, groups=1, k=1, indexed=False, loop="auto"):
     mesh = parallel.make_mesh(num_devices)
     make = S.make_indexed_train_fn if indexed else S.make_train_fn
     extra = {} if indexed else {"steps_per_dispatch": k}
-    return mesh, make(model_for(groups), tx(), mesh, preprocess=flip_preprocess, **extra)
+    return mesh, make(model_for(groups), tx(), mesh, preprocess=flip_preprocess, loop=loop,
+                      **extra)
 
 
 def batches(n, seed=0):
@@ -151,10 +152,12 @@ def test_running_stats_identical_on_every_device():
         assert len(shards) == 8 and all(np.array_equal(shards[0], s) for s in shards)
 
 
-def test_scan_and_indexed_paths_equal_step_by_step():
+@pytest.mark.parametrize("loop", ["scan", "python"])
+def test_many_steps_per_dispatch_and_indexed_path_equal_step_by_step(loop):
+    """k steps per call ('scan' on accelerators, 'python' on CPU) == k calls of one step."""
     data, rng = batches(K, seed=2), jax.random.key(5)
     s1, m1 = run(8, 1, data, rng)
-    mesh, fn = train_fn(8, 1, K)
+    mesh, fn = train_fn(8, 1, K, loop=loop)
     sk, mk = fn(fresh_state(mesh), stack(data), rng)
     assert int(sk.step) == K
     assert_trees_close(jax.device_get(sk.params), s1.params)
@@ -164,11 +167,19 @@ def test_scan_and_indexed_paths_equal_step_by_step():
     images_all = np.concatenate([b["image"] for b in data])[::-1].copy()
     labels_all = np.concatenate([b["label"] for b in data])[::-1].copy()
     indices = (K * B - 1 - np.arange(K * B)).reshape(K, B).astype(np.int32)
-    mesh, fn = train_fn(8, 1, indexed=True)
+    mesh, fn = train_fn(8, 1, indexed=True, loop=loop)
     si, mi = fn(fresh_state(mesh), parallel.replicate(images_all, mesh),
                 parallel.replicate(labels_all, mesh), indices, rng)
     assert_trees_close(jax.device_get(si.params), s1.params)
     np.testing.assert_allclose(np.asarray(mi["loss"]), [m["loss"] for m in m1], rtol=1e-5)
+
+
+def test_loop_kind():
+    mesh = parallel.make_mesh()
+    assert S._loop_kind("auto", mesh) == "python"  # CPU: see XLA:CPU convs in while loops
+    assert S._loop_kind("scan", mesh) == "scan"
+    with pytest.raises(ValueError, match="loop='unrolled'"):
+        S.make_train_fn(model_for(), tx(), mesh, loop="unrolled")
 
 
 def test_state_buffers_are_donated():
@@ -178,11 +189,12 @@ def test_state_buffers_are_donated():
     assert jax.tree.leaves(state.params)[0].is_deleted()
 
 
-def test_planted_nan_stops_at_that_step_and_keeps_last_finite_state():
+@pytest.mark.parametrize("loop", ["scan", "python"])
+def test_planted_nan_stops_at_that_step_and_keeps_last_finite_state(loop):
     data = batches(K, seed=3)
     data[1]["image"][5, 0, 0, 0] = np.nan
     s_ok, _ = run(8, 1, data[:1])
-    mesh, fn = train_fn(8, 1, K)
+    mesh, fn = train_fn(8, 1, K, loop=loop)
     state, m = fn(fresh_state(mesh), stack(data), jax.random.key(7))
     np.testing.assert_array_equal(np.asarray(m["finite"]), [True, False, False])
     assert int(state.step) == 1
