@@ -26,7 +26,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "data": ("pipeline", "source", "name", "path", "data_dir", "num_val_examples",
              "train_augment", "image_size", "eval_resize", "lighting_std", "normalize",
              "eval_crops", "multiscale_sizes", "on_corrupt", "shuffle_buffer",
-             "synthetic_examples"),
+             "synthetic_examples", "num_classes", "prefetch"),
     "optim": ("name", "lr", "lr_scaling", "base_batch_size", "momentum", "nesterov",
               "weight_decay", "decay_bn_and_bias", "schedule", "schedule_unit", "boundaries",
               "decay_factor", "warmup", "warmup_length", "warmup_lr", "label_smoothing"),
@@ -57,7 +57,7 @@ ENUMS: dict[str, tuple[Any, ...]] = {
 POSITIVE_INTS = ("train.batch_size", "train.eval_batch_size", "train.num_steps",
                  "train.bn_group_size", "train.steps_per_dispatch", "train.log_every_steps",
                  "train.eval_every_steps", "train.checkpoint_every_steps",
-                 "train.keep_checkpoints", "model.width", "data.image_size")
+                 "train.keep_checkpoints", "model.width", "data.image_size", "data.prefetch")
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")

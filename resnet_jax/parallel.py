@@ -52,23 +52,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def to_global(batch: Mapping[str, Any], mesh: Mesh, batch_axis: int = 0) -> dict:
     """Process-local numpy batches -> global jax.Arrays sharded along `batch_axis` over `data`.
 
+    `batch` is a dict whose values are arrays or tuples of arrays (multi-scale eval views).
+
     Each process passes its own rows (b_local = B / process_count along `batch_axis`); the
     result has the global batch B there. With one process this is a sharded device_put.
     `batch_axis=1` is for stacked batches (steps, b, ...) and index arrays (steps, b).
     """
-    out = {}
-    for key, value in batch.items():
+    local_devices = len(mesh.local_devices)
+    sharding = batch_sharding(mesh, batch_axis)
+
+    def put(path, value):
         value = np.asarray(value)
+        name = jax.tree_util.keystr(path)
         if value.ndim <= batch_axis:
-            raise ValueError(f"batch[{key!r}] has shape {value.shape}: no batch axis {batch_axis}")
-        local_devices = len(mesh.local_devices)
+            raise ValueError(f"batch{name} has shape {value.shape}: no batch axis {batch_axis}")
         if value.shape[batch_axis] % local_devices:
             raise ValueError(
-                f"batch[{key!r}]: {value.shape[batch_axis]} rows on this process do not split "
+                f"batch{name}: {value.shape[batch_axis]} rows on this process do not split "
                 f"evenly over its {local_devices} devices")
-        out[key] = jax.make_array_from_process_local_data(
-            batch_sharding(mesh, batch_axis), value)
-    return out
+        return jax.make_array_from_process_local_data(sharding, value)
+
+    return jax.tree_util.tree_map_with_path(put, dict(batch))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

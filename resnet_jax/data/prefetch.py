@@ -42,4 +42,11 @@ def prefetch(batches: Iterable, put: Callable[[object], T], size: int = 2) -> It
                 raise item
             yield item
     finally:
+        # A consumer that stops early: free a producer blocked on a full queue so it can see
+        # `stop` and end (it holds device buffers).
         stop.set()
+        while True:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                break

@@ -12,12 +12,14 @@ aligned to absolute step multiples, so a resumed run reproduces the uninterrupte
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -25,6 +27,7 @@ from etils import epath
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax import parallel
+from resnet_jax.data import prefetch as prefetch_lib
 from resnet_jax.models import count_macs, count_params, create_model, model_name
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import metrics as metrics_lib
@@ -98,12 +101,26 @@ def initial_state(run: Run) -> tuple[step_lib.TrainState, jax.Array]:
     return state, parallel.replicate(np.asarray(train_rng), run.mesh)
 
 
+def eval_batches(pipeline) -> Iterator[dict]:
+    """The pipeline's eval batches; with several `eval_scales` (multi-scale testing) the batches
+    of every scale hold the same examples in the same order, so they are zipped into one batch
+    whose 'image' is a tuple with one view stack per scale (`step.eval_step` averages them)."""
+    scales = tuple(getattr(pipeline, "eval_scales", (None,)))
+    if len(scales) == 1:
+        yield from (pipeline.eval_batches() if scales[0] is None
+                    else pipeline.eval_batches(scale=scales[0]))
+        return
+    for group in zip(*(pipeline.eval_batches(scale=s) for s in scales), strict=True):
+        yield {"image": tuple(b["image"] for b in group), "label": group[0]["label"],
+               "mask": group[0]["mask"]}
+
+
 def evaluate(run: Run, state: step_lib.TrainState, eval_fn: Callable | None = None) -> dict:
     """Validation metrics over the whole eval split: loss, top1/top5 error (%), count."""
     eval_fn = eval_fn or step_lib.make_eval_fn(run.model, run.mesh,
                                                preprocess=run.pipeline.device_preprocess)
     sums = None
-    for batch in run.pipeline.eval_batches():
+    for batch in eval_batches(run.pipeline):
         sums = metrics_lib.add_sums(sums, eval_fn(state, batch))
     return metrics_lib.eval_summary(sums)
 
@@ -131,8 +148,19 @@ class _Dispatcher:
             self.arrays = parallel.replicate((images, labels), run.mesh)
             self.fn = step_lib.make_indexed_train_fn(run.model, run.tx, run.mesh, **kw)
         else:
-            self.batches: Iterator[dict] = run.pipeline.train_batches(start_step)
+            # Batches become global device arrays `data.prefetch` steps ahead, in a thread, so
+            # the step does not wait on the host-to-device copy; k > 1 stacks them on device.
+            put = functools.partial(parallel.to_global, mesh=run.mesh)
+            self.batches: Iterator[dict] = prefetch_lib.prefetch(
+                run.pipeline.train_batches(start_step), put,
+                size=int(run.config.data.get("prefetch", 2)))
+            self.stack = jax.jit(lambda bs: jax.tree.map(lambda *x: jnp.stack(x), *bs),
+                                 out_shardings=parallel.batch_sharding(run.mesh, 1))
             self.kw, self.fns = kw, {}
+
+    def close(self) -> None:
+        if not self.fast:
+            self.batches.close()
 
     def __call__(self, state, step: int, k: int, rng):
         if self.fast:
@@ -142,8 +170,7 @@ class _Dispatcher:
             self.fns[k] = step_lib.make_train_fn(self.run.model, self.run.tx, self.run.mesh,
                                                  steps_per_dispatch=k, **self.kw)
         batches = [next(self.batches) for _ in range(k)]
-        batch = batches[0] if k == 1 else {key: np.stack([b[key] for b in batches])
-                                           for key in batches[0]}
+        batch = batches[0] if k == 1 else self.stack(batches)
         return self.fns[k](state, batch, rng)
 
 
@@ -214,8 +241,17 @@ def _resume(run: Run, checkpointer: ckpt_lib.Checkpointer) -> tuple:
 
 def _train(run, state, rng, step, meta_state, checkpointer, writer, progress, watcher,
            on_step, work) -> dict:
-    t = run.config.train
     dispatch = _Dispatcher(run, step)
+    try:
+        return _train_steps(run, dispatch, state, rng, step, meta_state, checkpointer, writer,
+                            progress, watcher, on_step, work)
+    finally:
+        dispatch.close()
+
+
+def _train_steps(run, dispatch, state, rng, step, meta_state, checkpointer, writer, progress,
+                 watcher, on_step, work) -> dict:
+    t = run.config.train
     eval_fn = step_lib.make_eval_fn(run.model, run.mesh, preprocess=run.pipeline.device_preprocess)
     timer, pending, boundary, final = Timer(), [], 0, None
     started = time.perf_counter() - meta_state["train_time_s"]

@@ -154,31 +154,39 @@ def eval_step(state: TrainState, batch: dict, *, model: nn.Module,
     """Sums over the unmasked examples of a batch: {'loss', 'top1', 'top5', 'count'} (float32).
 
     Args:
-      batch: {'image': (B, V, H, W, 3) (V views per example) or (B, H, W, 3), 'label': (B,),
-        'mask': bool (B,), optional: False rows are padding and count for nothing}.
-    The views' softmax probabilities are averaged (the paper's 10-crop testing); the loss is the
-    cross-entropy of that average.
+      batch: {'image': (B, V, H, W, 3) (V views per example) or (B, H, W, 3), or a tuple of
+        such arrays of different sizes (multi-scale testing: the views of each scale),
+        'label': (B,), 'mask': bool (B,), optional: False rows are padding and count for
+        nothing}.
+    The softmax probabilities of all views (of all scales) are averaged (the paper's 10-crop and
+    multi-scale testing); the loss is the cross-entropy of that average.
     """
     preprocess = preprocess or _as_float
-    images, labels = batch["image"], batch["label"]
-    if images.ndim == 4:
-        images = images[:, None]
-    b, v = images.shape[:2]
-    # Eval preprocessing is deterministic; the key is only there to fill the signature.
-    flat = preprocess(jax.random.key(0), images.reshape((b * v,) + images.shape[2:]),
-                      False)
+    stacks, labels = batch["image"], batch["label"]
+    if not isinstance(stacks, (tuple, list)):
+        stacks = (stacks,)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logp = jax.nn.log_softmax(model.apply(variables, flat, train=False).astype(jnp.float32))
+    per_view = []
+    for images in stacks:
+        if images.ndim == 4:
+            images = images[:, None]
+        b, v = images.shape[:2]
+        # Eval preprocessing is deterministic; the key is only there to fill the signature.
+        flat = preprocess(jax.random.key(0), images.reshape((b * v,) + images.shape[2:]),
+                          False)
+        logits = model.apply(variables, flat, train=False).astype(jnp.float32)
+        per_view.append(jax.nn.log_softmax(logits).reshape(b, v, -1))
+    logp = jnp.concatenate(per_view, axis=1)
     # log of the mean over views of the probabilities, stably.
-    logp = jax.nn.logsumexp(logp.reshape(b, v, -1), axis=1) - jnp.log(float(v))
+    logp = jax.nn.logsumexp(logp, axis=1) - jnp.log(float(logp.shape[1]))
     loss = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
     mask = batch.get("mask")
-    keep = jnp.ones((b,), bool) if mask is None else mask.astype(bool)
+    keep = jnp.ones(labels.shape, bool) if mask is None else mask.astype(bool)
     # where, not a product: a padded row may hold anything, even a NaN.
     total = lambda x: jnp.sum(jnp.where(keep, x, 0.0))  # noqa: E731
     return {"loss": total(loss), "top1": total(topk_correct(logp, labels, 1)),
             "top5": total(topk_correct(logp, labels, min(5, logp.shape[-1]))),
-            "count": total(jnp.ones((b,), jnp.float32))}
+            "count": total(jnp.ones(labels.shape, jnp.float32))}
 
 
 LOOPS = ("auto", "scan", "python")
@@ -222,7 +230,7 @@ def _stack(metrics: list) -> dict:
 
 
 def _to_global_if_host(batch: dict, mesh: Mesh, batch_axis: int) -> dict:
-    if any(isinstance(v, np.ndarray) for v in batch.values()):
+    if any(isinstance(v, np.ndarray) for v in jax.tree.leaves(batch)):
         return parallel.to_global(batch, mesh, batch_axis)
     return batch
 

@@ -140,3 +140,33 @@ def test_tfds_mock_data_sharded_padded_and_reproducible():
             assert not ev[-1]["mask"][-1]  # 20 examples in batches of 3: the last row is padding
         assert counts[0] == counts[1] == 7  # ceil(20 / 3), the same everywhere
         assert shards[0][0] != shards[1][0] and shards[0][1] != shards[1][1]
+
+
+def test_streaming_run_dispatches_k_steps_like_one_and_evaluates_multiscale(tree, tmp_path):
+    """The loop's streaming path: batches prefetched to the devices, k steps per dispatch give
+    the parameters of one step per dispatch, and multi-scale eval covers each example once."""
+    import jax
+
+    from resnet_jax.config import load_config
+    from resnet_jax.train import loop
+
+    def run(k, name):
+        cfg = load_config("configs/smoke.py:steps=4", [
+            "--config.data.pipeline=streaming", "--config.data.source=folder",
+            f"--config.data.path={tree}", "--config.data.image_size=16",
+            "--config.data.eval_resize=20", "--config.data.normalize=per_channel",
+            "--config.data.train_augment=inception", "--config.data.eval_crops=multiscale",
+            "--config.data.multiscale_sizes=(16, 24)", "--config.data.prefetch=1",
+            "--config.train.batch_size=8", "--config.train.eval_batch_size=8",
+            f"--config.train.steps_per_dispatch={k}", "--config.train.log_every_steps=4"])
+        results = loop.train_and_evaluate(cfg, str(tmp_path / name))
+        return results, jax.tree.leaves(jax.device_get(loop.load_trained(str(tmp_path / name))[2]))
+
+    one, params_one = run(1, "k1")
+    two, params_two = run(2, "k2")
+    for a, b in zip(params_one, params_two):
+        np.testing.assert_array_equal(a, b)
+    assert one["final"] == two["final"] and one["steps"] == 4
+    summary = loop.evaluate(*loop.restore_for_eval(str(tmp_path / "k1"))[:2])
+    assert summary["count"] == 9  # the 9 validation images, once, over both scales
+    assert summary["top1_error"] == pytest.approx(one["final"]["top1_error"])

@@ -242,6 +242,33 @@ def test_eval_counts_each_example_once_with_padding_and_views():
     assert summary["top5_error"] == pytest.approx(top5_err)
 
 
+def test_multiscale_eval_averages_the_probabilities_of_every_view_of_every_scale():
+    n, hw2 = 16, HW + 4  # two scales, 2 views (image + flip) each
+    rng = np.random.default_rng(7)
+    small = rng.normal(size=(n, 2, HW, HW, 3)).astype(np.float32)
+    large = rng.normal(size=(n, 2, hw2, hw2, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    state = host_state()
+    fn = S.make_eval_fn(model_for(), parallel.make_mesh(), preprocess=flip_preprocess)
+    summary = M.eval_summary(M.add_sums(None, fn(
+        fresh_state(parallel.make_mesh()),
+        {"image": (small, large), "label": labels, "mask": np.ones(n, bool)})))
+
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    probs = [jax.nn.softmax(model_for().apply(
+        variables, flip_preprocess(None, x.reshape((-1,) + x.shape[2:]), False))
+    ).reshape(n, 2, -1) for x in (small, large)]
+    mean = np.asarray(jnp.concatenate(probs, axis=1).mean(axis=1))
+    assert summary["count"] == n
+    assert summary["loss"] == pytest.approx(-np.log(mean[np.arange(n), labels]).mean(),
+                                            rel=1e-5)
+    assert summary["top1_error"] == pytest.approx(100 * (mean.argmax(1) != labels).mean())
+    # Not the same as one scale alone (the test sees both scales).
+    one = M.eval_summary(M.add_sums(None, fn(
+        fresh_state(parallel.make_mesh()), {"image": small, "label": labels})))
+    assert one["loss"] != pytest.approx(summary["loss"], rel=1e-5)
+
+
 def test_bfloat16_compute_keeps_float32_params_and_loss():
     mesh = parallel.make_mesh()
     fn = S.make_train_fn(model_for(dtype="bfloat16"), tx(), mesh, preprocess=flip_preprocess)
