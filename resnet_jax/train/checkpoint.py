@@ -71,7 +71,8 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-        self.directory = directory
+        # orbax refuses relative paths (and only in its save thread): `--workdir runs/x`.
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
             ocp.checkpoint_managers.LatestN(n=keep),
             # reverse=True sorts by decreasing error; BestN keeps the tail: the lowest error.
@@ -81,7 +82,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(directory, options=options,
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:

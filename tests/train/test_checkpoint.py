@@ -47,6 +47,18 @@ def test_round_trip_with_rng_and_step(tmp_path):
     c.close()
 
 
+def test_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+    """`--workdir runs/x`: orbax itself refuses relative paths, in its background thread."""
+    monkeypatch.chdir(tmp_path)
+    c = ckpt.Checkpointer(os.path.join("runs", "ck"), keep=2)
+    c.save(1, _state(0.5), jax.random.PRNGKey(1), META)
+    c.wait()
+    state, _, step, _ = c.restore_latest(_state(0.0), jax.random.PRNGKey(0))
+    c.close()
+    assert step == 1 and os.path.isdir(tmp_path / "runs" / "ck" / "1")
+    _assert_equal(state, _state(0.5))
+
+
 def test_empty_directory_restores_none(tmp_path):
     c = ckpt.Checkpointer(str(tmp_path / "ck"))
     assert c.restore_latest(_state(0.0), jax.random.PRNGKey(0)) is None
