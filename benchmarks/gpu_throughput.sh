@@ -12,4 +12,4 @@ b=(python benchmarks/throughput.py --json "$out")
 "${b[@]}" --model cifar_resnet56 --batch 128 --dtype float32 --steps 500 --steps-per-dispatch 100 --baseline none
 "${b[@]}" --model cifar_resnet110 --batch 128 --dtype float32 --steps 500 --steps-per-dispatch 100 --baseline none
 "${b[@]}" --model resnet152 --batch 256 --dtype bfloat16 --steps 20 --baseline none
-"${b[@]}" --model cifar_resnet1202 --batch 128 --dtype float32 --steps 20 --steps-per-dispatch 10 --baseline none
+"${b[@]}" --model cifar_resnet1202 --batch 128 --dtype float32 --steps 20 --steps-per-dispatch 10 --baseline none --scan-blocks

@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--steps-per-dispatch", type=int, default=1)
     p.add_argument("--bottleneck-stride", default="v1.5", choices=["v1", "v1.5"],
                    help="v1.5 = what the flax baseline and torchvision run")
+    p.add_argument("--scan-blocks", action="store_true",
+                   help="identical blocks of a stage as one nn.scan (compiles one per stage)")
     p.add_argument("--baseline", default="auto", choices=["auto", "none"])
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before jax starts")
@@ -70,7 +72,8 @@ def measure_ours(args, image_size, num_classes):
     from resnet_jax import create_model, parallel
     from resnet_jax.train import optim, step
 
-    overrides = {"dtype": args.dtype, "num_classes": num_classes}
+    overrides = {"dtype": args.dtype, "num_classes": num_classes,
+                 "scan_blocks": args.scan_blocks}
     if not args.model.startswith("cifar_"):
         overrides["bottleneck_stride"] = args.bottleneck_stride
     model = create_model(args.model, **overrides)
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
     result = {
         "device": kind, "model": args.model, "batch": args.batch, "image_size": image_size,
         "dtype": args.dtype, "steps_per_dispatch": args.steps_per_dispatch,
-        "xla_flags": args.xla_flags, "ms_per_step": 1e3 * sec,
+        "scan_blocks": args.scan_blocks, "xla_flags": args.xla_flags, "ms_per_step": 1e3 * sec,
         "images_per_s": args.batch / sec, "compile_s": compile_s,
         "mfu": (flops_per_image * args.batch / sec / 1e12 / peak_tflops) if peak_tflops else None,
         "peak_mem_gib": ours_peak, "macs_per_image": macs,
@@ -174,7 +177,8 @@ def main(argv=None) -> int:
     mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a"
     mem = f"{ours_peak:.1f} GiB" if ours_peak is not None else "n/a"
     line = (f"{kind} {args.model} b{args.batch} {image_size}px {args.dtype} "
-            f"k={args.steps_per_dispatch}: {result['images_per_s']:,.0f} img/s, "
+            f"k={args.steps_per_dispatch}{' scan_blocks' if args.scan_blocks else ''}: "
+            f"{result['images_per_s']:,.0f} img/s, "
             f"{result['ms_per_step']:.3f} ms/step, MFU {mfu}, peak mem {mem}, "
             f"compile {compile_s:.1f} s")
     if "speedup" in result:

@@ -22,7 +22,7 @@ import ml_collections
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "": ("seed",),
     "model": ("arch", "depth", "plain", "shortcut", "bottleneck_stride", "zero_init_residual",
-              "width", "dtype"),
+              "width", "dtype", "scan_blocks"),
     "data": ("pipeline", "source", "name", "path", "data_dir", "num_val_examples",
              "train_augment", "image_size", "eval_resize", "lighting_std", "normalize",
              "eval_crops", "multiscale_sizes", "on_corrupt", "shuffle_buffer",

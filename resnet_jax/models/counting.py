@@ -46,8 +46,10 @@ def _jaxpr_macs(jaxpr) -> int:
     total = 0
     for eqn in jaxpr.eqns:
         total += _eqn_macs(eqn)
+        # A scan's body runs `length` times (the `scan_blocks` stages).
+        repeat = eqn.params["length"] if eqn.primitive.name == "scan" else 1
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            total += _jaxpr_macs(sub)
+            total += repeat * _jaxpr_macs(sub)
     return total
 
 
@@ -86,10 +88,16 @@ def conv3x3_responses(model: nn.Module, variables: Any, images: jax.Array) -> li
     out = list(responses.get("bn3x3", ()))  # the CIFAR stem's 3x3 conv comes first
 
     def block_order(name: str) -> tuple[int, int]:
-        # 'layer2_10' -> (2, 10): numeric, since jit/pytree code sorts keys as strings.
+        # 'layer2_10' -> (2, 10): numeric, since jit/pytree code sorts keys as strings;
+        # 'layer2_rest' (the scanned blocks 1.. of a `scan_blocks` stage) follows block 0.
         stage, block = name[len("layer"):].split("_")
-        return int(stage), int(block)
+        return int(stage), 1 if block == "rest" else int(block)
 
     for name in sorted((k for k in responses if k.startswith("layer") and "_" in k), key=block_order):
-        out.extend(responses[name]["bn3x3"])
+        if name.endswith("_rest"):  # each response stacked over the scanned blocks
+            per_layer = responses[name]["block"]["bn3x3"]
+            for k in range(per_layer[0].shape[0]):
+                out.extend(r[k] for r in per_layer)
+        else:
+            out.extend(responses[name]["bn3x3"])
     return out

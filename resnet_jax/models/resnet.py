@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -77,6 +77,10 @@ class ResNet(nn.Module):
       bn_momentum, bn_epsilon: BatchNorm running-average decay and epsilon.
       bn_num_groups, bn_axis_name, bn_axis_index_groups: how BN statistics are reduced
         (see `resnet_jax.models.norm.BatchNorm`).
+      scan_blocks: run the identical blocks of each stage (all but the first) as one
+        `nn.scan`, their variables stacked on a leading axis under `layer{i}_rest/block`.
+        The same network and counts; XLA compiles one block per stage instead of every block,
+        which is what makes ResNet-1202 (200 blocks per stage) compile in reasonable time.
 
     Call: `model.apply(variables, images, train=False)`, images (B, H, W, 3) float of any size
     (global average pooling), returns float32 logits (B, num_classes). In training, pass
@@ -100,6 +104,7 @@ class ResNet(nn.Module):
     bn_num_groups: int = 1
     bn_axis_name: Optional[str] = None
     bn_axis_index_groups: Optional[Sequence[Sequence[int]]] = None
+    scan_blocks: bool = False
 
     def __post_init__(self):
         _choice("block", self.block, tuple(BLOCKS))
@@ -139,12 +144,19 @@ class ResNet(nn.Module):
         block_cls = BLOCKS[self.block]
         extra = {"stride_on": self.bottleneck_stride} if self.block == "bottleneck" else {}
         for i, num_blocks in enumerate(self.stage_sizes):
-            for j in range(num_blocks):
-                x = block_cls(
-                    width=self.width * 2**i, stride=2 if (i > 0 and j == 0) else 1,
-                    conv=conv, norm=norm, shortcut=self.shortcut, plain=self.plain,
-                    zero_init_residual=self.zero_init_residual,
-                    name=f"layer{i + 1}_{j}", **extra)(x)
+            make = functools.partial(
+                block_cls, width=self.width * 2**i, conv=conv, norm=norm,
+                shortcut=self.shortcut, plain=self.plain,
+                zero_init_residual=self.zero_init_residual, **extra)
+            # The first block changes the shape (stride, channels); the others are identical.
+            x = make(stride=2 if i > 0 else 1, name=f"layer{i + 1}_0")(x)
+            if self.scan_blocks and num_blocks > 2:
+                scanned = nn.scan(_Repeat, variable_axes={c: 0 for c in _SCANNED},
+                                  split_rngs={"params": True}, length=num_blocks - 1)
+                x, _ = scanned(make, name=f"layer{i + 1}_rest")(x, None)
+            else:
+                for j in range(1, num_blocks):
+                    x = make(stride=1, name=f"layer{i + 1}_{j}")(x)
             self.sow("intermediates", f"layer{i + 1}", x)
 
         x = jnp.mean(x, axis=(1, 2))
@@ -153,13 +165,26 @@ class ResNet(nn.Module):
         return x.astype(jnp.float32)
 
 
+_SCANNED = ("params", "batch_stats", "intermediates")
+
+
+class _Repeat(nn.Module):
+    """One stride-1 block as a scan body: (x, None) -> (block(x), None)."""
+
+    make: Callable[..., nn.Module]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _: None) -> tuple[jax.Array, None]:
+        return self.make(stride=1, name="block")(x), None
+
+
 # ---------------------------------------------------------------------------------------------
 # Names and the constructor.
 
 _NAME = re.compile(r"^(cifar_)?(resnet|plain)(\d+)$")
 OVERRIDES = ("num_classes", "shortcut", "bottleneck_stride", "zero_init_residual", "width",
              "dtype", "param_dtype", "bn_momentum", "bn_epsilon", "bn_num_groups",
-             "bn_axis_name", "bn_axis_index_groups")
+             "bn_axis_name", "bn_axis_index_groups", "scan_blocks")
 
 
 def model_name(arch: str, depth: int, plain: bool = False) -> str:

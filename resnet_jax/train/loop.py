@@ -52,7 +52,7 @@ def model_meta(config: ml_collections.ConfigDict, num_classes: int,
     m = config.model
     return {"name": model_name(m.arch, m.depth, m.plain), "num_classes": int(num_classes),
             "shortcut": m.shortcut, "bottleneck_stride": m.bottleneck_stride, "width": m.width,
-            "image_shape": [int(d) for d in image_shape]}
+            "scan_blocks": m.scan_blocks, "image_shape": [int(d) for d in image_shape]}
 
 
 def make_model(config: ml_collections.ConfigDict, meta: dict, num_devices: int) -> Any:
@@ -60,6 +60,7 @@ def make_model(config: ml_collections.ConfigDict, meta: dict, num_devices: int) 
     return create_model(meta["name"], num_classes=meta["num_classes"], shortcut=m.shortcut,
                         bottleneck_stride=m.bottleneck_stride, width=m.width,
                         zero_init_residual=m.zero_init_residual, dtype=m.dtype,
+                        scan_blocks=m.scan_blocks,
                         bn_num_groups=parallel.bn_num_groups(t.bn_mode, t.bn_group_size,
                                                              num_devices))
 

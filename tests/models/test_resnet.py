@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import conv3x3_responses, create_model, model_name, parse_model_name, stage_shapes
+from resnet_jax import (ResNet, conv3x3_responses, count_macs, create_model, model_name,
+                        parse_model_name, stage_shapes)
 from resnet_jax.models import Shortcut, zero_pad_shortcut
 
 
@@ -179,3 +180,44 @@ def test_invalid_requests_name_the_field(name, kwargs, message):
 def test_unknown_override_lists_allowed():
     with pytest.raises(TypeError, match="shortcuts.*allowed"):
         create_model("resnet50", shortcuts="A")
+
+
+def _stack_rest(variables, stage_sizes):
+    """Unrolled variables -> the `scan_blocks` layout: blocks 1.. of each stage stacked."""
+    out = {}
+    for col, tree in variables.items():
+        tree = dict(tree)
+        for i, n in enumerate(stage_sizes, start=1):
+            rest = [tree.pop(f"layer{i}_{j}") for j in range(1, n)]
+            tree[f"layer{i}_rest"] = {"block": jax.tree.map(lambda *x: jnp.stack(x), *rest)}
+        out[col] = tree
+    return out
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_scan_blocks_is_the_same_network(block):
+    """Same parameters (stacked), same logits, same BN updates, same 3x3 responses, same
+    multiply-adds as the unrolled network (up to float32 reassociation)."""
+    if block == "basic":
+        unrolled = create_model("cifar_resnet20")
+    else:  # a short bottleneck ResNet with projections everywhere
+        unrolled = ResNet(stage_sizes=(3, 3), block="bottleneck", width=8, num_classes=10,
+                          shortcut="C")
+    scanned = unrolled.clone(scan_blocks=True)
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    variables = unrolled.init(jax.random.key(0), x)
+    stacked = _stack_rest(variables, unrolled.stage_sizes)
+    chex.assert_trees_all_equal_shapes(
+        stacked, scanned.init(jax.random.key(0), x))  # the layout scan_blocks creates
+
+    logits_a, upd_a = unrolled.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits_b, upd_b = scanned.apply(stacked, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(logits_a, logits_b, rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(_stack_rest(upd_a, unrolled.stage_sizes), upd_b,
+                                rtol=1e-4, atol=1e-5)
+    resp_a = conv3x3_responses(unrolled, variables, x)
+    resp_b = conv3x3_responses(scanned, stacked, x)
+    assert len(resp_a) == len(resp_b)
+    for a, b in zip(resp_a, resp_b):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert count_macs(scanned, x.shape) == count_macs(unrolled, x.shape)
