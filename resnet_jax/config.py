@@ -54,6 +54,11 @@ ENUMS: dict[str, tuple[Any, ...]] = {
     "train.bn_mode": ("global", "per_device", "group"),
 }
 
+# Fields added after workdirs were first written, with the value that reproduces the older
+# behaviour: `from_json` fills them in, so an older workdir still evaluates and resumes.
+ADDED_FIELDS: dict[str, Any] = {"model.scan_blocks": False, "data.num_classes": 0,
+                                "data.prefetch": 2}
+
 POSITIVE_INTS = ("train.batch_size", "train.eval_batch_size", "train.num_steps",
                  "train.bn_group_size", "train.steps_per_dispatch", "train.log_every_steps",
                  "train.eval_every_steps", "train.checkpoint_every_steps",
@@ -243,13 +248,19 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
-    """Inverse of `to_json`: lists become tuples again; the result is locked."""
+    """Inverse of `to_json`: lists become tuples again, `ADDED_FIELDS` missing from an older
+    workdir's config get their defaults; the result is locked."""
     def tuples(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: tuples(v) for k, v in value.items()}
         if isinstance(value, list):
             return tuple(tuples(v) for v in value)
         return value
-    config = ml_collections.ConfigDict(tuples(json.loads(text)))
+    tree = tuples(json.loads(text))
+    for field, default in ADDED_FIELDS.items():
+        section, name = field.split(".")
+        if isinstance(tree.get(section), dict):
+            tree[section].setdefault(name, default)
+    config = ml_collections.ConfigDict(tree)
     config.lock()
     return config

@@ -1,4 +1,6 @@
 """Config loading: recipes fill the schema with the paper's numbers; bad input is named."""
+import json
+
 import pytest
 
 from resnet_jax import config as cfg
@@ -102,3 +104,11 @@ def test_json_round_trip():
     back = cfg.from_json(cfg.to_json(c))
     assert back.to_dict() == c.to_dict()
     assert isinstance(back.optim.boundaries, tuple)
+
+
+def test_older_workdir_config_gets_the_fields_added_since():
+    c = cfg.load_config("configs/cifar10.py:depth=20").to_dict()
+    del c["model"]["scan_blocks"], c["data"]["prefetch"], c["data"]["num_classes"]
+    back = cfg.from_json(json.dumps(c))
+    assert (back.model.scan_blocks, back.data.prefetch, back.data.num_classes) == (False, 2, 0)
+    assert cfg.validate(back) is back

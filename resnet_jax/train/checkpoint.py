@@ -180,10 +180,16 @@ class Checkpointer:
                     "one", step, self.directory, type(err).__name__, str(err)[:300])
 
 
-def check_same_model(expected: dict) -> Callable[[dict], None]:
-    """A `check_meta` that refuses checkpoints whose meta['model'] differs from `expected`."""
+def check_same_model(expected: dict, added: dict | None = None) -> Callable[[dict], None]:
+    """A `check_meta` that refuses checkpoints whose meta['model'] differs from `expected`.
+
+    `added`: keys introduced after older checkpoints were written, with the value those
+    checkpoints implicitly have.
+    """
     def check(meta: dict) -> None:
         found = meta.get("model")
+        if isinstance(found, dict):
+            found = {**(added or {}), **found}
         if found != expected:
             raise CheckpointMismatchError(
                 f"the workdir holds checkpoints of another model: {found} (step "

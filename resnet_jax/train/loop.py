@@ -55,6 +55,15 @@ def model_meta(config: ml_collections.ConfigDict, num_classes: int,
             "scan_blocks": m.scan_blocks, "image_shape": [int(d) for d in image_shape]}
 
 
+# Model-identity keys newer than some checkpoints, with the value those checkpoints have.
+_META_ADDED = {"scan_blocks": False}
+
+
+def check_model(meta: dict):
+    """The `check_meta` of `Checkpointer.restore_latest` for a run of model `meta`."""
+    return ckpt_lib.check_same_model(meta, added=_META_ADDED)
+
+
 def make_model(config: ml_collections.ConfigDict, meta: dict, num_devices: int) -> Any:
     m, t = config.model, config.train
     return create_model(meta["name"], num_classes=meta["num_classes"], shortcut=m.shortcut,
@@ -227,7 +236,7 @@ def _resume(run: Run, checkpointer: ckpt_lib.Checkpointer) -> tuple:
     The model is checked before the state is built or anything is written: a workdir of
     another model is refused fast and left untouched.
     """
-    check = ckpt_lib.check_same_model(run.meta)
+    check = check_model(run.meta)
     latest = checkpointer.latest_meta()
     if latest is not None:
         check(latest)
@@ -327,7 +336,7 @@ def _restore(run: Run, workdir: str) -> tuple[step_lib.TrainState, int]:
     checkpointer = ckpt_lib.Checkpointer(directory, keep=10 ** 6)
     try:
         state, rng = initial_state(run)
-        restored = checkpointer.restore_latest(state, rng, ckpt_lib.check_same_model(run.meta))
+        restored = checkpointer.restore_latest(state, rng, check_model(run.meta))
     finally:
         checkpointer.close()
     if restored is None:

@@ -105,6 +105,13 @@ def test_model_mismatch_is_a_clear_error(tmp_path):
     check = ckpt.check_same_model({"name": "cifar_resnet20"})
     with pytest.raises(ckpt.CheckpointMismatchError, match="cifar_resnet8.*cifar_resnet20"):
         c.restore_latest(_state(0.0), jax.random.PRNGKey(0), check_meta=check)
+    # A key newer than the checkpoint counts as its older implicit value, and only that.
+    older = {"name": "cifar_resnet8", "scan_blocks": False}
+    assert c.restore_latest(_state(0.0), jax.random.PRNGKey(0), check_meta=ckpt.check_same_model(
+        older, added={"scan_blocks": False})).step == 1
+    with pytest.raises(ckpt.CheckpointMismatchError):
+        c.restore_latest(_state(0.0), jax.random.PRNGKey(0), check_meta=ckpt.check_same_model(
+            {**older, "scan_blocks": True}, added={"scan_blocks": False}))
 
 
 def test_failed_save_keeps_previous_restorable(tmp_path, monkeypatch):
