@@ -83,10 +83,15 @@ def layer_response_stds(model: Any, variables: Any, batches: Iterable[jax.Array]
 
 
 def eval_images(config: Any, num_images: int, batch_size: int) -> Iterator[jax.Array]:
-    """Normalized eval images of the run's data (first view, padding dropped), float32 batches."""
+    """Normalized eval images of the run's data (the centre view, padding dropped), float32
+    batches, whatever views the run itself was evaluated with."""
+    import ml_collections
+
     from resnet_jax.data import make_pipeline
 
-    pipeline = make_pipeline(config.data, global_batch_size=config.train.batch_size,
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.eval_crops = "center"
+    pipeline = make_pipeline(data, global_batch_size=config.train.batch_size,
                              eval_batch_size=batch_size, seed=config.seed)
     preprocess = jax.jit(lambda x: pipeline.device_preprocess(jax.random.key(0), x, False))
     left = num_images

@@ -163,7 +163,7 @@ class _Dispatcher:
             put = functools.partial(parallel.to_global, mesh=run.mesh)
             self.batches: Iterator[dict] = prefetch_lib.prefetch(
                 run.pipeline.train_batches(start_step), put,
-                size=int(run.config.data.get("prefetch", 2)))
+                size=run.config.data.prefetch)
             self.stack = jax.jit(lambda bs: jax.tree.map(lambda *x: jnp.stack(x), *bs),
                                  out_shardings=parallel.batch_sharding(run.mesh, 1))
             self.kw, self.fns = kw, {}
