@@ -186,6 +186,8 @@ def check_same_model(expected: dict, added: dict | None = None) -> Callable[[dic
     `added`: keys introduced after older checkpoints were written, with the value those
     checkpoints implicitly have.
     """
+    expected = {**(added or {}), **expected}
+
     def check(meta: dict) -> None:
         found = meta.get("model")
         if isinstance(found, dict):

@@ -370,7 +370,7 @@ def load_trained(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
         latest = checkpointer.latest_meta()
     finally:
         checkpointer.close()
-    meta = latest["model"] if latest else None
+    meta = {**_META_ADDED, **latest["model"]} if latest and latest.get("model") else None
     if meta is None:
         raise ValueError(f"--workdir {workdir}: no readable checkpoint")
     mesh = parallel.make_mesh()

@@ -109,6 +109,8 @@ def test_model_mismatch_is_a_clear_error(tmp_path):
     older = {"name": "cifar_resnet8", "scan_blocks": False}
     assert c.restore_latest(_state(0.0), jax.random.PRNGKey(0), check_meta=ckpt.check_same_model(
         older, added={"scan_blocks": False})).step == 1
+    assert c.restore_latest(_state(0.0), jax.random.PRNGKey(0), check_meta=ckpt.check_same_model(
+        {"name": "cifar_resnet8"}, added={"scan_blocks": False})).step == 1  # both older
     with pytest.raises(ckpt.CheckpointMismatchError):
         c.restore_latest(_state(0.0), jax.random.PRNGKey(0), check_meta=ckpt.check_same_model(
             {**older, "scan_blocks": True}, added={"scan_blocks": False}))
