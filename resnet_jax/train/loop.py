@@ -56,7 +56,7 @@ def model_meta(config: ml_collections.ConfigDict, num_classes: int,
 
 
 # Model-identity keys newer than some checkpoints, with the value those checkpoints have.
-_META_ADDED = {"scan_blocks": False}
+_META_ADDED = {"scan_blocks": config_lib.ADDED_FIELDS["model.scan_blocks"]}
 
 
 def check_model(meta: dict):
@@ -370,7 +370,7 @@ def load_trained(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
         latest = checkpointer.latest_meta()
     finally:
         checkpointer.close()
-    meta = {**_META_ADDED, **latest["model"]} if latest and latest.get("model") else None
+    meta = latest["model"] if latest else None
     if meta is None:
         raise ValueError(f"--workdir {workdir}: no readable checkpoint")
     mesh = parallel.make_mesh()
