@@ -1,0 +1,70 @@
+"""Small files of a run or a sweep (JSON, JSON lines), on any filesystem etils `epath` knows
+(local, gs://, ...). One place, so every writer is crash-safe the same way and every reader
+tolerates what a crash can leave.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+from etils import epath
+
+PathLike = str | os.PathLike | epath.Path
+
+
+def write_json(path: PathLike, value: Any, *, sort_keys: bool = False) -> None:
+    """Write `value` as indented JSON so that a reader sees the old file or the new one, never
+    half of one: the text goes to a temporary file beside it, which is then renamed (atomic on
+    POSIX filesystems; on object stores the new object appears whole)."""
+    path = epath.Path(path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=sort_keys, default=str) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: PathLike) -> Any:
+    """The JSON value in `path`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(epath.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def parse_jsonl(text: str) -> list[dict]:
+    """Rows of JSON-lines text; lines that do not parse (the last line cut by a SIGKILL, say)
+    are left out."""
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_jsonl(path: PathLike) -> list[dict]:
+    """The rows of a JSON-lines file ([] when it does not exist); torn lines are left out."""
+    path = epath.Path(path)
+    try:
+        return parse_jsonl(path.read_text())
+    except FileNotFoundError:
+        return []
+
+
+def append_jsonl(path: PathLike, row: dict) -> None:
+    """Append one row. A file whose last line was torn is repaired first, so the new row never
+    joins the fragment of an old one."""
+    path = epath.Path(path)
+    line = json.dumps(row, default=str) + "\n"
+    if path.exists():
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            path.write_text("".join(json.dumps(r) + "\n" for r in parse_jsonl(text)))
+    with path.open("a") as f:
+        f.write(line)
