@@ -103,11 +103,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     """(B,) float 1.0 where the label is among the k highest scores (B, C).
 
-    Counts the classes scored strictly higher than the label: cheaper than a sort, and a tie
-    counts in the label's favour.
+    Counts the other classes scored at least as high as the label (cheaper than a sort): a tie
+    counts against the label, so a constant output is never "correct". A row whose label score
+    is not finite, or that holds a NaN anywhere, is never correct (a diverged model reports
+    100% error, not 0%).
     """
     label_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
-    return (jnp.sum(scores > label_score, axis=-1) < k).astype(jnp.float32)
+    rivals = jnp.sum(scores >= label_score, axis=-1) - 1
+    valid = jnp.isfinite(label_score[:, 0]) & ~jnp.any(jnp.isnan(scores), axis=-1)
+    return (valid & (rivals < k)).astype(jnp.float32)
 
 
 def _select(pred: jax.Array, new: Any, old: Any) -> Any:

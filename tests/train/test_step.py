@@ -294,6 +294,34 @@ def test_cross_entropy_label_smoothing_and_topk():
     assert float(S.topk_correct(logits, jnp.array([5]), 5)[0]) == 0.0
 
 
+def test_topk_ties_count_against_the_label():
+    tied = jnp.zeros((1, 10))                       # a constant (dead) output
+    assert float(S.topk_correct(tied, jnp.array([3]), 1)[0]) == 0.0
+    assert float(S.topk_correct(tied, jnp.array([3]), 5)[0]) == 0.0
+    two = jnp.array([[1.0, 1.0, 0.0]])             # label tied with one rival
+    assert float(S.topk_correct(two, jnp.array([0]), 1)[0]) == 0.0
+    assert float(S.topk_correct(two, jnp.array([0]), 2)[0]) == 1.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_topk_non_finite_scores_are_never_correct(bad):
+    scores = np.array([[3.0, 1.0, 0.0, -1.0], [3.0, 1.0, 0.0, -1.0]], np.float32)
+    scores[0, 0] = bad                              # the label's own score
+    scores[1, 2] = np.nan if np.isnan(bad) else 0.0  # a NaN elsewhere in the row
+    got = np.asarray(S.topk_correct(jnp.asarray(scores), jnp.array([0, 0]), 3))
+    assert got[0] == 0.0
+    assert got[1] == (0.0 if np.isnan(bad) else 1.0)
+
+
+def test_eval_of_a_nan_model_is_100_percent_error():
+    state = host_state()
+    state = state.replace(params=jax.tree.map(lambda p: np.full_like(p, np.nan), state.params))
+    batch = {"image": jnp.ones((4, HW, HW, 3)), "label": jnp.arange(4)}
+    sums = S.eval_step(state, batch, model=model_for())
+    assert float(sums["top1"]) == 0.0 and float(sums["top5"]) == 0.0
+    assert M.eval_summary(M.add_sums(None, sums))["top1_error"] == 100.0
+
+
 def test_train_summary_reports_errors_in_percent():
     m = {"loss": np.array([1.0, 3.0]), "top1": np.array([0.25, 0.75]), "top5": np.array([1.0, 1.0]),
          "lr": np.array([0.1, 0.01]), "grad_norm": np.array([5.0, 6.0]), "finite": np.array([1, 1])}
