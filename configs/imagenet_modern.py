@@ -1,7 +1,8 @@
 """A modern ImageNet recipe: ResNet v1.5 (stride on the 3x3), bf16 compute, zero-init of the
 last BN of each block, batch 1024 with linearly scaled lr (0.1 per 256), 5 epochs of linear
 warmup then cosine decay, label smoothing 0.1, no weight decay on BN and biases, Inception
-crop, centre-crop evaluation (resize 256, crop 224).
+crop, centre-crop evaluation (resize 256, crop 224). A plain net gets no zero-init (it has no
+shortcut: a zero last BN would make it dead from step 0).
 
     resnet-jax train --config configs/imagenet_modern.py:depth=50,epochs=90 --workdir W
 
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict(dict(
         arch="imagenet", depth=args["depth"], plain=args["plain"], shortcut=args["shortcut"],
-        bottleneck_stride="v1.5", zero_init_residual=True, width=64,
+        bottleneck_stride="v1.5", zero_init_residual=not args["plain"], width=64,
         dtype="bfloat16", scan_blocks=False))
 
     config.data = ml_collections.ConfigDict(dict(

@@ -63,6 +63,23 @@ POSITIVE_INTS = ("train.batch_size", "train.eval_batch_size", "train.num_steps",
                  "train.bn_group_size", "train.steps_per_dispatch", "train.log_every_steps",
                  "train.eval_every_steps", "train.checkpoint_every_steps",
                  "train.keep_checkpoints", "model.width", "data.image_size", "data.prefetch")
+# Numeric fields whose other values can only be mistakes: field -> (test, what it must be).
+RANGES: dict[str, tuple[Any, str]] = {
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "optim.warmup_lr": (lambda v: v >= 0, ">= 0"),
+    "optim.warmup_length": (lambda v: v >= 0, ">= 0"),
+    "optim.base_batch_size": (lambda v: v > 0, "> 0"),
+    "optim.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "data.lighting_std": (lambda v: v >= 0, ">= 0"),
+    "data.num_val_examples": (lambda v: v >= 0, ">= 0"),
+    "data.shuffle_buffer": (lambda v: v >= 0, ">= 0"),
+    "data.synthetic_examples": (lambda v: v > 0, "> 0"),
+    "data.num_classes": (lambda v: v >= 0, ">= 0 (0: from the data)"),
+    "data.eval_resize": (lambda v: v > 0, "> 0"),
+}
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
@@ -198,12 +215,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         value = _get(config, field)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"config field {field}={value!r} must be a positive integer")
+    for field, (ok, what) in RANGES.items():
+        value = _get(config, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise ValueError(f"config field {field}={value!r} must be {what}")
     _validate_model(config.model)
-    if list(config.optim.boundaries) != sorted(config.optim.boundaries):
-        raise ValueError(f"config field optim.boundaries={tuple(config.optim.boundaries)} "
-                         "must be increasing")
-    if not 0.0 <= config.optim.label_smoothing < 1.0:
-        raise ValueError("config field optim.label_smoothing must be in [0, 1)")
+    _validate_data(config.data)
+    bounds = list(config.optim.boundaries)
+    if any(b < 0 for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"config field optim.boundaries={tuple(bounds)} must be strictly "
+                         "increasing and >= 0")
     return config
 
 
@@ -214,6 +235,20 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
     if model.arch == "imagenet" and model.depth not in IMAGENET_DEPTHS:
         raise ValueError(f"config field model.depth={model.depth}: ImageNet depths are "
                          f"{', '.join(map(str, IMAGENET_DEPTHS))}")
+    if model.plain and model.zero_init_residual:
+        raise ValueError("config field model.zero_init_residual=True with model.plain=True: "
+                         "a plain block has no shortcut, so a zero last-BN scale makes every "
+                         "block output relu(0) = 0 and the net is dead from step 0; set "
+                         "model.zero_init_residual=false")
+
+
+def _validate_data(data: ml_collections.ConfigDict) -> None:
+    sizes = tuple(data.multiscale_sizes)
+    if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"config field data.multiscale_sizes={sizes} must be positive ints")
+    if data.eval_resize < data.image_size:
+        raise ValueError(f"config field data.eval_resize={data.eval_resize} is smaller than "
+                         f"data.image_size={data.image_size} (the eval crop would not fit)")
 
 
 def check_fits(config: ml_collections.ConfigDict, num_devices: int, process_count: int) -> None:
