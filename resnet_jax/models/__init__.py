@@ -3,6 +3,7 @@ from resnet_jax.models.blocks import (BOTTLENECK_STRIDES, SHORTCUTS, BasicBlock,
                                       Shortcut, zero_pad_shortcut)
 from resnet_jax.models.counting import (abstract_variables, conv3x3_responses, count_macs,
                                         count_params, stage_shapes)
+from resnet_jax.models.layout import is_stacked, layer_ndim, stack_blocks, unstack_blocks
 from resnet_jax.models.norm import BatchNorm
 from resnet_jax.models.resnet import (IMAGENET_STAGES, OVERRIDES, ResNet, create_model,
                                       model_name, parse_model_name)
@@ -11,5 +12,6 @@ __all__ = [
     "BOTTLENECK_STRIDES", "SHORTCUTS", "BasicBlock", "Bottleneck", "Shortcut",
     "zero_pad_shortcut", "abstract_variables", "conv3x3_responses", "count_macs",
     "count_params", "stage_shapes", "BatchNorm", "IMAGENET_STAGES", "OVERRIDES", "ResNet",
-    "create_model", "model_name", "parse_model_name",
+    "create_model", "model_name", "parse_model_name", "is_stacked", "layer_ndim",
+    "stack_blocks", "unstack_blocks",
 ]

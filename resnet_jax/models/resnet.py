@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models.blocks import BLOCKS, BOTTLENECK_STRIDES, SHORTCUTS
+from resnet_jax.models.layout import SCAN_SUFFIX
 from resnet_jax.models.norm import BatchNorm
 
 # He et al. 2015 ("Delving deep into rectifiers"): N(0, 2 / fan_in), fan_in = k*k*c_in.
@@ -153,7 +154,7 @@ class ResNet(nn.Module):
             if self.scan_blocks and num_blocks > 2:
                 scanned = nn.scan(_Repeat, variable_axes={c: 0 for c in _SCANNED},
                                   split_rngs={"params": True}, length=num_blocks - 1)
-                x, _ = scanned(make, name=f"layer{i + 1}_rest")(x, None)
+                x, _ = scanned(make, name=f"layer{i + 1}{SCAN_SUFFIX}")(x, None)
             else:
                 for j in range(1, num_blocks):
                     x = make(stride=1, name=f"layer{i + 1}_{j}")(x)

@@ -6,8 +6,9 @@ Reads the `optim` section of the config (see docs/ARCHITECTURE.md, "Config schem
 - `lr`, `lr_scaling` ('none' | 'linear': lr * batch_size / base_batch_size, Goyal et al. 2017).
 - `weight_decay`: L2 "as in the paper": `weight_decay * w` is added to the gradient before the
   momentum (`optax.add_decayed_weights` before `optax.sgd`), which is exactly Caffe's and
-  PyTorch's SGD weight decay. `decay_bn_and_bias=False` leaves every 1-D parameter (BN scale
-  and bias, dense/conv biases) undecayed (and, for LARS, out of the trust ratio).
+  PyTorch's SGD weight decay. `decay_bn_and_bias=False` leaves every per-layer vector (BN
+  scale and bias, dense/conv biases; also when `scan_blocks` stacks them) undecayed (and, for
+  LARS, out of the trust ratio, which is taken per layer).
 - `schedule`: 'piecewise' (multiply by `decay_factor` at each of `boundaries`) or 'cosine'
   (to 0 at `num_steps`); `schedule_unit`: 'steps' or 'epochs' (boundaries and warmup_length).
 - `warmup`: 'none' | 'linear' (from `warmup_lr` to the base lr over `warmup_length`) |
@@ -25,6 +26,8 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import optax
+
+from resnet_jax.models.layout import is_stacked, layer_ndim
 
 NAMES = ("sgd", "lars")
 LR_SCALINGS = ("none", "linear")
@@ -92,11 +95,41 @@ def make_schedule(optim_config: Any, steps_per_epoch: int, *, batch_size: Option
 
 
 def decay_mask(params: Any, decay_bn_and_bias: bool) -> Any:
-    """Which parameters get weight decay: all, or only the >= 2-D ones (conv and dense kernels).
+    """Which parameters get weight decay: all, or only the layers' matrices (conv and dense
+    kernels).
 
-    Every 1-D parameter of a ResNet is a BN scale/bias or a bias, so the rank is the test.
+    Decided per layer, by role: a parameter whose layer's own rank is 1 (BN scale and bias,
+    biases) is a vector even when `scan_blocks` stacked it to (blocks, C)
+    (`resnet_jax.models.layer_ndim`), so the mask is the same with and without scanning.
     """
-    return jax.tree.map(lambda p: bool(decay_bn_and_bias) or p.ndim > 1, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: bool(decay_bn_and_bias) or layer_ndim(path, p) > 1, params)
+
+
+def scale_by_layer_trust_ratio(trust_coefficient: float = 0.001,
+                               eps: float = 0.0) -> optax.GradientTransformation:
+    """`optax.scale_by_trust_ratio` with one ratio per layer: a variable that `scan_blocks`
+    stacked gets one ratio per block (norms over all but its leading axis), not one for the
+    whole stage. Otherwise the same arithmetic (and the same empty state) as optax's."""
+    def norm(x, stacked):
+        if not stacked:
+            return optax.safe_norm(x, 0.0)
+        rows = optax.safe_norm(x.reshape(x.shape[0], -1), 0.0, axis=1)
+        return rows.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+    def scale(path, update, param):
+        stacked = is_stacked(path)
+        param_norm, update_norm = norm(param, stacked), norm(update, stacked)
+        ratio = trust_coefficient * param_norm / (update_norm + eps)
+        zero = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
+        return update * jnp.where(zero, jnp.array(1.0, dtype=param.dtype), ratio)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("scale_by_layer_trust_ratio needs the params")
+        return jax.tree_util.tree_map_with_path(scale, updates, params), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def _sgd(learning_rate: Any, *, momentum: float, nesterov: bool, weight_decay: float,
@@ -108,8 +141,13 @@ def _sgd(learning_rate: Any, *, momentum: float, nesterov: bool, weight_decay: f
 
 def _lars(learning_rate: Any, *, momentum: float, nesterov: bool, weight_decay: float,
           mask: Callable) -> optax.GradientTransformation:
-    return optax.lars(learning_rate, weight_decay=weight_decay, weight_decay_mask=mask,
-                      trust_ratio_mask=mask, momentum=momentum, nesterov=nesterov)
+    # optax.lars's chain (same state structure, so older LARS checkpoints restore) with the
+    # per-layer trust ratio.
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.masked(scale_by_layer_trust_ratio(trust_coefficient=0.001), mask),
+        optax.scale_by_learning_rate(learning_rate),
+        optax.trace(decay=momentum, nesterov=nesterov))
 
 
 def make_optimizer(optim_config: Any, steps_per_epoch: int, *, batch_size: Optional[int] = None,

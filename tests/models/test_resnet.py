@@ -7,7 +7,7 @@ import pytest
 
 from resnet_jax import (ResNet, conv3x3_responses, count_macs, create_model, model_name,
                         parse_model_name, stage_shapes)
-from resnet_jax.models import Shortcut, zero_pad_shortcut
+from resnet_jax.models import Shortcut, stack_blocks, unstack_blocks, zero_pad_shortcut
 
 
 def test_imagenet_stage_shapes_follow_table1():
@@ -182,18 +182,6 @@ def test_unknown_override_lists_allowed():
         create_model("resnet50", shortcuts="A")
 
 
-def _stack_rest(variables, stage_sizes):
-    """Unrolled variables -> the `scan_blocks` layout: blocks 1.. of each stage stacked."""
-    out = {}
-    for col, tree in variables.items():
-        tree = dict(tree)
-        for i, n in enumerate(stage_sizes, start=1):
-            rest = [tree.pop(f"layer{i}_{j}") for j in range(1, n)]
-            tree[f"layer{i}_rest"] = {"block": jax.tree.map(lambda *x: jnp.stack(x), *rest)}
-        out[col] = tree
-    return out
-
-
 @pytest.mark.parametrize("block", ["basic", "bottleneck"])
 def test_scan_blocks_is_the_same_network(block):
     """Same parameters (stacked), same logits, same BN updates, same 3x3 responses, same
@@ -206,14 +194,15 @@ def test_scan_blocks_is_the_same_network(block):
     scanned = unrolled.clone(scan_blocks=True)
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
     variables = unrolled.init(jax.random.key(0), x)
-    stacked = _stack_rest(variables, unrolled.stage_sizes)
+    stacked = stack_blocks(variables, unrolled.stage_sizes)
+    chex.assert_trees_all_equal(unstack_blocks(stacked, unrolled.stage_sizes), variables)
     chex.assert_trees_all_equal_shapes(
         stacked, scanned.init(jax.random.key(0), x))  # the layout scan_blocks creates
 
     logits_a, upd_a = unrolled.apply(variables, x, train=True, mutable=["batch_stats"])
     logits_b, upd_b = scanned.apply(stacked, x, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(logits_a, logits_b, rtol=1e-4, atol=1e-4)
-    chex.assert_trees_all_close(_stack_rest(upd_a, unrolled.stage_sizes), upd_b,
+    chex.assert_trees_all_close(stack_blocks(upd_a, unrolled.stage_sizes), upd_b,
                                 rtol=1e-4, atol=1e-5)
     resp_a = conv3x3_responses(unrolled, variables, x)
     resp_b = conv3x3_responses(scanned, stacked, x)

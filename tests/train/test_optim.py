@@ -1,5 +1,6 @@
 """Schedules hit the paper's boundaries at the right step; weight decay and LARS do what they
 say."""
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -154,3 +155,41 @@ def test_lars_trust_ratio_on_kernels_not_on_bn():
     # BN: masked out of decay and trust ratio, so a plain -lr * g.
     np.testing.assert_allclose(updates["bn"]["scale"], -0.1 * 0.5, rtol=1e-6)
     assert float(optim.current_lr(tx.init(params))) == pytest.approx(0.1)
+
+
+def _unrolled_and_scanned():
+    """cifar_resnet20 (3 blocks per stage) params, unrolled and in the scan_blocks layout,
+    with gradients of the same values in both layouts."""
+    import resnet_jax
+    from resnet_jax.models import stack_blocks
+    model = resnet_jax.create_model("cifar_resnet20", width=4)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    grads = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape) for k, x in
+                                         zip(keys, leaves)])
+    stack = lambda t: stack_blocks({"params": t}, model.stage_sizes)["params"]  # noqa: E731
+    return (params, grads), (stack(params), stack(grads)), stack
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars"])
+@pytest.mark.parametrize("decay_bn_and_bias", [False, True])
+def test_updates_are_the_same_with_and_without_scan_blocks(name, decay_bn_and_bias):
+    """Masks and LARS trust ratios go by the layer, not by the stacked array's shape."""
+    (p, g), (sp, sg), stack = _unrolled_and_scanned()
+    tx = optim.make_optimizer(optim_config(name=name, weight_decay=1e-2,
+                                           decay_bn_and_bias=decay_bn_and_bias), 10)
+    state, sstate = tx.init(p), tx.init(sp)
+    for _ in range(2):  # the second update goes through the momentum too
+        u, state = tx.update(g, state, p)
+        su, sstate = tx.update(sg, sstate, sp)
+        chex.assert_trees_all_close(stack(u), su, rtol=1e-6, atol=1e-9)
+
+
+def test_decay_mask_sees_stacked_bn_as_vectors():
+    _, (sp, _), _ = _unrolled_and_scanned()
+    mask = optim.decay_mask(sp, decay_bn_and_bias=False)
+    block = mask["layer2_rest"]["block"]
+    assert sp["layer2_rest"]["block"]["bn1"]["scale"].ndim == 2       # (blocks, C)
+    assert block["bn1"]["scale"] is False and block["bn1"]["bias"] is False
+    assert block["conv1"]["kernel"] is True
