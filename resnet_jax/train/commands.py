@@ -75,7 +75,11 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, config_overrides(getattr(args, "extra", ())))
     init_runtime(args)
     from resnet_jax.train.loop import train_and_evaluate
-    results = train_and_evaluate(config, args.workdir)
+    try:
+        results = train_and_evaluate(config, args.workdir)
+    except FloatingPointError as err:  # a NaN: the run stopped cleanly, the message says where
+        print(f"resnet-jax train: error: {err}", file=sys.stderr)
+        return 1
     import jax
     if jax.process_index() == 0 and not results.get("preempted"):
         print(json.dumps({"best": results["best"], "final": results["final"]}))

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 from etils import epath
 
+from resnet_jax import files
+
 ROW_FIELDS = ("step", "epoch", "split", "loss", "top1_error", "top5_error", "lr", "grad_norm",
               "images_per_sec", "wall_time")
 
@@ -49,11 +51,14 @@ class MetricsWriter:
         self._tb = SummaryWriter(logdir=os.fspath(epath.Path(workdir) / "tb"))
 
     def _truncate_after(self, step: int) -> None:
+        """Keeps the rows up to `step`; a line a crash cut off (SIGKILL mid-write) goes too."""
         if not self.path.exists():
             return
-        rows = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(row + "\n" for row in rows))
+        text = self.path.read_text()
+        rows = [r for r in files.parse_jsonl(text) if int(r.get("step", -1)) <= step]
+        kept = "".join(json.dumps(r) + "\n" for r in rows)
+        if kept != text:
+            self.path.write_text(kept)
 
     def write(self, row: dict) -> None:
         """One metrics row; keys outside ROW_FIELDS are kept too."""
@@ -75,9 +80,8 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """All rows of `workdir/metrics.jsonl`."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """All rows of `workdir/metrics.jsonl` ([] before the first; a torn last line left out)."""
+    return files.read_jsonl(epath.Path(workdir) / "metrics.jsonl")
 
 
 def format_duration(seconds: float) -> str:

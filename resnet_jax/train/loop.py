@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Iterator
@@ -25,6 +24,7 @@ import numpy as np
 from etils import epath
 
 from resnet_jax import config as config_lib
+from resnet_jax import files
 from resnet_jax import data as data_lib
 from resnet_jax import parallel
 from resnet_jax.data import prefetch as prefetch_lib
@@ -172,20 +172,16 @@ class _Dispatcher:
         if not self.fast:
             self.batches.close()
 
-    def __call__(self, state, step: int, k: int, rng):
+    def __call__(self, state, step: int, k: int, rng, ok):
         if self.fast:
             indices = self.run.pipeline.train_indices(step, k)
-            return self.fn(state, *self.arrays, indices, rng)
+            return self.fn(state, *self.arrays, indices, rng, ok)
         if k not in self.fns:
             self.fns[k] = step_lib.make_train_fn(self.run.model, self.run.tx, self.run.mesh,
                                                  steps_per_dispatch=k, **self.kw)
         batches = [next(self.batches) for _ in range(k)]
         batch = batches[0] if k == 1 else self.stack(batches)
-        return self.fns[k](state, batch, rng)
-
-
-def _write_json(path: epath.Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+        return self.fns[k](state, batch, rng, ok)
 
 
 def _results(run: Run, state, meta_state: dict, final: dict, step: int) -> dict:
@@ -213,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     try:
         state, rng, step, meta_state = _resume(run, checkpointer)
         if lead:
-            (work / "config.json").write_text(config_lib.to_json(config) + "\n")
+            files.write_json(work / "config.json", config.to_dict(), sort_keys=True)
         writer = MetricsWriter(os.fspath(work), enabled=lead, resume_step=step)
         progress = Progress(config.train.num_steps, run.pipeline.steps_per_epoch,
                             enabled=lead, bar=config.train.progress)
@@ -264,21 +260,32 @@ def _train_steps(run, dispatch, state, rng, step, meta_state, checkpointer, writ
     t = run.config.train
     eval_fn = step_lib.make_eval_fn(run.model, run.mesh, preprocess=run.pipeline.device_preprocess)
     timer, pending, boundary, final = Timer(), [], 0, None
+    ok = previous_ok = None  # device flags: every step so far finite (no host sync to read)
     started = time.perf_counter() - meta_state["train_time_s"]
     while step < t.num_steps:
         k = next_chunk(step, t)
-        state, metrics = dispatch(state, step, k, rng)
+        # `ok` carries a NaN across dispatches: after one, nothing more is applied, so the
+        # state stays that of the first bad step until the check below sees it.
+        state, metrics = dispatch(state, step, k, rng, ok)
         pending.append((step, metrics))
+        previous_ok, ok = ok, _last(metrics["finite"])
         step += k
         timer.add(k)
+        stop = watcher.should_stop(boundary)
+        boundary += 1
+        acts = stop or step == t.num_steps or any(
+            step % every == 0 for every in (t.log_every_steps, t.eval_every_steps,
+                                            t.checkpoint_every_steps))
+        # Checked before anything is logged, evaluated or saved, and otherwise one dispatch
+        # late (that flag is ready by now: no wait on the device).
+        if (acts and not bool(ok)) or (previous_ok is not None and not bool(previous_ok)):
+            _stop_non_finite(pending, checkpointer)
         if step % t.log_every_steps == 0 or step == t.num_steps:
             _log_train(run, pending, step, timer, writer, progress)
             pending = []
         evaluated = None
         if step % t.eval_every_steps == 0 or step == t.num_steps:
             evaluated = final = _log_eval(run, state, eval_fn, step, writer, progress, meta_state)
-        stop = watcher.should_stop(boundary)
-        boundary += 1
         if stop or evaluated or step % t.checkpoint_every_steps == 0 or step == t.num_steps:
             meta_state["train_time_s"] = time.perf_counter() - started
             checkpointer.save(step, state, rng, {"model": run.meta, **meta_state},
@@ -298,13 +305,28 @@ def _train_steps(run, dispatch, state, rng, step, meta_state, checkpointer, writ
         meta_state["best"] = meta_state["best"] or final
     results = _results(run, state, meta_state, final, step)
     if jax.process_index() == 0:
-        _write_json(work / "results.json", results)
+        files.write_json(work / "results.json", results, sort_keys=True)
     return results
 
 
-def _log_train(run, pending, step, timer, writer, progress) -> None:
+def _last(flags: jax.Array) -> jax.Array:
+    return flags if flags.ndim == 0 else flags[-1]
+
+
+def _stop_non_finite(pending, checkpointer) -> None:
+    """Raises NonFiniteError for the first non-finite step among the dispatches not yet logged
+    (one of them has one); the checkpoints on disk are all of finite states."""
+    checkpointer.wait()
+    steps = checkpointer.all_steps()
+    kept = (f"; the newest checkpoint (step {steps[-1]}) is the last finite state saved: a "
+            "rerun resumes there and meets the same step again unless the recipe changes "
+            "(a lower optim.lr, a warmup)") if steps else "; no checkpoint was saved"
     for first, metrics in pending:
-        metrics_lib.check_finite(metrics, first)
+        metrics_lib.check_finite(metrics, first, kept)
+    raise AssertionError("a dispatch reported a non-finite step that its metrics do not show")
+
+
+def _log_train(run, pending, step, timer, writer, progress) -> None:
     merged = {key: np.concatenate([np.atleast_1d(np.asarray(jax.device_get(m[key])))
                                    for _, m in pending]) for key in pending[0][1]}
     summary = metrics_lib.train_summary(merged)

@@ -12,15 +12,24 @@ import jax
 import numpy as np
 
 
-def check_finite(metrics: Mapping[str, Any], step: int) -> None:
-    """Raise `FloatingPointError` naming the first step whose loss or gradient was not finite.
+class NonFiniteError(FloatingPointError):
+    """A training step's loss or gradient was not finite; the run stopped there."""
+
+
+def is_finite(metrics: Mapping[str, Any]) -> bool:
+    """Whether every step of these train metrics (one step, or k stacked) was finite."""
+    return bool(np.all(np.asarray(jax.device_get(metrics["finite"]), dtype=bool)))
+
+
+def check_finite(metrics: Mapping[str, Any], step: int, kept: str = "") -> None:
+    """Raise `NonFiniteError` naming the first step whose loss or gradient was not finite.
 
     Args:
       metrics: train metrics of one step (scalars) or of k steps stacked on axis 0 (from a
         `steps_per_dispatch` scan); must hold `finite`, and `loss`, `grad_norm` for the message.
       step: the step number (state.step before the update) of the first entry in `metrics`.
-    The state the step function returned is the last finite one: the failed update and every
-    later one in the same dispatch were not applied.
+      kept: what the caller kept, appended to the message (e.g. the last finite checkpoint).
+    The step functions never apply that update nor any later one (`finite` is cumulative).
     """
     finite = np.atleast_1d(np.asarray(jax.device_get(metrics["finite"]), dtype=bool))
     if finite.all():
@@ -28,9 +37,9 @@ def check_finite(metrics: Mapping[str, Any], step: int) -> None:
     i = int(np.argmin(finite))
     loss = np.atleast_1d(np.asarray(jax.device_get(metrics["loss"])))[i]
     gnorm = np.atleast_1d(np.asarray(jax.device_get(metrics["grad_norm"])))[i]
-    raise FloatingPointError(
+    raise NonFiniteError(
         f"non-finite loss or gradient at step {step + i} (loss={loss}, grad_norm={gnorm}); "
-        f"training stopped, the state kept is that of step {step + i}, the last finite one")
+        f"training stopped{kept}")
 
 
 def train_summary(metrics: Mapping[str, Any]) -> dict:

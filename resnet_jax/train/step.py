@@ -218,14 +218,16 @@ def _guarded(step_fn: Callable, state: TrainState, x: Any, ok: jax.Array):
     return _select(ok, new_state, state), dict(metrics, finite=ok), ok
 
 
-def _scan_steps(step_fn: Callable, state: TrainState, xs: Any) -> tuple[TrainState, dict]:
-    """Run `step_fn(state, x)` over the leading axis of xs; after the first non-finite step,
-    no later update is applied (and those steps report finite=False)."""
+def _scan_steps(step_fn: Callable, state: TrainState, xs: Any,
+                ok: jax.Array) -> tuple[TrainState, dict]:
+    """Run `step_fn(state, x)` over the leading axis of xs; after the first non-finite step
+    (or from the start if `ok` is False), no update is applied (and those steps report
+    finite=False)."""
     def body(carry, x):
         state, metrics, ok = _guarded(step_fn, carry[0], x, carry[1])
         return (state, ok), metrics
 
-    (state, _), metrics = jax.lax.scan(body, (state, jnp.array(True)), xs)
+    (state, _), metrics = jax.lax.scan(body, (state, ok), xs)
     return state, metrics
 
 
@@ -243,13 +245,19 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
                   preprocess: Optional[Preprocess] = None, label_smoothing: float = 0.0,
                   steps_per_dispatch: int = 1, donate: bool = True,
                   loop: str = "auto") -> Callable:
-    """Compiled `fn(state, batch, rng) -> (state, metrics)` on `mesh`, state buffers donated.
+    """Compiled `fn(state, batch, rng, ok=None) -> (state, metrics)` on `mesh`, state buffers
+    donated.
 
     steps_per_dispatch=1: batch leaves (B, ...), metrics scalars. k > 1: batch leaves stacked
     (k, B, ...), k steps per call (`loop`: 'scan' one `lax.scan`, 'python' k calls of one
     compiled step, 'auto' python on CPU, scan elsewhere), metrics stacked (k,). A batch of
     process-local numpy arrays is turned into global arrays (`parallel.to_global`); the state
     must live replicated on the mesh (`create_train_state(..., mesh=mesh)`).
+
+    `finite` in the metrics is cumulative: False from the first non-finite step on, and no
+    update is applied after it. `ok` (a replicated bool, e.g. the last `finite` of the previous
+    call) carries that across calls without a host round trip: given False, the call applies
+    nothing, so a loop that checks the flag only now and then never trains past a NaN.
     """
     if steps_per_dispatch < 1:
         raise ValueError(f"train.steps_per_dispatch={steps_per_dispatch} must be >= 1")
@@ -264,27 +272,29 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
         batch = jax.lax.with_sharding_constraint(batch, rows)
         return _guarded(lambda s, b: step(s, b, rng), state, batch, ok)
 
-    def scan(state, batch, rng):
+    def scan(state, batch, rng, ok):
         batch = jax.lax.with_sharding_constraint(batch, stacked)
-        return _scan_steps(lambda s, b: step(s, b, rng), state, batch)
+        return _scan_steps(lambda s, b: step(s, b, rng), state, batch, ok)
 
     # jit compiles lazily: only the variant that is called is ever compiled.
     once_c = jax.jit(once, in_shardings=(rep, rows, rep, rep), out_shardings=rep,
                      donate_argnums=donated)
-    scan_c = jax.jit(scan, in_shardings=(rep, stacked, rep), out_shardings=rep,
+    scan_c = jax.jit(scan, in_shardings=(rep, stacked, rep, rep), out_shardings=rep,
                      donate_argnums=donated)
     true = []
 
-    def fn(state: TrainState, batch: dict, rng: Any) -> tuple[TrainState, dict]:
+    def fn(state: TrainState, batch: dict, rng: Any,
+           ok: Optional[jax.Array] = None) -> tuple[TrainState, dict]:
         rng = _global_key(rng, mesh)
         if not true:
             true.append(jax.device_put(np.array(True), rep))
+        ok = true[0] if ok is None else ok
         if steps_per_dispatch == 1:
-            state, metrics, _ = once_c(state, _to_global_if_host(batch, mesh, 0), rng, true[0])
+            state, metrics, _ = once_c(state, _to_global_if_host(batch, mesh, 0), rng, ok)
             return state, metrics
         if kind == "scan":
-            return scan_c(state, _to_global_if_host(batch, mesh, 1), rng)
-        ok, out = true[0], []
+            return scan_c(state, _to_global_if_host(batch, mesh, 1), rng, ok)
+        out = []
         for i in range(steps_per_dispatch):
             one = _to_global_if_host({k: v[i] for k, v in batch.items()}, mesh, 0)
             state, metrics, ok = once_c(state, one, rng, ok)
@@ -297,13 +307,14 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
 def make_indexed_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, *,
                           preprocess: Optional[Preprocess] = None, label_smoothing: float = 0.0,
                           donate: bool = True, loop: str = "auto") -> Callable:
-    """The device-resident fast path: `fn(state, images_all, labels_all, indices, rng)`.
+    """The device-resident fast path: `fn(state, images_all, labels_all, indices, rng, ok=None)`.
 
     images_all (N, H, W, 3) uint8 and labels_all (N,) int32: the whole training split,
     replicated on the mesh (put them once with `parallel.replicate`); indices int32 (k, B): row
     indices of each of k steps' global batches, sharded along `data` on axis 1 (process-local
     numpy (k, b) is converted with `parallel.to_global`). The k steps each gather their batch
-    on the devices (`loop` as in `make_train_fn`). Returns (state, metrics stacked over k).
+    on the devices (`loop` and `ok` as in `make_train_fn`). Returns (state, metrics stacked
+    over k).
     """
     kind = _loop_kind(loop, mesh)
     step = functools.partial(train_step, model=model, tx=tx, preprocess=preprocess,
@@ -323,24 +334,25 @@ def make_indexed_train_fn(model: nn.Module, tx: optax.GradientTransformation, me
     def once(state, images_all, labels_all, idx, rng, ok):
         return _guarded(gather_step(images_all, labels_all, rng), state, idx, ok)
 
-    def scan(state, images_all, labels_all, indices, rng):
-        return _scan_steps(gather_step(images_all, labels_all, rng), state, indices)
+    def scan(state, images_all, labels_all, indices, rng, ok):
+        return _scan_steps(gather_step(images_all, labels_all, rng), state, indices, ok)
 
     once_c = jax.jit(once, in_shardings=(rep, rep, rep, rows, rep, rep), out_shardings=rep,
                      donate_argnums=donated)
-    scan_c = jax.jit(scan, in_shardings=(rep, rep, rep, stacked, rep), out_shardings=rep,
+    scan_c = jax.jit(scan, in_shardings=(rep, rep, rep, stacked, rep, rep), out_shardings=rep,
                      donate_argnums=donated)
     true = []
 
-    def fn(state, images_all, labels_all, indices, rng):
+    def fn(state, images_all, labels_all, indices, rng, ok=None):
         rng = _global_key(rng, mesh)
+        if not true:
+            true.append(jax.device_put(np.array(True), rep))
+        ok = true[0] if ok is None else ok
         if kind == "scan":
             if isinstance(indices, np.ndarray):
                 indices = parallel.to_global({"i": indices}, mesh, batch_axis=1)["i"]
-            return scan_c(state, images_all, labels_all, indices, rng)
-        if not true:
-            true.append(jax.device_put(np.array(True), rep))
-        ok, out = true[0], []
+            return scan_c(state, images_all, labels_all, indices, rng, ok)
+        out = []
         for i in range(indices.shape[0]):
             idx = _to_global_if_host({"i": indices[i]}, mesh, 0)["i"]
             state, metrics, ok = once_c(state, images_all, labels_all, idx, rng, ok)

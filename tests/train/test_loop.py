@@ -132,3 +132,83 @@ def test_next_chunk_is_aligned_to_boundaries():
         steps.append(k)
         step += k
     assert steps == [3, 1, 2, 2, 1, 1]  # cut at 3, 4 (eval/ckpt), 6, 8, 9, 10
+
+
+def _poison_step(monkeypatch, bad_step):
+    """Make the real train step meet a NaN at `bad_step`: its params are NaN for that one
+    update, so the loss is NaN and the step's own guard must keep the state it was given."""
+    import jax.numpy as jnp
+
+    from resnet_jax.train import step as step_lib
+    real = step_lib.train_step
+
+    def poisoned(state, batch, rng, **kw):
+        bad = state.step == bad_step
+        params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), state.params)
+        new, metrics = real(state.replace(params=params), batch, rng, **kw)
+        kept = jax.tree.map(lambda a, b: jnp.where(metrics["finite"], a, b), new, state)
+        return kept, metrics
+
+    monkeypatch.setattr(step_lib, "train_step", poisoned)
+
+
+NAN_RUN = ["--config.train.num_steps=12", "--config.train.log_every_steps=6",
+           "--config.train.eval_every_steps=12", "--config.optim.boundaries=100"]
+
+
+@pytest.mark.parametrize("k, every, bad, kept", [
+    (1, 2, 3, [2]),      # a checkpoint boundary (4) comes before the next log (6)
+    (2, 2, 3, [2]),      # inside a dispatch of two steps
+    (1, 6, 1, []),       # no boundary before the next dispatch: caught one dispatch late
+])
+def test_nan_stops_cleanly_and_nothing_non_finite_is_saved(tmp_path, monkeypatch, capsys, k,
+                                                           every, bad, kept):
+    overrides = NAN_RUN + [f"--config.train.steps_per_dispatch={k}",
+                           f"--config.train.checkpoint_every_steps={every}"]
+    workdir = str(tmp_path / "w")
+    _poison_step(monkeypatch, bad)
+    rc = cli.main(["train", "--config", SMOKE, "--workdir", workdir, *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert f"non-finite loss or gradient at step {bad} (loss=nan" in err[0]
+    assert (f"newest checkpoint (step {kept[-1]})" if kept else "no checkpoint") in err[0]
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        assert checkpointer.all_steps() == kept          # nothing saved past the NaN
+    finally:
+        checkpointer.close()
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    assert all(r["step"] <= bad for r in read_metrics(workdir))
+    if kept:
+        assert all(np.isfinite(p).all() for p in _params(workdir))
+    # The same command without the NaN resumes from the last finite checkpoint and finishes
+    # exactly as a run that never met one.
+    monkeypatch.undo()
+    config = load_config(SMOKE, overrides)
+    resumed = loop.train_and_evaluate(config, workdir)
+    clean = loop.train_and_evaluate(config, str(tmp_path / "clean"))
+    assert resumed["final"] == clean["final"]
+    for a, b in zip(_params(workdir), _params(str(tmp_path / "clean"))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_a_torn_metrics_line(finished, tmp_path):
+    """SIGKILL while a metrics row is written leaves half a line: the resumed run drops it and
+    its log is the uninterrupted one."""
+    full_dir, full = finished
+    workdir = str(tmp_path / "torn")
+
+    def preempt(step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    loop.train_and_evaluate(load_config(SMOKE), workdir, on_step=preempt)
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 8, "epoch": 0.8, "split": "tra')
+    resumed = loop.train_and_evaluate(load_config(SMOKE), workdir)
+    assert resumed["final"] == full["final"]
+    assert _comparable(read_metrics(workdir)) == _comparable(read_metrics(full_dir))
+    results = json.loads(open(os.path.join(workdir, "results.json")).read())
+    assert results["final"] == full["final"]
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl",
+                                           "results.json", "tb"]   # no temporary left

@@ -8,6 +8,7 @@ a mesh per test, because the compiled steps donate (and so delete) the state the
 """
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -203,6 +204,20 @@ def test_planted_nan_stops_at_that_step_and_keeps_last_finite_state(loop):
     with pytest.raises(FloatingPointError, match="at step 11 .*loss=nan"):
         M.check_finite(m, step=10)
     M.check_finite({"finite": np.array([True, True])}, step=0)  # no error when all finite
+
+
+@pytest.mark.parametrize("k, loop", [(1, "auto"), (K, "scan"), (K, "python")])
+def test_a_false_ok_from_an_earlier_dispatch_applies_nothing(k, loop):
+    """The flag a loop carries between dispatches: after a NaN in one call, the next call
+    leaves the state as it was (no training past the NaN before the host looks)."""
+    mesh, fn = train_fn(8, 1, k, loop=loop)
+    start = fresh_state(mesh)
+    before = jax.device_get(start)
+    data = batches(k, seed=4)
+    false = jax.device_put(np.array(False), parallel.replicated(mesh))
+    state, m = fn(start, data[0] if k == 1 else stack(data), jax.random.key(7), false)
+    assert not np.asarray(m["finite"]).any()
+    chex.assert_trees_all_equal(jax.device_get(state), before)
 
 
 def eval_reference(state, images, labels):
