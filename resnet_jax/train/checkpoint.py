@@ -7,7 +7,9 @@ and renames it (a commit file on GCS), so a checkpoint is complete or absent and
 a full disk during a save leaves the previous ones as they were.
 
 Layout: `workdir/checkpoints/<step>/{state,meta}`. Retention: the newest `keep` plus the one
-with the lowest validation top-1 error (`save(..., metrics={'top1_error': ...})`).
+with the lowest validation top-1 error (`save(..., metrics={'top1_error': ...})`). A step that
+cannot be read when a run resumes (a torn file) is renamed `<step>.unreadable`, never deleted,
+and the run resumes from the one before it and saves that step again.
 
 Preemption: `PreemptionWatcher.should_stop(i)` is checked at step boundaries. In one process a
 SIGTERM handler sets a flag. With `jax.distributed` initialized, JAX's coordination service
@@ -18,12 +20,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
@@ -143,41 +147,101 @@ class Checkpointer:
         return None
 
     def restore_latest(self, state: Any, rng: jax.Array,
-                       check_meta: Callable[[dict], None] | None = None,
-                       ) -> Restored | None:
+                       check_meta: Callable[[dict], None] | None = None, *,
+                       set_aside: bool = True) -> Restored | None:
         """Restores the newest readable checkpoint onto the shardings of `state` and `rng`.
 
-        A checkpoint that fails to read (truncated, corrupt) is skipped with a warning and the
-        one before it is tried. `check_meta(meta)` may raise (e.g. CheckpointMismatchError);
-        that error propagates. Returns a `Restored`, or None if there is no checkpoint.
+        A checkpoint that fails to read (truncated, corrupt) is skipped with a one-line
+        warning and the one before it is tried. With `set_aside` (training), each skipped step
+        directory is renamed `<step>.unreadable` (kept for inspection, never deleted), so the
+        run can save that step again; without it (eval, loading) nothing is changed.
+        `check_meta(meta)` may raise (e.g. CheckpointMismatchError); that error propagates.
+        Returns a `Restored`, or None if there is no (readable) checkpoint.
         """
         steps = self.all_steps()
         typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
         target = {"state": _abstract(state), "rng": _abstract(_key_data(rng))}
+        unreadable, found = [], None
         for step in reversed(steps):
             try:
                 meta = self.read_meta(step)
             except Exception as err:  # noqa: BLE001 - any read failure means unusable
-                self._warn_skip(step, err)
+                unreadable.append((step, err))
                 continue
             if check_meta is not None:
                 check_meta(meta)
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target)))["state"]
+                restored = self._restore_state(step, target)
             except Exception as err:  # noqa: BLE001
-                self._warn_skip(step, err)
+                unreadable.append((step, err))
                 continue
             new_rng = jax.random.wrap_key_data(restored["rng"]) if typed else restored["rng"]
-            return Restored(restored["state"], new_rng, int(meta["step"]), meta)
-        if steps:
-            raise RuntimeError(f"no readable checkpoint in {self.directory} (steps {steps} all "
-                               "failed to restore; see the warnings above)")
-        return None
+            found = Restored(restored["state"], new_rng, int(meta["step"]), meta)
+            break
+        if unreadable and found is None:
+            # Nothing to fall back on: refuse rather than start again from step 0 (the error
+            # may be transient) and leave every directory where it is.
+            reasons = "; ".join(f"{step}: {_reason(err)}" for step, err in unreadable)
+            raise RuntimeError(f"no readable checkpoint in {self.directory} ({reasons})")
+        for step, err in unreadable:
+            self._skip(step, err, set_aside, found)
+        if unreadable and set_aside:
+            if jax.process_count() > 1:  # every process sees the renames before saving again
+                multihost_utils.sync_global_devices("resnet_jax_checkpoint_set_aside")
+            self.manager.reload()
+        return found
 
-    def _warn_skip(self, step: int, err: Exception) -> None:
-        log.warning("checkpoint of step %d in %s cannot be read (%s: %s); trying the previous "
-                    "one", step, self.directory, type(err).__name__, str(err)[:300])
+    def _restore_state(self, step: int, target: dict) -> dict:
+        # When one read fails, the reads still in flight fail too, in TensorStore's threads,
+        # after orbax's event loop is closed: hundreds of lines of tracebacks (some of them
+        # before `restore` raises) for the one failure reported below.
+        _silence_failed_read_noise()
+        return self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))["state"]
+
+    def _skip(self, step: int, err: Exception, set_aside: bool, found: Restored) -> None:
+        then = f"using step {found.step}"
+        if set_aside:
+            then = f"moved to {self._set_aside(step)}; resuming from step {found.step}"
+        log.warning("checkpoint of step %d in %s cannot be read (%s); %s", step,
+                    self.directory, _reason(err), then)
+
+    def _set_aside(self, step: int) -> str:
+        """Renames the step's directory `<step>.unreadable` (`.unreadable.N` if taken)."""
+        root = epath.Path(self.directory)
+        target = root / f"{step}.unreadable"
+        n = 1
+        while target.exists():
+            n += 1
+            target = root / f"{step}.unreadable.{n}"
+        if jax.process_index() == 0:
+            (root / str(step)).rename(target)
+        return os.fspath(target)
+
+
+def _reason(err: Exception) -> str:
+    """One line of an error (TensorStore's run to dozens of lines of spec)."""
+    text = str(err).strip().split(" See full TensorStore details")[0]
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
+_READ_NOISE = ("Event loop is closed", "Encountered error while reading array")
+
+
+def _silence_failed_read_noise() -> None:
+    """Drops the 'unraisable' errors a failed orbax read leaves behind (see `_restore_state`);
+    every other unraisable error still reaches the previous hook. Installed once (again if
+    someone replaced the hook since)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_resnet_jax_filter", False):
+        return
+
+    def hook(unraisable):
+        if not str(unraisable.exc_value).startswith(_READ_NOISE):
+            previous(unraisable)
+
+    hook._resnet_jax_filter = True
+    sys.unraisablehook = hook
 
 
 def check_same_model(expected: dict, added: dict | None = None) -> Callable[[dict], None]:

@@ -358,7 +358,8 @@ def _restore(run: Run, workdir: str) -> tuple[step_lib.TrainState, int]:
     checkpointer = ckpt_lib.Checkpointer(directory, keep=10 ** 6)
     try:
         state, rng = initial_state(run)
-        restored = checkpointer.restore_latest(state, rng, check_model(run.meta))
+        restored = checkpointer.restore_latest(state, rng, check_model(run.meta),
+                                               set_aside=False)
     finally:
         checkpointer.close()
     if restored is None:

@@ -82,20 +82,62 @@ def _truncate_step(directory, step):
                 f.truncate(os.path.getsize(path) // 2)
 
 
-def test_truncated_newest_falls_back_with_warning(tmp_path, caplog):
-    directory = str(tmp_path / "ck")
+def _saved(directory, steps=(1, 2)):
     c = ckpt.Checkpointer(directory, keep=3)
-    for step in (1, 2):
+    for step in steps:
         c.save(step, _state(float(step)), jax.random.PRNGKey(step), META)
         c.wait()
     c.close()
-    _truncate_step(directory, 2)
-    c2 = ckpt.Checkpointer(directory, keep=3)
+
+
+def test_unreadable_newest_is_set_aside_and_the_step_can_be_saved_again(tmp_path, caplog):
+    tear = _truncate_step
+    directory = str(tmp_path / "ck")
+    _saved(directory)
+    tear(directory, 2)
+    c = ckpt.Checkpointer(directory, keep=3)
     with caplog.at_level(logging.WARNING):
-        state, rng, step, _ = c2.restore_latest(_state(0.0), jax.random.PRNGKey(0))
+        state, rng, step, _ = c.restore_latest(_state(0.0), jax.random.PRNGKey(0))
     assert step == 1
     _assert_equal(state, _state(1.0))
-    assert "step 2" in caplog.text and "previous" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "step 2" in warnings[0] and "2.unreadable" in warnings[0] and "step 1" in warnings[0]
+    assert sorted(os.listdir(directory)) == ["1", "2.unreadable"]   # kept, never deleted
+    assert c.all_steps() == [1]
+    # What used to fail on every rerun (StepAlreadyExistsError): saving that step again.
+    c.save(2, _state(2.5), jax.random.PRNGKey(2), META)
+    c.wait()
+    assert c.restore_latest(_state(0.0), jax.random.PRNGKey(0)).step == 2
+    c.close()
+    # A second tear of the same step is set aside beside the first.
+    tear(directory, 2)
+    c = ckpt.Checkpointer(directory, keep=3)
+    assert c.restore_latest(_state(0.0), jax.random.PRNGKey(0)).step == 1
+    assert sorted(os.listdir(directory)) == ["1", "2.unreadable", "2.unreadable.2"]
+    c.close()
+
+
+def test_read_only_fallback_changes_nothing(tmp_path, caplog):
+    directory = str(tmp_path / "ck")
+    _saved(directory)
+    _truncate_step(directory, 2)
+    c = ckpt.Checkpointer(directory, keep=3)
+    with caplog.at_level(logging.WARNING):
+        assert c.restore_latest(_state(0.0), jax.random.PRNGKey(0), set_aside=False).step == 1
+    assert "using step 1" in caplog.text
+    assert sorted(os.listdir(directory)) == ["1", "2"]
+
+
+def test_no_readable_checkpoint_is_an_error_and_moves_nothing(tmp_path):
+    directory = str(tmp_path / "ck")
+    _saved(directory)
+    for step in (1, 2):
+        _truncate_step(directory, step)
+    c = ckpt.Checkpointer(directory, keep=3)
+    with pytest.raises(RuntimeError, match="no readable checkpoint.*2: .*1: "):
+        c.restore_latest(_state(0.0), jax.random.PRNGKey(0))
+    assert sorted(os.listdir(directory)) == ["1", "2"]
 
 
 def test_model_mismatch_is_a_clear_error(tmp_path):
@@ -143,3 +185,28 @@ def test_sigterm_sets_the_stop_flag():
         os.kill(os.getpid(), signal.SIGTERM)
         assert watcher.should_stop(1)
     assert signal.getsignal(signal.SIGTERM) is not watcher._handle
+
+
+def test_failed_read_leftovers_are_silenced_other_unraisables_are_not(tmp_path, monkeypatch):
+    """TensorStore's late failures after a failed restore reach sys.unraisablehook (seen: 693
+    and 2,534 lines of tracebacks in 2 of 5 evals); only those are dropped."""
+    import sys
+    import types
+    directory = str(tmp_path / "ck")
+    _saved(directory)
+    _truncate_step(directory, 2)
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    c = ckpt.Checkpointer(directory, keep=3)
+    assert c.restore_latest(_state(0.0), jax.random.PRNGKey(0), set_aside=False).step == 1
+
+    def raise_unraisable(err):
+        sys.unraisablehook(types.SimpleNamespace(exc_type=type(err), exc_value=err,
+                                                 exc_traceback=None, err_msg=None, object=None))
+
+    raise_unraisable(RuntimeError("Event loop is closed"))
+    raise_unraisable(Exception("Encountered error while reading array index: (slice(0, 3))"))
+    assert seen == []
+    other = RuntimeError("something else")
+    raise_unraisable(other)
+    assert [u.exc_value for u in seen] == [other]
