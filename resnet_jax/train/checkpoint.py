@@ -298,8 +298,3 @@ class PreemptionWatcher:
         if self._distributed:
             return multihost_utils.reached_preemption_sync_point(boundary_index)
         return self._flag.is_set()
-
-
-def is_checkpoint_dir(path: str) -> bool:
-    """True when `path` exists and holds at least one entry (a previous run)."""
-    return os.path.isdir(path) and bool(os.listdir(path))

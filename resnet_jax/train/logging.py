@@ -7,6 +7,7 @@ top1_error, top5_error (percent), lr, grad_norm, images_per_sec, wall_time.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -33,50 +34,106 @@ class MetricsWriter:
     """Appends rows to `workdir/metrics.jsonl` and scalars to `workdir/tb`.
 
     Args:
-      workdir: the run directory (local or gs://).
+      workdir: the run directory (local, or any filesystem etils `epath` knows: gs://, ...).
       enabled: False on processes other than 0.
       resume_step: when resuming from a checkpoint of this step, rows of later steps (logged
         by the interrupted run after its last checkpoint) are dropped, so every step appears
-        once and the file matches an uninterrupted run.
+        once and the file matches an uninterrupted run; TensorBoard is told to purge its
+        events after that step too.
+
+    Object stores cannot append: on a remote workdir the file is rewritten whole at each row
+    (rows come every `log_every_steps`, a few hundred per run). The TensorBoard event file is
+    opened at the first row, so a run that logs nothing leaves no empty file.
     """
 
     def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
         self.enabled = enabled
-        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.workdir = epath.Path(workdir)
+        self.path = self.workdir / "metrics.jsonl"
+        self.remote = "://" in os.fspath(workdir)
+        self._resume_step = resume_step
         self._tb = None
-        if not enabled:
-            return
-        self._truncate_after(resume_step)
-        from tensorboardX import SummaryWriter  # lazy: only process 0 needs it
-        self._tb = SummaryWriter(logdir=os.fspath(epath.Path(workdir) / "tb"))
+        self._text = ""
+        if enabled:
+            self._text = self._truncate_after(resume_step)
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int) -> str:
         """Keeps the rows up to `step`; a line a crash cut off (SIGKILL mid-write) goes too."""
         if not self.path.exists():
-            return
+            return ""
         text = self.path.read_text()
         rows = [r for r in files.parse_jsonl(text) if int(r.get("step", -1)) <= step]
         kept = "".join(json.dumps(r) + "\n" for r in rows)
         if kept != text:
             self.path.write_text(kept)
+        return kept
+
+    def _tensorboard(self):
+        if self._tb is None:
+            from tensorboardX import SummaryWriter  # lazy: only process 0 needs it
+            logdir = os.fspath(self.workdir / "tb")
+            if self.remote:
+                _register_epath_events(logdir)
+            self._tb = SummaryWriter(logdir=logdir,
+                                     purge_step=self._resume_step + 1 if self._resume_step
+                                     else None)
+        return self._tb
 
     def write(self, row: dict) -> None:
         """One metrics row; keys outside ROW_FIELDS are kept too."""
         if not self.enabled:
             return
         row = {k: _clean(v) for k, v in row.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self.remote:
+            self._text += line
+            self.path.write_text(self._text)
+        else:
+            with self.path.open("a") as f:
+                f.write(line)
         split, step = row["split"], int(row["step"])
+        tb = self._tensorboard()
         for key, value in row.items():
             if key not in ("step", "split", "wall_time") and isinstance(value, (int, float)):
-                self._tb.add_scalar(f"{split}/{key}", value, step)
+                tb.add_scalar(f"{split}/{key}", value, step)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
             self._tb = None
+
+
+class _EpathEvents:
+    """A tensorboardX record writer on `epath`: the event file is rewritten whole at each
+    flush (what tensorboardX's own GCS writer does, without google-cloud-storage)."""
+
+    def __init__(self, path: str):
+        self.path = epath.Path(path)
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.path.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _EpathEventsFactory:
+    def open(self, path: str) -> _EpathEvents:
+        return _EpathEvents(path)
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_epath_events(logdir: str) -> None:
+    """Routes tensorboardX's event files under `logdir`'s scheme (gs, s3, ...) through epath."""
+    from tensorboardX import record_writer
+    record_writer.register_writer_factory(logdir.split(":", 1)[0], _EpathEventsFactory())
 
 
 def read_metrics(workdir: str) -> list[dict]:

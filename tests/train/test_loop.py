@@ -268,3 +268,12 @@ def test_unreadable_newest_checkpoint_the_run_goes_past_it_and_finishes(finished
     assert _comparable(read_metrics(workdir)) == _comparable(read_metrics(full_dir))
     _, err = capfd.readouterr()
     assert "Traceback" not in err, err[:2000]
+
+
+def test_rerun_of_a_finished_run_adds_no_event_file(finished, tmp_path):
+    import shutil
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(finished[0], workdir)
+    before = sorted(os.listdir(os.path.join(workdir, "tb")))
+    loop.train_and_evaluate(load_config(SMOKE), workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "tb"))) == before
