@@ -9,9 +9,13 @@ Argument: epochs (default 120).
 """
 import ml_collections
 
+from resnet_jax.sweeps.recipes import parse_args
+
+DEFAULTS = {"epochs": 120}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    epochs = int(arg.partition("=")[2]) if arg else 120
+    epochs = parse_args(arg, DEFAULTS)["epochs"]
     config = ml_collections.ConfigDict()
     config.name = "ImageNet: plain vs ResNet, 18 and 34 layers (Table 2)"
     config.base = f"configs/imagenet_paper.py:shortcut=A,epochs={epochs}"

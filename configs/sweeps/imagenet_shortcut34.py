@@ -8,9 +8,13 @@ Argument: epochs (default 120, the paper's 60e4 iterations at batch 256).
 """
 import ml_collections
 
+from resnet_jax.sweeps.recipes import parse_args
+
+DEFAULTS = {"epochs": 120}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    epochs = int(arg.partition("=")[2]) if arg else 120
+    epochs = parse_args(arg, DEFAULTS)["epochs"]
     config = ml_collections.ConfigDict()
     config.name = "ImageNet: ResNet-34 shortcut options A/B/C (Table 3)"
     config.base = f"configs/imagenet_paper.py:depth=34,epochs={epochs}"

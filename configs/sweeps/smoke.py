@@ -7,9 +7,13 @@ Argument: steps (default 8).
 """
 import ml_collections
 
+from resnet_jax.sweeps.recipes import parse_args
+
+DEFAULTS = {"steps": 8}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    steps = int(arg.partition("=")[2]) if arg else 8
+    steps = parse_args(arg, DEFAULTS)["steps"]
     config = ml_collections.ConfigDict()
     config.name = "smoke: plain vs ResNet-8, 2 seeds"
     config.base = f"configs/smoke.py:steps={steps}"

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet_jax.sweeps import grid, run
+from resnet_jax import cli
+from resnet_jax.sweeps import grid, recipes, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,3 +108,35 @@ def test_shards_partition_the_grid():
         run.select_indices(10, member=10)
     with pytest.raises(ValueError, match="--shard-index"):
         run.select_indices(10, num_shards=2, shard_index=2)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("smoke.py:stepz=4", ["'stepz' is unknown", "accepted keys: steps"]),
+    ("smoke.py:4", ["'4' is not key=value", "accepted keys: steps"]),
+    ("smoke.py:steps=abc", ["sweep argument steps", "expected int", "'abc'"]),
+    ("cifar10_depth_plain.py:depths=20/x", ["sweep argument depths", "'x'"]),
+    ("cifar10_depth_plain.py:steps=600,dephts=20", ["'dephts'", "steps, depths, seeds"]),
+    ("imagenet_shortcut34.py:epoch=90", ["'epoch' is unknown", "accepted keys: epochs"]),
+    ("imagenet_plain_vs_resnet.py:90", ["'90' is not key=value"]),
+])
+def test_bad_sweep_arguments_are_one_line_naming_the_key(tmp_path, capsys, spec, words):
+    with pytest.raises(ValueError) as info:
+        grid.load_sweep(str(REPO / "configs/sweeps" / spec))
+    for word in words:
+        assert word in str(info.value)
+    assert cli.main(["sweep", str(REPO / "configs/sweeps" / spec), "--workdir",
+                     str(tmp_path / "w"), "--list"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words[0] in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_sweep_arguments_are_typed_like_their_defaults():
+    defaults = {"steps": 8, "depths": (20, 32), "plain": True, "lr": 0.1, "name": "x"}
+    assert recipes.parse_args("depths=20/56,plain=false,lr=1e-2, steps=4", defaults) == {
+        "steps": 4, "depths": (20, 56), "plain": False, "lr": 0.01, "name": "x"}
+    assert recipes.parse_args(None, defaults) == defaults
+    with pytest.raises(ValueError, match="sweep argument plain: expected a bool"):
+        recipes.parse_args("plain=maybe", defaults)
+    sweep = grid.load_sweep(str(REPO / "configs/sweeps/smoke.py:steps=4"))
+    assert sweep.base.endswith("configs/smoke.py:steps=4")
