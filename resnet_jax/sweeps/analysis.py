@@ -12,15 +12,16 @@ finished member is analysed, skipping those already done unless ``--force``).
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+import os
 from typing import Any, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
-from resnet_jax.sweeps.collect import ANALYSIS_FILE
+from resnet_jax import files
+from resnet_jax.sweeps import collect
 
 
 class MomentAccumulator:
@@ -104,15 +105,15 @@ def eval_images(config: Any, num_images: int, batch_size: int) -> Iterator[jax.A
             return
 
 
-def analyze_run(workdir: str | Path, num_images: int = 1000, batch_size: int = 250) -> dict:
+def analyze_run(workdir: files.PathLike, num_images: int = 1000, batch_size: int = 250) -> dict:
     """Load a trained run, compute its per-layer response stds, write ``analysis.json``."""
     from resnet_jax.train.loop import load_trained  # lazy: the trainer pulls in orbax
 
-    config, model, variables = load_trained(str(workdir))
+    config, model, variables = load_trained(os.fspath(workdir))
     stds = layer_response_stds(model, variables, eval_images(config, num_images, batch_size))
     result = {"model": _model_label(config), "num_images": int(num_images),
               "layer_std": [float(s) for s in stds]}
-    (Path(workdir) / ANALYSIS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    files.write_json(epath.Path(workdir) / collect.ANALYSIS_FILE, result)
     return result
 
 
@@ -125,17 +126,18 @@ def _model_label(config: Any) -> str:
         return ""
 
 
-def run_dirs(workdir: str | Path) -> list[Path]:
-    """The runs under ``workdir``: itself if it holds results.json, else its finished members."""
-    root = Path(workdir)
-    if (root / "results.json").exists():
+def run_dirs(workdir: files.PathLike) -> list[epath.Path]:
+    """The runs under ``workdir`` (local or remote): itself if it is done (its results.json
+    reads back whole), else its done members."""
+    root = epath.Path(workdir)
+    if collect.is_done(root):
         return [root]
     runs = []
     if root.is_dir():
-        runs = sorted(d for d in root.iterdir() if (d / "results.json").exists())
+        runs = sorted((d for d in root.iterdir() if collect.is_done(d)), key=lambda d: d.name)
     if not runs:
-        raise ValueError(f"{str(root)!r} holds no finished run (no results.json here "
-                                "or in its subdirectories)")
+        raise ValueError(f"{str(root)!r} holds no finished run (no readable results.json here "
+                         "or in its subdirectories)")
     return runs
 
 
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--num-images and --batch-size must be positive")
     status = 0
     for rdir in run_dirs(args.workdir):
-        if (rdir / ANALYSIS_FILE).exists() and not args.force:
+        if files.read_json(rdir / collect.ANALYSIS_FILE) is not None and not args.force:
             print(f"[analyze] {rdir.name}: already analysed (use --force to redo)")
             continue
         try:

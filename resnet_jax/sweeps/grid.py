@@ -20,13 +20,13 @@ order), so member ``i`` means the same run on every host.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import importlib.util
 import itertools
 import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from resnet_jax import config as config_lib
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,17 +82,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def parse_value(text: str) -> Any:
-    """Parse a command-line override value: Python literal, true/false, else the string."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def axis_labels(fields: Sequence[str]) -> list[str]:
@@ -175,11 +164,7 @@ def load_sweep(spec: str) -> Sweep:
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
         raise ValueError(f"sweep config {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"_sweep_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"sweep config {path!r} defines no get_config()")
+    module = config_lib._load_module(path)  # pylint: disable=protected-access
     config = module.get_config(arg) if arg else module.get_config()
     return sweep_from_config(config, path)
 
@@ -208,11 +193,3 @@ def member_spec(sweep: Sweep, member: Member) -> tuple[str, list[str]]:
     overrides = [override_text(f, v) for f, v in sweep.overrides]
     overrides += [override_text(f, v) for f, v in member.values if f not in arg_names]
     return spec, overrides
-
-
-def get_field(config: Any, field: str) -> Any:
-    """``a.b.c`` of a ConfigDict or nested dict."""
-    node = config
-    for part in field.split("."):
-        node = node[part]
-    return node

@@ -1,10 +1,12 @@
 """Matplotlib figures of a sweep (Agg backend, PNG): Fig. 6 training curves, Fig. 7 responses.
 
-Curves of members that differ only in their seed are averaged point by point.
+Curves of members that differ only in their seed are averaged point by point. Legends sit
+below the axes, so they never cover a curve. Figures are rendered in memory and written
+through etils ``epath`` (local or remote sweep directories).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Sequence
 
 import matplotlib
@@ -13,8 +15,10 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 
-from resnet_jax.sweeps import collect, grid, report  # noqa: E402
+from resnet_jax import files  # noqa: E402
+from resnet_jax.sweeps import collect, grid  # noqa: E402
 
 PLAIN_FIELD = "model.plain"
 
@@ -41,7 +45,7 @@ def _panels(records, fields):
         chosen = [r for r in records if value is None or r.get(PLAIN_FIELD) == value]
         if value is not None and value not in plains:
             continue
-        groups = report.group_members(chosen, curve_fields)
+        groups = collect.group_members(chosen, curve_fields)
         panels.append((title, [(_curve_label(v, title, m), m) for v, m in groups]))
     return panels
 
@@ -57,8 +61,25 @@ def _curve_label(values: dict, family: str, members) -> str:
     return ",".join(f"{k}={grid.format_value(v)}" for k, v in zip(labels, values.values()))
 
 
+def save_figure(fig: matplotlib.figure.Figure, path: files.PathLike) -> None:
+    """Render ``fig`` as a PNG in memory (legends outside the axes included) and write it to
+    ``path`` through epath; closes the figure."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def _legend_below(ax: matplotlib.axes.Axes, handles: list, labels: list[str]) -> None:
+    """The legend under the axes (below the x label): it never covers data."""
+    ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              ncol=min(len(labels), 4), frameon=False)
+
+
 def plot_training_curves(records: Sequence[collect.MemberRecord], fields: Sequence[str],
-                         path: str | Path) -> bool:
+                         path: files.PathLike) -> bool:
     """Fig. 6: train error dashed, eval error solid, vs iterations. False if no metrics at all."""
     if not any(r.metrics for r in records):
         return False
@@ -81,16 +102,15 @@ def plot_training_curves(records: Sequence[collect.MemberRecord], fields: Sequen
         handles, labels = ax.get_legend_handles_labels()
         handles += [plt.Line2D([], [], color="gray", ls="--"), plt.Line2D([], [], color="gray")]
         labels += ["train error", "eval error"]
-        ax.legend(handles, labels, fontsize=8, loc="upper right")
+        _legend_below(ax, handles, labels)
     axes[0][0].set_ylabel("top-1 error (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
 def plot_layer_responses(records: Sequence[collect.MemberRecord], fields: Sequence[str],
-                         path: str | Path) -> bool:
+                         path: files.PathLike) -> bool:
     """Fig. 7: per-3x3-layer response std in network order (top) and sorted (bottom).
 
     Plain nets dashed, ResNets solid. False (no file) when no member has ``analysis.json``.
@@ -98,7 +118,7 @@ def plot_layer_responses(records: Sequence[collect.MemberRecord], fields: Sequen
     analysed = [r for r in records if r.analysis and r.analysis.get("layer_std")]
     if not analysed:
         return False
-    groups = report.group_members(analysed, [f for f in fields if not report.is_seed_field(f)])
+    groups = collect.group_members(analysed, fields)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (values, members) in enumerate(groups):
@@ -121,8 +141,7 @@ def plot_layer_responses(records: Sequence[collect.MemberRecord], fields: Sequen
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("std of response")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    _legend_below(bottom, *bottom.get_legend_handles_labels())
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return True

@@ -15,30 +15,16 @@ for the paper's 45k/5k CIFAR recipe), in percent.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import os
 from typing import Any, Sequence
 
+from etils import epath
+
+from resnet_jax import files
 from resnet_jax.sweeps import collect, grid
 
 FIG6 = "fig6_training_curves.png"
 FIG7 = "fig7_layer_responses.png"
-
-
-def is_seed_field(field: str) -> bool:
-    """Seeds are averaged over, not listed: ``seed`` or any ``*.seed`` field."""
-    return field.rsplit(".", 1)[-1] == "seed"
-
-
-def group_members(records: Sequence[collect.MemberRecord],
-                  fields: Sequence[str]) -> list[tuple[dict[str, Any], list[collect.MemberRecord]]]:
-    """Group members by the non-seed varied fields, groups in first-appearance (grid) order."""
-    keys = [f for f in fields if not is_seed_field(f)]
-    groups: dict[tuple, tuple[dict, list]] = {}
-    for r in records:
-        values = {f: r.get(f) for f in keys}
-        key = tuple(grid.format_value(v) for v in values.values())
-        groups.setdefault(key, (values, []))[1].append(r)
-    return list(groups.values())
 
 
 def _stat(done: Sequence[collect.MemberRecord], which: str, metric: str) -> tuple[float, float]:
@@ -52,7 +38,7 @@ def build_rows(records: Sequence[collect.MemberRecord], fields: Sequence[str]) -
     ``failed``, ``final``/``best``/``final_top5`` as (mean, std), ``params``, ``macs``,
     ``train_time_s`` (mean), ``steps``."""
     rows = []
-    for values, members in group_members(records, fields):
+    for values, members in collect.group_members(records, fields):
         done = [r for r in members if r.status == "done"]
         first = done[0].results if done else {}
         times = [float(r.results.get("train_time_s", 0.0)) for r in done]
@@ -113,7 +99,7 @@ def fmt_time(seconds: float | None) -> str:
 
 def render_table(rows: Sequence[dict], fields: Sequence[str]) -> str:
     """The paper-style markdown table."""
-    keys = [f for f in fields if not is_seed_field(f)]
+    keys = [f for f in fields if not collect.is_seed_field(f)]
     labels = grid.axis_labels(keys)
     head = [*labels, "model", "runs", "top-1 err % (final)", "top-1 err % (best)",
             "top-5 err % (final)", "params", "mult-adds", "steps", "train time"]
@@ -132,30 +118,40 @@ def render_table(rows: Sequence[dict], fields: Sequence[str]) -> str:
 
 
 def render_members(records: Sequence[collect.MemberRecord]) -> str:
-    """A per-member status list (failures with the last line of their traceback)."""
+    """A per-member status list (failures with the last line of their traceback; unfinished
+    members with their last attempt in sweep_log.jsonl)."""
+    if not records:
+        return "No member has started yet."
     lines = []
     for r in records:
         if r.status == "done":
-            final = r.results.get("final", {}).get("top1_error")
+            final = (r.results.get("final") or {}).get("top1_error")
             detail = f"final top-1 error {final:.2f}%" if final is not None else "done"
         elif r.status == "failed":
-            detail = f"FAILED: {r.error} (see {r.name}/error.txt)"
+            detail = f"FAILED: {r.error} (see {r.name}/{collect.ERROR_FILE})"
         else:
             detail = "not finished"
+            if r.attempts:
+                last = r.attempts[-1]
+                detail += (f" (last attempt: {last.get('status')} after "
+                           f"{fmt_time(float(last.get('seconds') or 0.0))})")
+        if len(r.attempts) > 1:
+            detail += f"; {len(r.attempts)} attempts"
         lines.append(f"- `{r.name}`: {detail}")
     return "\n".join(lines)
 
 
-def write_report(sweep_dir: str | Path, *, plots: bool = True) -> Path:
-    """Write ``report.md`` (and the PNGs if ``plots``) into ``sweep_dir``; return its path."""
-    root = Path(sweep_dir)
+def write_report(sweep_dir: files.PathLike, *, plots: bool = True) -> epath.Path:
+    """Write ``report.md`` (and the PNGs if ``plots``) into ``sweep_dir`` (local or remote);
+    return its path. Raises ValueError when ``sweep_dir`` is not a sweep directory."""
+    root = epath.Path(sweep_dir)
     desc, records = collect.read_sweep(root)
     fields = collect.varied_fields(desc, records)
     rows = build_rows(records, fields)
     title = desc.get("name") or root.name
     parts = [f"# Sweep report: {title}", ""]
     if desc.get("base"):
-        parts += [f"Base config `{Path(desc['base']).name}`; varied: "
+        parts += [f"Base config `{os.path.basename(str(desc['base']))}`; varied: "
                   + ", ".join(f"`{f}`" for f in fields) + ".", ""]
     parts += ["Errors in percent on the run's eval split (mean ± sample std over seeds).", "",
               render_table(rows, fields), "", "## Members", "", render_members(records), ""]

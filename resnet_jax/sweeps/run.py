@@ -6,27 +6,33 @@ Layout of DIR::
     sweep_log.jsonl        one line per member attempt: index, name, status, seconds, error
     <member name>/         e.g. ``depth=20,plain=true``: the member's training workdir
         member.json        index, name and the (field, value) pairs of this member
-        results.json ...   written by train_and_evaluate; its presence marks the member done
+        results.json ...   written by train_and_evaluate; when it reads back whole the member
+                           is done (a torn one is not: the member runs again and resumes)
         error.txt          exception and traceback of the last failed attempt
 
-Members run in-process through ``resnet_jax.train.loop.train_and_evaluate(config, workdir)``,
-each on every device this process sees. A member whose ``results.json`` exists is skipped;
-a failing member is recorded and the sweep goes on. ``--member i`` or
-``--num-shards N --shard-index j`` (members ``i`` with ``i % N == j``) split the grid over jobs.
+DIR may be local or remote (``gs://...``): every path goes through etils ``epath``.
+
+Every member's config is loaded and validated before the first member runs, so a bad
+``--set`` fails once, naming the field. Members then run in-process through
+``resnet_jax.train.loop.train_and_evaluate(config, workdir)``, each on every device this
+process sees. A done member is skipped; a failing member is recorded and the sweep goes on.
+``--member i`` or ``--num-shards N --shard-index j`` (members ``i`` with ``i % N == j``) split
+the grid over jobs.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import traceback
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import ml_collections
+from etils import epath
 
-from resnet_jax.sweeps import grid
+from resnet_jax import config as config_lib
+from resnet_jax import files
+from resnet_jax.sweeps import collect, grid
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
 LoadFn = Callable[[str, Sequence[str]], ml_collections.ConfigDict]
@@ -71,11 +77,34 @@ def member_config(sweep: grid.Sweep, member: grid.Member, extra_overrides: Seque
                                                *extra_overrides,
                                                *overrides[len(sweep.overrides):]])
     for field, value in member.values:
-        got = grid.get_field(config, field)
+        got = config_lib._get(config, field)  # pylint: disable=protected-access
         if grid.format_value(got) != grid.format_value(value):
-            raise ValueError(f"sweep: member {member.name} wants {field}={value!r} "
-                             f"but the config has {got!r} (a --set override of an axis?)")
+            raise ValueError(f"config field {field}={got!r} but the member wants {value!r} "
+                             "(a --set override of an axis?)")
     return config
+
+
+def member_configs(sweep: grid.Sweep, members: Sequence[grid.Member],
+                   extra_overrides: Sequence[str] = (),
+                   load_fn: LoadFn | None = None) -> dict[int, ml_collections.ConfigDict]:
+    """Every member's full config, loaded and validated before any member runs: a bad ``--set``
+    (an unknown field, a value of the wrong type or outside the allowed ones) is one ValueError
+    naming the field, not one failure per member. ``{member index: config}``."""
+    configs, errors = {}, {}
+    for member in members:
+        try:
+            configs[member.index] = member_config(sweep, member, extra_overrides, load_fn)
+        except ValueError as err:
+            errors[member.name] = str(err)
+    if errors:
+        messages = list(dict.fromkeys(errors.values()))
+        if len(messages) == 1 and len(errors) == len(members):
+            raise ValueError(f"sweep: invalid config (every member): {messages[0]}")
+        name, message = next(iter(errors.items()))
+        more = len(errors) - 1
+        more = f" (and {more} more member{'s' if more > 1 else ''})" if more else ""
+        raise ValueError(f"sweep: invalid config of member {name}{more}: {message}")
+    return configs
 
 
 def _is_chief() -> bool:
@@ -88,79 +117,84 @@ def _is_chief() -> bool:
         return True
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Write atomically: several jobs may share the sweep directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _append_log(workdir: Path, record: dict) -> None:
-    with open(workdir / "sweep_log.jsonl", "a") as f:
-        f.write(json.dumps(record, default=str) + "\n")
-
-
-def run_member(sweep: grid.Sweep, member: grid.Member, workdir: str | os.PathLike, *,
+def run_member(sweep: grid.Sweep, member: grid.Member, workdir: files.PathLike, *,
                extra_overrides: Sequence[str] = (), train_fn: TrainFn | None = None,
-               load_fn: LoadFn | None = None, chief: bool = True) -> dict:
-    """Run (or skip) one member; never raises for a training failure. Returns its log record."""
-    mdir = Path(workdir) / member.name
+               load_fn: LoadFn | None = None, chief: bool = True,
+               config: ml_collections.ConfigDict | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    """Run (or skip) one member; never raises for a training failure. Returns its log record.
+
+    The member is done, and skipped, when its results.json reads back whole; a torn one (a
+    crash while it was written) is not done: the member runs again and its trainer resumes from
+    its checkpoint. ``config``: the member's config when already loaded (``member_configs``).
+    """
+    mdir = epath.Path(workdir) / member.name
     record = {"index": member.index, "name": member.name, "status": "skipped", "seconds": 0.0}
-    if (mdir / "results.json").exists():
+    if collect.is_done(mdir):
         return record
+    if (mdir / collect.RESULTS_FILE).exists():
+        log(f"[sweep] {member.name}: {collect.RESULTS_FILE} is unreadable (torn?): "
+            "running the member again")
     mdir.mkdir(parents=True, exist_ok=True)
     if chief:
-        _write_json(mdir / "member.json", {"index": member.index, "name": member.name,
-                                           "values": [[f, v] for f, v in member.values]})
+        files.write_json(mdir / collect.MEMBER_FILE,
+                         {"index": member.index, "name": member.name,
+                          "values": [[f, v] for f, v in member.values]})
     start = time.time()
     try:
-        config = member_config(sweep, member, extra_overrides, load_fn)
-        result = (train_fn or _default_train)(config, str(mdir))
+        if config is None:
+            config = member_config(sweep, member, extra_overrides, load_fn)
+        result = (train_fn or _default_train)(config, os.fspath(mdir))
     except Exception as err:  # noqa: BLE001 - a failed member must not stop the sweep
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
         if chief:
-            (mdir / "error.txt").write_text(traceback.format_exc())
+            (mdir / collect.ERROR_FILE).write_text(traceback.format_exc())
     else:
         if isinstance(result, dict) and result.get("preempted"):
             # The trainer saved and stopped on SIGTERM: the job is going away; a rerun resumes.
             record.update(status="preempted", seconds=round(time.time() - start, 3))
             return record
         record["status"] = "done"
-        if chief and (mdir / "error.txt").exists():
-            (mdir / "error.txt").unlink()  # an earlier failure, now fixed
+        if chief and (mdir / collect.ERROR_FILE).exists():
+            (mdir / collect.ERROR_FILE).unlink()  # an earlier failure, now fixed
     record["seconds"] = round(time.time() - start, 3)
     return record
 
 
-def run_sweep(sweep: grid.Sweep, workdir: str | os.PathLike, *,
+def run_sweep(sweep: grid.Sweep, workdir: files.PathLike, *,
               indices: Sequence[int] | None = None,
               extra_overrides: Sequence[str] = (),
               train_fn: TrainFn | None = None, load_fn: LoadFn | None = None,
               log: Callable[[str], None] = print) -> list[dict]:
     """Run the selected members (all by default) in order; return one record per member.
 
-    Records: ``{"index", "name", "status": "done"|"skipped"|"failed"|"preempted", "seconds",
-    ["error"]}``. A preempted member (SIGTERM; its checkpoint saved) ends the sweep early.
-    ``train_fn(config, workdir)`` and ``load_fn(spec)`` default to the real trainer and
-    ``resnet_jax.config.load_config``; tests inject fakes.
+    Every member's config is loaded and validated first (``member_configs``): an invalid one
+    raises ValueError before anything is written. Records: ``{"index", "name", "status":
+    "done"|"skipped"|"failed"|"preempted", "seconds", ["error"]}``. A preempted member
+    (SIGTERM; its checkpoint saved) ends the sweep early. ``workdir`` may be local or remote
+    (``gs://``, through etils epath). ``train_fn(config, workdir)`` and ``load_fn(spec,
+    overrides)`` default to the real trainer and ``resnet_jax.config.load_config``; tests
+    inject fakes.
     """
-    root = Path(workdir)
+    members = sweep.members()
+    configs = member_configs(sweep, members, extra_overrides, load_fn)
+    root = epath.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     chief = _is_chief()
     if chief:
         desc = sweep.to_json()
         desc["extra_overrides"] = list(extra_overrides)
-        _write_json(root / "sweep.json", desc)
-    members = sweep.members()
+        files.write_json(root / collect.SWEEP_FILE, desc)
     chosen = range(len(members)) if indices is None else indices
     records = []
     for i in chosen:
         member = members[i]
         log(f"[sweep] member {i + 1}/{len(members)} {member.name}: starting")
         record = run_member(sweep, member, root, extra_overrides=extra_overrides,
-                            train_fn=train_fn, load_fn=load_fn, chief=chief)
+                            train_fn=train_fn, load_fn=load_fn, chief=chief,
+                            config=configs[member.index], log=log)
         if record["status"] != "skipped" and chief:
-            _append_log(root, {**record, "time": time.time()})
+            files.append_jsonl(root / collect.LOG_FILE, {**record, "time": time.time()})
         error = f"  {record['error']}" if "error" in record else ""
         log(f"[sweep] member {i + 1}/{len(members)} {member.name}: {record['status']}"
             f" ({record['seconds']:.1f} s){error}")

@@ -1,9 +1,10 @@
 """Helpers for the sweep tests, as fixtures: a fake trainer that writes what
-train_and_evaluate writes (numbers from the config), and a PNG check."""
+train_and_evaluate writes (numbers from the config), a PNG check, and an in-memory ``gs://``
+filesystem for etils epath (a remote workdir that works offline)."""
 import json
-from pathlib import Path
 
 import pytest
+from etils import epath
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -17,11 +18,11 @@ def fake_error(config) -> float:
 def fake_train(config, workdir: str, fail_if=None) -> dict:
     if fail_if is not None and fail_if(config):
         raise RuntimeError(f"boom at depth {config.model.depth}")
-    wd = Path(workdir)
+    wd = epath.Path(workdir)
     (wd / "config.json").write_text(json.dumps(config.to_dict()))
     err = fake_error(config)
     steps = config.train.num_steps
-    with open(wd / "metrics.jsonl", "w") as f:
+    with (wd / "metrics.jsonl").open("w") as f:
         for s in range(0, steps + 1, max(steps // 4, 1)):
             for split, off in (("train", -2.0), ("val", 0.0)):
                 f.write(json.dumps({"step": s, "epoch": 0, "split": split, "loss": 1.0,
@@ -36,12 +37,14 @@ def fake_train(config, workdir: str, fail_if=None) -> dict:
     return results
 
 
-def check_png(path: Path) -> None:
+def check_png(path) -> None:
+    import io
+
     import matplotlib.pyplot as plt
 
-    data = Path(path).read_bytes()
+    data = epath.Path(path).read_bytes()
     assert data[:8] == PNG_SIGNATURE and len(data) > 1000
-    image = plt.imread(path)
+    image = plt.imread(io.BytesIO(data), format="png")
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
@@ -55,3 +58,45 @@ def fake_train_fixture():
 def assert_png_fixture():
     """``assert_png(path)``: PNG signature, non-trivial size, readable back by matplotlib."""
     return check_png
+
+
+@pytest.fixture(name="fake_gcs")
+def fake_gcs_fixture(monkeypatch, tmp_path):
+    """``gs://`` paths of etils epath served from memory, as an object store would (no local
+    files): epath is told not to use TensorFlow's gfile (what ``EPATH_USE_TF=false`` does, but
+    epath caches that answer), so it routes ``gs://`` through fsspec, whose ``gcs`` protocol is
+    replaced by an fsspec memory filesystem.
+    The current directory is an empty temporary folder, so a path that wrongly goes local
+    (``pathlib`` makes ``gs:/bucket/...`` of ``gs://bucket/...``) shows up there. Yields the
+    store: ``{'/bucket/path': file}``."""
+    import importlib
+
+    from etils.epath import backend, gpath
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FakeGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store: dict = {}
+        pseudo_dirs = [""]
+
+        def __init__(self, *args, finalize_on_close=None, **kwargs):
+            del finalize_on_close  # what epath passes to gcsfs
+            super().__init__(*args, **kwargs)
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            path = str(path).removeprefix("gs://").removeprefix("gcs://").strip("/")
+            return "/" + path if path else ""
+
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    registry = importlib.import_module("fsspec.registry")._registry  # fsspec.registry: a view
+    for protocol in ("gs", "gcs"):
+        monkeypatch.setitem(registry, protocol, FakeGCS)
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    local = tmp_path / "cwd"
+    local.mkdir()
+    monkeypatch.chdir(local)
+    yield FakeGCS.store
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    FakeGCS.store.clear()
+    assert list(local.iterdir()) == [], "something was written locally instead of to gs://"

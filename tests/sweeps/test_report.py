@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from resnet_jax import cli
 from resnet_jax.sweeps import collect, grid, report, run
 
 REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def depth_sweep(tmp_path_factory, fake_train):
@@ -85,3 +87,70 @@ def test_formats():
     assert report.fmt_error((6.43, 0.0), 1) == "6.43"
     assert report.fmt_count(1_727_962) == "1.73M" and report.fmt_count(3.6e9) == "3.60G"
     assert report.fmt_time(3725) == "1h02m" and report.fmt_time(185) == "3m05s"
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: None,                                                   # empty folder
+    lambda d: ((d / "notes").mkdir(), (d / "notes" / "a.txt").write_text("x")),
+    lambda d: ((d / "run").mkdir(), (d / "run" / "results.json").write_text("{}")),  # a run
+])
+def test_report_on_a_folder_that_is_not_a_sweep_fails_clearly(tmp_path, capsys, make):
+    make(tmp_path)
+    assert cli.main(["report", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "is not a sweep directory" in err and "sweep.json" in err
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_report_of_a_sweep_not_started_yet(tmp_path):
+    (tmp_path / "sweep.json").write_text(json.dumps(
+        {"name": "s", "axes": [["seed", [0, 1]]], "members": ["seed=0", "seed=1"]}))
+    assert "No member has started yet." in report.write_report(tmp_path, plots=False).read_text()
+
+
+def test_fig6_and_fig7_legends_never_cover_the_axes(depth_sweep, monkeypatch, tmp_path):
+    """The legend sits outside every panel (it covered the end of the plain panel's curves)."""
+    import matplotlib.figure
+
+    from resnet_jax.sweeps import plots
+
+    saved = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            box = ax.get_window_extent()
+            for legend in [ax.get_legend()] + list(fig.legends):
+                if legend is not None:
+                    assert not legend.get_window_extent().overlaps(box), ax.get_title()
+        saved.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    desc, records = collect.read_sweep(depth_sweep)
+    fields = collect.varied_fields(desc, records)
+    assert plots.plot_training_curves(records, fields, tmp_path / "f6.png")
+    assert plots.plot_layer_responses(records, fields, tmp_path / "f7.png")
+    assert len(saved) == 2
+
+
+def test_report_and_plots_do_not_import_each_other():
+    """No import cycle: the shared pieces (group_members, is_seed_field) live in collect."""
+    import ast
+
+    def imported(module):
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "resnet_jax.sweeps":
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module.rsplit(".", 1)[-1])
+        return names
+
+    from resnet_jax.sweeps import plots
+
+    assert "report" not in imported(plots)
+    assert "plots" in imported(report)          # lazily, for the figures

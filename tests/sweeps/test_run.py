@@ -3,10 +3,14 @@ import argparse
 import json
 from pathlib import Path
 
-from resnet_jax.sweeps import grid, run
+import pytest
+
+from resnet_jax import cli
+from resnet_jax.sweeps import collect, grid, report, run
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "configs/sweeps/smoke.py")
+SMOKE_RECIPE = str(REPO / "configs/smoke.py")
 
 
 class Recorder:
@@ -62,12 +66,66 @@ def test_a_failing_member_is_recorded_and_the_rest_run(tmp_path, fake_train):
     assert not (tmp_path / "plain=true,seed=0" / "error.txt").exists()
 
 
-def test_a_bad_override_fails_members_not_the_sweep(tmp_path, fake_train):
+@pytest.mark.parametrize("item, field", [
+    ("train.num_steps=abc", "train.num_steps"),     # wrong type
+    ("train.nope=1", "train.nope"),                 # unknown field
+    ("model.shortcut=Z", "model.shortcut"),         # outside the allowed values
+])
+def test_a_bad_set_fails_once_before_any_member_runs(tmp_path, capsys, fake_train, item, field):
+    train = Recorder(fake_train)
     sweep = grid.load_sweep(SMOKE)
-    records = run.run_sweep(sweep, tmp_path, extra_overrides=["--config.train.nope=1"],
-                            train_fn=Recorder(fake_train), log=lambda _: None)
-    assert {r["status"] for r in records} == {"failed"}
-    assert "train.nope" in records[0]["error"]
+    with pytest.raises(ValueError, match=f"every member.*{field}") as info:
+        run.run_sweep(sweep, tmp_path / "lib", extra_overrides=run._parse_set([item]),
+                      train_fn=train, log=lambda _: None)
+    assert "\n" not in str(info.value)
+    # through the command line: one line on stderr, exit 2, nothing run or written
+    workdir = tmp_path / "cli"
+    assert cli.main(["sweep", SMOKE, "--workdir", str(workdir), "--set", item]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and field in err
+    assert train.calls == [] and not workdir.exists() and not (tmp_path / "lib").exists()
+
+
+def test_an_invalid_member_config_is_named_before_any_member_runs(tmp_path, fake_train):
+    sweep = grid.sweep_from_config({"base": SMOKE_RECIPE, "axes": [("model.depth", [8, 9])]})
+    train = Recorder(fake_train)
+    with pytest.raises(ValueError, match=r"member depth=9: config field model\.depth=9"):
+        run.run_sweep(sweep, tmp_path, train_fn=train, log=lambda _: None)
+    assert train.calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_torn_results_json_is_not_done_and_the_member_runs_again(tmp_path, fake_train):
+    sweep = grid.load_sweep(SMOKE)
+    run.run_sweep(sweep, tmp_path, train_fn=Recorder(fake_train), log=lambda _: None)
+    torn = tmp_path / "plain=true,seed=0" / "results.json"
+    torn.write_text(torn.read_text()[:20])          # a crash while it was written
+    desc, records = collect.read_sweep(tmp_path)
+    assert [r.status for r in records] == ["done", "done", "pending", "done"]
+    assert not collect.is_done(torn.parent)
+    again, lines = Recorder(fake_train), []
+    records = run.run_sweep(sweep, tmp_path, train_fn=again, log=lines.append)
+    assert again.calls == ["plain=true,seed=0"]
+    assert [r["status"] for r in records] == ["skipped", "skipped", "done", "skipped"]
+    assert any("results.json is unreadable" in line for line in lines)
+    assert json.loads(torn.read_text())["model"] == "plain-8"
+
+
+def test_a_torn_sweep_log_line_is_tolerated_and_repaired(tmp_path, fake_train):
+    sweep = grid.load_sweep(SMOKE)
+    fail = Recorder(fake_train, fail_if=lambda c: c.seed == 1)
+    run.run_sweep(sweep, tmp_path, train_fn=fail, log=lambda _: None)
+    log = tmp_path / "sweep_log.jsonl"
+    with open(log, "a") as f:
+        f.write('{"index": 1, "name": "plain=false,seed=1", "sta')    # SIGKILL mid-line
+    desc, records = collect.read_sweep(tmp_path)
+    assert [len(r.attempts) for r in records] == [1, 1, 1, 1]
+    assert report.render_members(records).count("FAILED") == 2
+    run.run_sweep(sweep, tmp_path, train_fn=Recorder(fake_train), log=lambda _: None)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]   # every line parses
+    assert [r["status"] for r in rows] == ["done", "failed", "done", "failed", "done", "done"]
+    desc, records = collect.read_sweep(tmp_path)
+    assert [r.status for r in records] == ["done"] * 4
+    assert [len(r.attempts) for r in records] == [1, 2, 1, 2]
 
 
 def test_shards_split_the_work_and_together_finish_it(tmp_path, fake_train):
