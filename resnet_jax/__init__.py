@@ -8,5 +8,8 @@ from resnet_jax.models import (BatchNorm, ResNet, conv3x3_responses, count_macs,
                                count_params, create_model, model_name, parse_model_name,
                                stage_shapes)
 
+from resnet_jax.interop import load, nnx_model  # noqa: E402
+
 __all__ = ["__version__", "BatchNorm", "ResNet", "conv3x3_responses", "count_macs",
-           "count_params", "create_model", "model_name", "parse_model_name", "stage_shapes"]
+           "count_params", "create_model", "model_name", "parse_model_name", "stage_shapes",
+           "load", "nnx_model"]
