@@ -24,6 +24,12 @@ COMMANDS = {
     "report": ("resnet_jax.sweeps.report", "add_arguments", "run", "tables and plots of a sweep"),
     "analyze": ("resnet_jax.sweeps.analysis", "add_arguments", "run",
                 "layer response analysis (paper Fig. 7)"),
+    "convert": ("resnet_jax.interop.commands", "add_convert_arguments", "run_convert",
+                "import torchvision / timm ResNet weights as a model directory"),
+    "export": ("resnet_jax.interop.commands", "add_export_arguments", "run_export",
+               "a training run (or model directory) as a model directory or torchvision file"),
+    "predict": ("resnet_jax.interop.commands", "add_predict_arguments", "run_predict",
+                "top-5 classes of image files with a model directory"),
 }
 
 

@@ -1,0 +1,97 @@
+"""Classify image files with a model directory: decode (Pillow), preprocess, top-k.
+
+    loaded = resnet_jax.load("r50")
+    for result in predict_files(loaded, ["cat.jpg", "dog.png"]):
+        print(format_line(result))          # cat.jpg: tabby 61.25%, tiger cat 20.10%, ...
+
+Every file gives one result: {'file', 'top': [{'index', 'class', 'prob'}, ...]} or
+{'file', 'error'} for a missing, unreadable or corrupt file (the others are still scored).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+
+class ImageReadError(ValueError):
+    """An image file that does not exist or does not decode."""
+
+
+def read_image(path: str) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of an image file (grayscale, palette, RGBA, CMYK -> RGB; no EXIF
+    rotation, as torchvision's and this project's pipelines). Raises ImageReadError."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a directory") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({err})") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _probs_fn(model: Any):
+    import jax
+
+    @jax.jit
+    def probs(variables, x):
+        return jax.nn.softmax(model.apply(variables, x, train=False), axis=-1)
+    return probs
+
+
+def top_k(loaded: Any, images: Any, k: int = 5, batch_size: int = 32) -> list[list[dict]]:
+    """Top-k classes of raw uint8 images (anything `loaded.preprocess` takes): per image a list
+    of {'index', 'class', 'prob'}, most probable first."""
+    x = loaded.preprocess(images)
+    k = max(1, min(k, loaded.model.num_classes))
+    probs_fn = _probs_fn(loaded.model)
+    out = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size]
+        n = len(chunk)
+        if n < batch_size and len(x) > batch_size:  # one compiled shape for every chunk
+            chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:],
+                                                    chunk.dtype)])
+        probs = np.asarray(probs_fn(loaded.variables, chunk))[:n]
+        for row in probs:
+            order = np.argsort(-row, kind="stable")[:k]
+            out.append([{"index": int(i), "class": loaded.class_names[i],
+                         "prob": float(row[i])} for i in order])
+    return out
+
+
+def predict_files(loaded: Any, paths: Sequence[str], k: int = 5,
+                  batch_size: int = 32) -> Iterator[dict]:
+    """One result per path, in order (see the module docstring)."""
+    for start in range(0, len(paths), batch_size):
+        group = paths[start:start + batch_size]
+        images, errors = {}, {}
+        for path in group:
+            try:
+                images[path] = read_image(path)
+            except ImageReadError as err:
+                errors[path] = str(err)
+        tops = {}
+        if images:
+            ok = [p for p in group if p in images]
+            for path, top in zip(ok, top_k(loaded, [images[p] for p in ok], k, batch_size)):
+                tops[path] = top
+        for path in group:
+            yield ({"file": path, "error": errors[path]} if path in errors
+                   else {"file": path, "top": tops[path]})
+
+
+def format_line(result: dict) -> str:
+    """'file: class 61.25%, class 20.10%, ...' (or the file's error)."""
+    if "error" in result:
+        return f"error: {result['error']}"
+    items = ", ".join(f"{t['class']} {100 * t['prob']:.2f}%" for t in result["top"])
+    return f"{result['file']}: {items}"

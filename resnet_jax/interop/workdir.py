@@ -1,0 +1,131 @@
+"""Export a training run (a `resnet-jax train` workdir) as a model directory.
+
+The variables come from the run's checkpoints through `train.loop` (`load_trained` for the
+newest; the same restore for `best`, the step with the lowest validation error that the
+checkpointer keeps). The preprocessing and class names come from the workdir's
+`preprocessing.json` / `class_names.txt` (written at the start of a run by
+`preprocess.save_run`); for a workdir without them they are rebuilt from the run's config by
+loading its data once, with a message saying so.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Optional
+
+from etils import epath
+
+from resnet_jax import data as data_lib
+from resnet_jax import parallel
+from resnet_jax.interop import preprocess as prep_lib
+from resnet_jax.interop.bundle import LoadedModel
+from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import loop, optim
+
+CHECKPOINTS = ("newest", "best")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def restore(workdir: str, checkpoint: str = "newest") -> tuple[Any, Any, dict, int]:
+    """(config, module, {'params', 'batch_stats'}, step) of the workdir's newest or best
+    checkpoint."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {list(CHECKPOINTS)}")
+    config = loop.read_config(workdir)
+    directory = os.fspath(epath.Path(workdir) / "checkpoints")
+    checkpointer = ckpt_lib.Checkpointer(directory, keep=10 ** 6)
+    try:
+        latest = checkpointer.latest_meta()
+        if latest is None:
+            raise ValueError(f"--workdir {workdir}: no readable checkpoint")
+        step = int(latest["step"])
+        if checkpoint == "best":
+            best = latest.get("best") or {}
+            if "step" not in best:
+                raise ValueError(f"--workdir {workdir}: no evaluation yet, so no best "
+                                 "checkpoint; use --checkpoint newest")
+            step = int(best["step"])
+            if step not in checkpointer.all_steps():
+                raise ValueError(f"--workdir {workdir}: the best step {step} has no checkpoint "
+                                 f"(steps {checkpointer.all_steps()})")
+    finally:
+        checkpointer.close()
+    if step == int(latest["step"]):
+        config, module, variables = loop.load_trained(workdir)
+        return config, module, variables, step
+    # An older step: load_trained's construction, restored from that step only.
+    mesh = parallel.make_mesh()
+    meta = latest["model"]
+    tx = optim.make_optimizer(config.optim, 1, batch_size=config.train.batch_size,
+                              num_steps=config.train.num_steps)
+    run = loop.Run(config, mesh, None, loop.make_model(config, meta, mesh.size), tx, meta)
+    state, rng = loop.initial_state(run)
+    only = _OneStep(directory, step)
+    try:
+        restored = only.restore_latest(state, rng, loop.check_model(meta))
+    finally:
+        only.close()
+    if restored is None:
+        raise ValueError(f"--workdir {workdir}: the checkpoint of step {step} is unreadable")
+    return config, run.model, {"params": restored.state.params,
+                               "batch_stats": restored.state.batch_stats}, step
+
+
+class _OneStep(ckpt_lib.Checkpointer):
+    """A workdir's checkpointer that sees one step only: `restore_latest` restores that step
+    (and, finding nothing else, never falls back to or renames another)."""
+
+    def __init__(self, directory: str, step: int):
+        super().__init__(directory, keep=10 ** 6)
+        self._only = step
+
+    def all_steps(self) -> list[int]:
+        return [s for s in super().all_steps() if s == self._only]
+
+
+def run_preprocessing(workdir: str, config: Any, say: Callable[[str], None] = _say,
+                      ) -> tuple[prep_lib.Preprocessing, Optional[list[str]]]:
+    """The workdir's saved preprocessing and class names, or both rebuilt from its data."""
+    try:
+        prep = prep_lib.load(workdir)
+        return prep, prep_lib.load_class_names(workdir)
+    except ValueError:
+        pass
+    d = config.data
+    where = d.path or d.name or d.source
+    say(f"{workdir} has no {prep_lib.FILE} (written by runs since it was added); rebuilding "
+        f"the preprocessing and class names from the run's data ({d.pipeline}, source "
+        f"{d.source}: {where}), which is loaded once for this")
+    try:
+        loop.check_data_paths(config)
+        pipeline = data_lib.make_pipeline(
+            d, global_batch_size=config.train.batch_size,
+            eval_batch_size=config.train.eval_batch_size, seed=config.seed)
+    except Exception as err:  # noqa: BLE001 - missing files, tfds errors, decode errors
+        raise ValueError(f"cannot rebuild the preprocessing of {workdir}: its data is "
+                         f"unreachable ({type(err).__name__}: {str(err).splitlines()[0]}). "
+                         "The exported model needs the run's training mean/std and class "
+                         f"names: make the data reachable where {workdir}/config.json says"
+                         ) from None
+    return prep_lib.from_pipeline(config, pipeline), prep_lib.pipeline_class_names(pipeline)
+
+
+def export_workdir(workdir: str, out: Optional[str] = None, checkpoint: str = "newest",
+                   say: Callable[[str], None] = _say) -> LoadedModel:
+    """The run's model as a `LoadedModel`, written to `out` as a model directory if given."""
+    config, module, variables, step = restore(workdir, checkpoint)
+    prep, names = run_preprocessing(workdir, config, say)
+    if names is not None and len(names) != module.num_classes:
+        say(f"{workdir}: {len(names)} class names for {module.num_classes} classes; "
+            "numbering them instead")
+        names = None
+    module = module.clone(bn_num_groups=1)
+    loaded = LoadedModel.create(module, variables, prep, names, source={
+        "kind": "workdir", "workdir": os.path.abspath(workdir) if "://" not in workdir
+        else workdir, "checkpoint": checkpoint, "step": step})
+    if out is not None:
+        loaded.save(out)
+    return loaded

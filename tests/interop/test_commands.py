@@ -1,0 +1,98 @@
+"""`resnet-jax convert | predict | export --model` as a user runs them: the fixture converted,
+images predicted (PNG, JPEG, grayscale), bad inputs as one error line each."""
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
+import resnet_jax
+from resnet_jax import cli
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+R18 = str(FIXTURES / "tv_resnet18_w3.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "r18"
+    assert cli.main(["convert", "--from", "torchvision", R18, "--model", "resnet18",
+                     "--width", "3", "--out", str(out), "--resize", "36", "--crop", "32"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), np.uint8)).save(d / "a.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, (45, 40), np.uint8)).save(d / "b.png")  # grayscale
+    (d / "corrupt.jpg").write_bytes((d / "a.jpg").read_bytes()[:300])
+    (d / "text.png").write_text("not an image")
+    return d
+
+
+def test_convert_writes_a_loadable_directory(model_dir, capsys):
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "class_names.txt", "model.json", "preprocessing.json", "variables.safetensors"]
+    m = resnet_jax.load(str(model_dir))
+    assert (m.preprocessing.resize, m.preprocessing.crop) == (36, 32)
+    np.testing.assert_allclose(m.preprocessing.mean, [123.675, 116.28, 103.53], rtol=1e-7)
+
+
+def test_predict_prints_top5_per_image(model_dir, images, capsys):
+    files = [str(images / "a.jpg"), str(images / "b.png")]
+    assert cli.main(["predict", "--model", str(model_dir), *files]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == files
+    assert all(ln.count("%") == 5 for ln in lines)
+    assert cli.main(["predict", "--model", str(model_dir), "--json", "--top-k", "3",
+                     *files]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.strip().splitlines()]
+    assert [r["file"] for r in rows] == files
+    m = resnet_jax.load(str(model_dir))
+    probs = jax.nn.softmax(m.model.apply(m.variables, m.preprocess(
+        np.asarray(Image.open(files[0]).convert("RGB"))), train=False))[0]
+    top = rows[0]["top"]
+    assert [t["index"] for t in top] == list(np.argsort(-np.asarray(probs))[:3])
+    np.testing.assert_allclose([t["prob"] for t in top], np.sort(probs)[::-1][:3], rtol=1e-5)
+    assert top[0]["class"] == m.class_names[top[0]["index"]]
+
+
+def test_predict_bad_files_are_one_line_each(model_dir, images, capsys):
+    bad = [str(images / "missing.jpg"), str(images / "corrupt.jpg"), str(images / "text.png")]
+    code = cli.main(["predict", "--model", str(model_dir), str(images / "a.jpg"), *bad])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.startswith(str(images / "a.jpg") + ":")  # the good file is still predicted
+    err_lines = err.strip().splitlines()
+    assert len(err_lines) == 3 and "Traceback" not in err
+    for path, line in zip(bad, err_lines):
+        assert line.startswith("resnet-jax predict: error: ") and path in line
+    assert "no such file" in err_lines[0] and "truncated" in err_lines[1]
+    assert cli.main(["predict", "--model", str(model_dir), "--json", *bad[:1]]) == 1
+    assert json.loads(capsys.readouterr().out)["error"].endswith("no such file")
+
+
+def test_convert_errors_are_one_line(tmp_path, capsys):
+    code = cli.main(["convert", "--from", "timm", R18, "--model", "resnet34", "--width", "3",
+                     "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "80 missing key(s): layer1.2.bn1.bias" in err and "looks like resnet18" in err
+    assert not (tmp_path / "x").exists()
+    assert cli.main(["convert", "--from", "timm", str(tmp_path / "none.safetensors"),
+                     "--model", "resnet18", "--out", str(tmp_path / "y")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_export_model_dir_to_torchvision(model_dir, tmp_path, capsys):
+    out = tmp_path / "tv.safetensors"
+    assert cli.main(["export", "--model", str(model_dir), "--to", "torchvision",
+                     "--out", str(out)]) == 0
+    back, original = load_file(str(out)), load_file(R18)
+    assert sorted(back) == sorted(original)
+    assert all(np.array_equal(back[k], original[k]) for k in original)

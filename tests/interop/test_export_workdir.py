@@ -1,0 +1,89 @@
+"""`resnet-jax export --workdir`: a training run as a model directory that scores like the run,
+with its preprocessing saved by the run or rebuilt from its data (or a clear error)."""
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import resnet_jax
+from resnet_jax import cli
+from resnet_jax import data as data_lib
+from resnet_jax.config import load_config
+from resnet_jax.interop import preprocess, workdir as workdir_lib
+from resnet_jax.train import loop
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from PIL import Image
+    d = tmp_path_factory.mktemp("images")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), np.uint8)).save(
+        d / "a.jpg")
+    return d
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 4-step smoke run (cifar_resnet8, 16x16 synthetic; checkpoints at 2 and 4) and its
+    config. Compiled programs are shared with the exports through a compilation cache."""
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    workdir = tmp_path_factory.mktemp("run")
+    config = load_config("configs/smoke.py:steps=4", ["--config.train.eval_every_steps=2",
+                                                       "--config.train.checkpoint_every_steps=2"])
+    loop.train_and_evaluate(config, str(workdir))
+    yield workdir, config
+    jax.config.update("jax_compilation_cache_dir", old)
+
+
+def test_export_a_training_run_and_predict(run, tmp_path, images, capsys):
+    workdir, config = run
+    out = tmp_path / "model"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "rebuilding the preprocessing" in captured.err  # this workdir has none saved
+    m = resnet_jax.load(str(out))
+    assert m.source["step"] == 4 and m.name == "cifar_resnet8"
+    assert m.class_names[:2] == ["class_0", "class_1"]
+    _, model, variables = loop.load_trained(str(workdir))
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(m.variables)):
+        np.testing.assert_array_equal(a, b)
+    assert (model.width, model.num_classes, model.shortcut) == (4, 10, "A")
+    # The exported preprocessing is the run's eval normalization, on its eval images.
+    pipeline = data_lib.make_pipeline(config.data, global_batch_size=32, eval_batch_size=32,
+                                      seed=config.seed)
+    eval_images = pipeline.eval_arrays[0][:8]
+    np.testing.assert_allclose(m.preprocess(eval_images),
+                               pipeline.device_preprocess(None, eval_images, False),
+                               rtol=1e-6, atol=1e-6)
+    assert cli.main(["predict", "--model", str(out), str(images / "a.jpg")]) == 0
+    assert "class_" in capsys.readouterr().out
+
+
+def test_export_uses_saved_preprocessing_or_fails_cleanly(run, tmp_path, capsys):
+    workdir, config = run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    # What the training loop will do at the start of a run:
+    pipeline = data_lib.make_pipeline(config.data, global_batch_size=32, eval_batch_size=32,
+                                      seed=config.seed)
+    preprocess.save_run(str(copy), config, pipeline)
+    assert (copy / "preprocessing.json").exists() and (copy / "class_names.txt").exists()
+    messages = []
+    m = workdir_lib.export_workdir(str(copy), str(tmp_path / "m"), "best", say=messages.append)
+    best = json.loads((copy / "results.json").read_text())["best"]["step"]
+    assert messages == [] and (m.source["checkpoint"], m.source["step"]) == ("best", best)
+    np.testing.assert_array_equal(m.preprocessing.mean, pipeline.mean)
+    assert workdir_lib._OneStep(str(copy / "checkpoints"), 2).all_steps() == [2]
+    # No saved preprocessing and data that cannot be reached: one clear error line.
+    (copy / "preprocessing.json").unlink()
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["data"].update(source="tar", path=str(tmp_path / "gone.tar.gz"))
+    (copy / "config.json").write_text(json.dumps(cfg))
+    assert cli.main(["export", "--workdir", str(copy), "--out", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "rebuilding" in err[0] and err[-1].startswith("resnet-jax export: error: cannot "
+                                                         "rebuild the preprocessing")
+    assert "gone.tar.gz" in err[-1] and not (tmp_path / "n").exists()
