@@ -129,12 +129,20 @@ class LoadedModel:
                 for k, v in flatten(self.variables).items()}
         save_file(flat, os.path.join(directory, VARIABLES_FILE),
                   metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        usual_permissions(os.path.join(directory, VARIABLES_FILE))
         prep_lib.save(self.preprocessing, directory, self.class_names)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name,
                 "fields": model_fields(self.model), "source": self.source}
         with open(os.path.join(directory, MODEL_FILE), "w") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
+
+
+def usual_permissions(path: str) -> None:
+    """safetensors writes its files 0600; give them the permissions of any new file here."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _map(fn, tree):

@@ -172,4 +172,5 @@ def export_torchvision(loaded_or_model: Any, path: str,
         raise ValueError(f"{path}: the torchvision export writes .safetensors")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file(state, path, metadata={"format": "pt", "producer": "resnet-jax"})
+    bundle.usual_permissions(path)
     return state

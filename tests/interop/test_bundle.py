@@ -2,6 +2,7 @@
 torchvision's eval transform reproduced exactly, the project's TF-style resize, and the
 input checks."""
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -110,6 +111,9 @@ def test_load_overrides_and_refusals(r18, tmp_path):
         resnet_jax.load(str(tmp_path))
     newer = tmp_path / "newer"
     m.save(str(newer))
+    umask = os.umask(0)
+    os.umask(umask)  # safetensors alone writes 0600; a model directory is meant to be shared
+    assert (newer / "variables.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     meta = json.loads((newer / "model.json").read_text())
     (newer / "model.json").write_text(json.dumps(dict(meta, format_version=99)))
     with pytest.raises(ValueError, match="newer than this"):
