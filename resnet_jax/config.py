@@ -6,8 +6,8 @@ parsed by `parse_config_arg`. Overrides are `--config.optim.lr=0.2` strings. Eve
 a type fixed by the recipe; a value of another type, a misspelled field or a value outside a
 field's allowed set is refused with a `ValueError` naming the field.
 
-The schema (docs/ARCHITECTURE.md "Config schema") is `REQUIRED_FIELDS`; `ENUMS` holds the
-allowed values of the fields that have a fixed set.
+The schema (every field, allowed value and range) is `resnet_jax.schema`, the same table the
+modules that act on the fields use; `validate` checks a config against it once, at load.
 """
 from __future__ import annotations
 
@@ -19,68 +19,9 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
-REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
-    "": ("seed",),
-    "model": ("arch", "depth", "plain", "shortcut", "bottleneck_stride", "zero_init_residual",
-              "width", "dtype", "scan_blocks"),
-    "data": ("pipeline", "source", "name", "path", "data_dir", "num_val_examples",
-             "train_augment", "image_size", "eval_resize", "lighting_std", "normalize",
-             "eval_crops", "multiscale_sizes", "on_corrupt", "shuffle_buffer",
-             "synthetic_examples", "num_classes", "prefetch"),
-    "optim": ("name", "lr", "lr_scaling", "base_batch_size", "momentum", "nesterov",
-              "weight_decay", "decay_bn_and_bias", "schedule", "schedule_unit", "boundaries",
-              "decay_factor", "warmup", "warmup_length", "warmup_lr", "label_smoothing"),
-    "train": ("batch_size", "eval_batch_size", "num_steps", "bn_mode", "bn_group_size",
-              "steps_per_dispatch", "log_every_steps", "eval_every_steps",
-              "checkpoint_every_steps", "keep_checkpoints", "progress"),
-}
+from resnet_jax import schema
+from resnet_jax.schema import ADDED_FIELDS
 
-ENUMS: dict[str, tuple[Any, ...]] = {
-    "model.arch": ("cifar", "imagenet"),
-    "model.shortcut": ("A", "B", "C"),
-    "model.bottleneck_stride": ("v1", "v1.5"),
-    "model.dtype": ("float32", "bfloat16"),
-    "data.pipeline": ("in_memory", "streaming"),
-    "data.source": ("tar", "folder", "tfds", "synthetic"),
-    "data.train_augment": ("pad_crop_flip", "scale", "inception", "none"),
-    "data.normalize": ("per_pixel_mean", "per_channel"),
-    "data.eval_crops": ("center", "10crop", "multiscale"),
-    "data.on_corrupt": ("error", "skip"),
-    "optim.name": ("sgd", "lars"),
-    "optim.lr_scaling": ("none", "linear"),
-    "optim.schedule": ("piecewise", "cosine"),
-    "optim.schedule_unit": ("steps", "epochs"),
-    "optim.warmup": ("none", "linear", "constant"),
-    "train.bn_mode": ("global", "per_device", "group"),
-}
-
-# Fields added after workdirs were first written, with the value that reproduces the older
-# behaviour: `from_json` fills them in, so an older workdir still evaluates and resumes.
-ADDED_FIELDS: dict[str, Any] = {"model.scan_blocks": False, "data.num_classes": 0,
-                                "data.prefetch": 2}
-
-POSITIVE_INTS = ("train.batch_size", "train.eval_batch_size", "train.num_steps",
-                 "train.bn_group_size", "train.steps_per_dispatch", "train.log_every_steps",
-                 "train.eval_every_steps", "train.checkpoint_every_steps",
-                 "train.keep_checkpoints", "model.width", "data.image_size", "data.prefetch")
-# Numeric fields whose other values can only be mistakes: field -> (test, what it must be).
-RANGES: dict[str, tuple[Any, str]] = {
-    "optim.lr": (lambda v: v > 0, "> 0"),
-    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
-    "optim.decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "optim.warmup_lr": (lambda v: v >= 0, ">= 0"),
-    "optim.warmup_length": (lambda v: v >= 0, ">= 0"),
-    "optim.base_batch_size": (lambda v: v > 0, "> 0"),
-    "optim.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "data.lighting_std": (lambda v: v >= 0, ">= 0"),
-    "data.num_val_examples": (lambda v: v >= 0, ">= 0"),
-    "data.shuffle_buffer": (lambda v: v >= 0, ">= 0"),
-    "data.synthetic_examples": (lambda v: v > 0, "> 0"),
-    "data.num_classes": (lambda v: v >= 0, ">= 0 (0: from the data)"),
-    "data.eval_resize": (lambda v: v > 0, "> 0"),
-}
-IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
 
@@ -128,33 +69,44 @@ def parse_value(text: str, like: Any, field: str) -> Any:
         return text
 
 
-def parse_config_arg(arg: str | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """'depth=110,shortcut=B,plain=false' -> dict typed like `defaults`; unknown keys refused.
-
-    Returns a copy of `defaults` with the given keys replaced.
-    """
+def parse_config_arg(arg: str | None, defaults: Mapping[str, Any],
+                     kind: str = "config argument") -> dict[str, Any]:
+    """'depth=110,shortcut=B,plain=false' -> a copy of `defaults` with those keys replaced,
+    each typed like its default (`parse_value`; a tuple from 'a/b/c', since commas separate
+    the arguments). A malformed item, an unknown key or a value of the wrong type is one
+    ValueError naming the key and the accepted keys; `kind` names what is parsed ('config
+    argument', 'sweep argument')."""
     values = dict(defaults)
+    accepted = ", ".join(defaults) or "none"
     for item in (arg or "").split(","):
         if not item.strip():
             continue
         key, sep, text = item.partition("=")
         key = key.strip()
-        if not sep:
-            raise ValueError(f"config argument {item!r}: expected key=value")
+        if not sep or not key:
+            raise ValueError(f"{kind} {item!r} is not key=value; accepted keys: {accepted}")
         if key not in defaults:
-            raise ValueError(f"config argument {key!r} is unknown; allowed: {sorted(defaults)}")
-        values[key] = parse_value(text, defaults[key], f"config argument {key}")
+            raise ValueError(f"{kind} {key!r} is unknown; accepted keys: {accepted}")
+        like, what = defaults[key], f"{kind} {key}"
+        if isinstance(like, tuple):
+            parts = [t for t in text.split("/") if t.strip()]
+            if not parts:
+                raise ValueError(f"{what}: expected values separated by '/', got {text!r}")
+            values[key] = tuple(parse_value(t, like[0] if like else None, what) for t in parts)
+        else:
+            values[key] = parse_value(text, like, what)
     return values
 
 
-def _load_module(path: str):
+def load_module(path: str, label: str = "--config"):
+    """The Python file `path` as a module with a `get_config` function; errors name `label`."""
     if not os.path.isfile(path):
-        raise ValueError(f"--config: file {path!r} does not exist")
+        raise ValueError(f"{label}: file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_resnet_jax_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"--config: {path!r} has no get_config(arg) function")
+        raise ValueError(f"{label}: {path!r} has no get_config(arg) function")
     return module
 
 
@@ -191,7 +143,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             raise ValueError(f"config field {key}: {err}") from None
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+def get_field(config: Any, dotted: str) -> Any:
+    """`config['a']['b']` for 'a.b' (a ConfigDict or nested dicts); KeyError if missing."""
     node = config
     for part in dotted.split("."):
         node = node[part]
@@ -199,24 +152,23 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks the schema, allowed values and simple ranges; returns `config` unchanged."""
-    for section, fields in REQUIRED_FIELDS.items():
+    """Checks the schema, allowed values and ranges (`resnet_jax.schema`); returns `config`
+    unchanged. Every field must be present: nothing downstream fills in a default."""
+    for section, fields in schema.FIELDS.items():
         node = config[section] if section else config
         for field in fields:
             if field not in node:
                 name = f"{section}.{field}" if section else field
                 raise ValueError(f"config field {name!r} is missing from the recipe")
-    for field, allowed in ENUMS.items():
-        value = _get(config, field)
-        if value not in allowed:
-            raise ValueError(f"config field {field}={value!r} is not allowed; "
-                             f"allowed values: {', '.join(map(str, allowed))}")
-    for field in POSITIVE_INTS:
-        value = _get(config, field)
-        if not isinstance(value, int) or value < 1:
+    for field in schema.ENUMS:
+        schema.check_choice(field, get_field(config, field))
+    schema.check_data(config.data)
+    for field in schema.POSITIVE_INTS:
+        value = get_field(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config field {field}={value!r} must be a positive integer")
-    for field, (ok, what) in RANGES.items():
-        value = _get(config, field)
+    for field, (ok, what) in schema.RANGES.items():
+        value = get_field(config, field)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
             raise ValueError(f"config field {field}={value!r} must be {what}")
     _validate_model(config.model)
@@ -232,9 +184,9 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
     if model.arch == "cifar" and (model.depth < 8 or (model.depth - 2) % 6):
         raise ValueError(f"config field model.depth={model.depth}: CIFAR depths are 6n+2 "
                          "with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...)")
-    if model.arch == "imagenet" and model.depth not in IMAGENET_DEPTHS:
+    if model.arch == "imagenet" and model.depth not in schema.IMAGENET_DEPTHS:
         raise ValueError(f"config field model.depth={model.depth}: ImageNet depths are "
-                         f"{', '.join(map(str, IMAGENET_DEPTHS))}")
+                         f"{', '.join(map(str, schema.IMAGENET_DEPTHS))}")
     if model.plain and model.zero_init_residual:
         raise ValueError("config field model.zero_init_residual=True with model.plain=True: "
                          "a plain block has no shortcut, so a zero last-BN scale makes every "
@@ -267,7 +219,7 @@ def check_fits(config: ml_collections.ConfigDict, num_devices: int, process_coun
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """Loads 'path.py[:arg]', applies overrides, validates, and returns a locked ConfigDict."""
     path, _, arg = spec.partition(":")
-    module = _load_module(path)
+    module = load_module(path)
     config = module.get_config(arg) if arg else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(f"--config: {path}:get_config returned {type(config).__name__}, "

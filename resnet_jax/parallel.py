@@ -14,11 +14,14 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 
+from resnet_jax import schema
+
 DATA_AXIS = "data"
-BN_MODES = ("global", "per_device", "group")
+BN_MODES = schema.ENUMS["train.bn_mode"]
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
@@ -75,6 +78,22 @@ def to_global(batch: Mapping[str, Any], mesh: Mesh, batch_axis: int = 0) -> dict
     return jax.tree_util.tree_map_with_path(put, dict(batch))
 
 
+def replicate_key(rng: Any, mesh: Mesh) -> jax.Array:
+    """A PRNG key (typed, any impl, or raw uint32) replicated over the mesh, the same on every
+    process; returned as is when it already is.
+
+    A typed key is moved as its raw uint32 data (device_put onto devices of other processes
+    takes host values only) and re-wrapped with its own impl (threefry, rbg, ...).
+    """
+    sharding = replicated(mesh)
+    if isinstance(rng, jax.Array) and rng.sharding == sharding:
+        return rng
+    if isinstance(rng, jax.Array) and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        data = jax.device_put(np.asarray(jax.random.key_data(rng)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(rng))
+    return jax.device_put(np.asarray(rng), sharding)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Put a pytree (the same value on every process) replicated on the mesh."""
     sharding = replicated(mesh)
@@ -94,9 +113,7 @@ def bn_num_groups(bn_mode: str, bn_group_size: int, num_devices: int) -> int:
     of `bn_group_size` neighbouring devices). Group g is exactly the examples of devices
     [g*k, (g+1)*k) because the batch is sharded contiguously along `data`.
     """
-    if bn_mode not in BN_MODES:
-        raise ValueError(
-            f"train.bn_mode={bn_mode!r} is not allowed; choose one of {list(BN_MODES)}")
+    schema.check_choice("train.bn_mode", bn_mode)
     if bn_mode == "global":
         return 1
     if bn_mode == "per_device":

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from resnet_jax import config as cfg
+from resnet_jax import schema
 
 RECIPES = ["configs/cifar10.py", "configs/imagenet_paper.py", "configs/imagenet_modern.py",
            "configs/smoke.py"]
@@ -12,12 +13,12 @@ RECIPES = ["configs/cifar10.py", "configs/imagenet_paper.py", "configs/imagenet_
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_fills_the_schema(recipe):
     config = cfg.load_config(recipe)
-    for section, fields in cfg.REQUIRED_FIELDS.items():
+    for section, fields in schema.FIELDS.items():
         node = config[section] if section else config
         assert set(fields) <= set(node.keys())
     # No field the schema does not know: one meaning and one home per field.
     for section in ("model", "data", "optim", "train"):
-        assert set(config[section].keys()) == set(cfg.REQUIRED_FIELDS[section])
+        assert set(config[section].keys()) == set(schema.FIELDS[section])
 
 
 def test_cifar10_is_the_papers_recipe():
@@ -136,3 +137,16 @@ def test_modern_recipe_plain_gets_no_zero_init():
     assert cfg.load_config("configs/imagenet_modern.py").model.zero_init_residual is True
     plain = cfg.load_config("configs/imagenet_modern.py:plain=true,depth=34")
     assert plain.model.plain is True and plain.model.zero_init_residual is False
+
+
+def test_recipe_arguments_name_the_accepted_keys_and_take_tuples():
+    defaults = {"depth": 20, "plain": False, "depths": (20, 56)}
+    got = cfg.parse_config_arg("depth=56,plain=false,depths=20/32/44", defaults)
+    assert got == {"depth": 56, "plain": False, "depths": (20, 32, 44)}
+    with pytest.raises(ValueError, match="config argument '4' is not key=value; accepted keys: "
+                                         "depth, plain, depths"):
+        cfg.parse_config_arg("4", defaults)
+    with pytest.raises(ValueError, match="sweep argument 'stepz' is unknown"):
+        cfg.parse_config_arg("stepz=4", defaults, kind="sweep argument")
+    with pytest.raises(ValueError, match="config argument depths: expected int, got 'x'"):
+        cfg.parse_config_arg("depths=20/x", defaults)

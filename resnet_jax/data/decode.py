@@ -9,8 +9,10 @@ import io
 
 import numpy as np
 
+from resnet_jax import schema
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".jfif")
-ON_CORRUPT_CHOICES = ("error", "skip")
+ON_CORRUPT_CHOICES = schema.ENUMS["data.on_corrupt"]
 
 
 class CorruptImageError(ValueError):
@@ -33,8 +35,7 @@ def decode_rgb(data: bytes, path: str = "<bytes>") -> np.ndarray:
 
 def check_on_corrupt(on_corrupt: str) -> str:
     """Validate the data.on_corrupt option."""
-    if on_corrupt not in ON_CORRUPT_CHOICES:
-        raise ValueError(f"data.on_corrupt={on_corrupt!r}; allowed: {ON_CORRUPT_CHOICES}")
+    schema.check_choice("data.on_corrupt", on_corrupt)
     return on_corrupt
 
 

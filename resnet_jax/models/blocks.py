@@ -12,8 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-SHORTCUTS = ("A", "B", "C")
-BOTTLENECK_STRIDES = ("v1", "v1.5")
+from resnet_jax import schema
+
+SHORTCUTS = schema.ENUMS["model.shortcut"]
+BOTTLENECK_STRIDES = schema.ENUMS["model.bottleneck_stride"]
 
 ModuleFactory = Callable[..., nn.Module]
 

@@ -47,7 +47,7 @@ class MemberRecord:
         if field in self.values:
             return self.values[field]
         try:
-            return config_lib._get(self.config or {}, field)  # pylint: disable=protected-access
+            return config_lib.get_field(self.config or {}, field)
         except (KeyError, TypeError):
             return default
 

@@ -162,9 +162,7 @@ def resolve_spec(spec: str, source: str | os.PathLike = "") -> str:
 def load_sweep(spec: str) -> Sweep:
     """Import a sweep file ``path.py[:arg]`` and expand its ``get_config(arg)``."""
     path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise ValueError(f"sweep config {path!r} does not exist")
-    module = config_lib._load_module(path)  # pylint: disable=protected-access
+    module = config_lib.load_module(path, label="sweep config")
     config = module.get_config(arg) if arg else module.get_config()
     return sweep_from_config(config, path)
 

@@ -3,34 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from resnet_jax.config import parse_value
+from resnet_jax.config import parse_config_arg
 
 
 def parse_args(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
     """``'steps=600,depths=20/56'`` -> a copy of ``defaults`` with those keys replaced, each typed
-    like its default (``resnet_jax.config.parse_value``; tuples from ``a/b/c``, since commas
-    separate the arguments). A malformed item, an unknown key or a value of the wrong type is
-    one ValueError naming the key and the accepted keys."""
-    values = dict(defaults)
-    accepted = ", ".join(defaults) or "none"
-    for item in (arg or "").split(","):
-        if not item.strip():
-            continue
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"sweep argument {item!r} is not key=value; accepted keys: {accepted}")
-        if key not in defaults:
-            raise ValueError(f"sweep argument {key!r} is unknown; accepted keys: {accepted}")
-        like, what = defaults[key], f"sweep argument {key}"
-        if isinstance(like, tuple):
-            parts = [t for t in text.split("/") if t.strip()]
-            if not parts:
-                raise ValueError(f"{what}: expected values separated by '/', got {text!r}")
-            values[key] = tuple(parse_value(t, like[0] if like else None, what) for t in parts)
-        else:
-            values[key] = parse_value(text, like, what)
-    return values
+    like its default (tuples from ``a/b/c``); errors name the key and the accepted keys
+    (``resnet_jax.config.parse_config_arg``)."""
+    return parse_config_arg(arg, defaults, kind="sweep argument")
 
 
 def shortened_schedule(steps: int, full_steps: int,

@@ -77,7 +77,7 @@ def member_config(sweep: grid.Sweep, member: grid.Member, extra_overrides: Seque
                                                *extra_overrides,
                                                *overrides[len(sweep.overrides):]])
     for field, value in member.values:
-        got = config_lib._get(config, field)  # pylint: disable=protected-access
+        got = config_lib.get_field(config, field)
         if grid.format_value(got) != grid.format_value(value):
             raise ValueError(f"config field {field}={got!r} but the member wants {value!r} "
                              "(a --set override of an axis?)")

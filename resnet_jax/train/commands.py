@@ -16,7 +16,9 @@ import json
 import sys
 from typing import Sequence
 
-CROPS = ("center", "10crop", "multiscale")
+from resnet_jax import schema
+
+CROPS = schema.ENUMS["data.eval_crops"]
 
 
 def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

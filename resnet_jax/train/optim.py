@@ -27,18 +27,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax import schema
 from resnet_jax.models.layout import is_stacked, layer_ndim
 
-NAMES = ("sgd", "lars")
-LR_SCALINGS = ("none", "linear")
-SCHEDULES = ("piecewise", "cosine")
-UNITS = ("steps", "epochs")
-WARMUPS = ("none", "linear", "constant")
-
-
-def _choice(field: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"optim.{field}={value!r} is not allowed; choose one of {list(allowed)}")
+def _choice(field: str, value: Any) -> None:
+    schema.check_choice(f"optim.{field}", value)
 
 
 def _to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
@@ -48,7 +41,7 @@ def _to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
 
 def base_learning_rate(optim_config: Any, batch_size: Optional[int] = None) -> float:
     """The peak lr: `lr`, times `batch_size / base_batch_size` under the linear scaling rule."""
-    _choice("lr_scaling", optim_config.lr_scaling, LR_SCALINGS)
+    _choice("lr_scaling", optim_config.lr_scaling)
     if optim_config.lr_scaling == "none":
         return float(optim_config.lr)
     if batch_size is None:
@@ -67,9 +60,9 @@ def make_schedule(optim_config: Any, steps_per_epoch: int, *, batch_size: Option
       num_steps: total training steps, needed only for `schedule='cosine'` (decays to 0 there).
     """
     c = optim_config
-    _choice("schedule", c.schedule, SCHEDULES)
-    _choice("schedule_unit", c.schedule_unit, UNITS)
-    _choice("warmup", c.warmup, WARMUPS)
+    _choice("schedule", c.schedule)
+    _choice("schedule_unit", c.schedule_unit)
+    _choice("warmup", c.warmup)
     peak = base_learning_rate(c, batch_size)
     warm = 0 if c.warmup == "none" else _to_steps(c.warmup_length, c.schedule_unit, steps_per_epoch)
 
@@ -158,7 +151,7 @@ def make_optimizer(optim_config: Any, steps_per_epoch: int, *, batch_size: Optio
     optimizer state with `current_lr(opt_state)`.
     """
     c = optim_config
-    _choice("name", c.name, NAMES)
+    _choice("name", c.name)
     schedule = make_schedule(c, steps_per_epoch, batch_size=batch_size, num_steps=num_steps)
     build = _sgd if c.name == "sgd" else _lars
     mask = lambda params: decay_mask(params, c.decay_bn_and_bias)  # noqa: E731

@@ -1,0 +1,111 @@
+"""The run config's schema: every field, every allowed value, every range, in one table.
+
+Plain Python (no ml_collections, no JAX), so the modules that act on a field (models, optim,
+parallel, data) take their allowed values from here, and `resnet_jax.config.validate` checks a
+whole config against the same table once, when it is loaded. docs/ARCHITECTURE.md "Config
+schema" describes each field.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+FIELDS: dict[str, tuple[str, ...]] = {
+    "": ("seed",),
+    "model": ("arch", "depth", "plain", "shortcut", "bottleneck_stride", "zero_init_residual",
+              "width", "dtype", "scan_blocks"),
+    "data": ("pipeline", "source", "name", "path", "data_dir", "num_val_examples",
+             "train_augment", "image_size", "eval_resize", "lighting_std", "normalize",
+             "eval_crops", "multiscale_sizes", "on_corrupt", "shuffle_buffer",
+             "synthetic_examples", "num_classes", "prefetch"),
+    "optim": ("name", "lr", "lr_scaling", "base_batch_size", "momentum", "nesterov",
+              "weight_decay", "decay_bn_and_bias", "schedule", "schedule_unit", "boundaries",
+              "decay_factor", "warmup", "warmup_length", "warmup_lr", "label_smoothing"),
+    "train": ("batch_size", "eval_batch_size", "num_steps", "bn_mode", "bn_group_size",
+              "steps_per_dispatch", "log_every_steps", "eval_every_steps",
+              "checkpoint_every_steps", "keep_checkpoints", "progress"),
+}
+
+ENUMS: dict[str, tuple[Any, ...]] = {
+    "model.arch": ("cifar", "imagenet"),
+    "model.shortcut": ("A", "B", "C"),
+    "model.bottleneck_stride": ("v1", "v1.5"),
+    "model.dtype": ("float32", "bfloat16"),
+    "data.pipeline": ("in_memory", "streaming"),
+    "data.source": ("tar", "folder", "tfds", "synthetic"),
+    "data.train_augment": ("pad_crop_flip", "scale", "inception", "none"),
+    "data.normalize": ("per_pixel_mean", "per_channel"),
+    "data.eval_crops": ("center", "10crop", "multiscale"),
+    "data.on_corrupt": ("error", "skip"),
+    "optim.name": ("sgd", "lars"),
+    "optim.lr_scaling": ("none", "linear"),
+    "optim.schedule": ("piecewise", "cosine"),
+    "optim.schedule_unit": ("steps", "epochs"),
+    "optim.warmup": ("none", "linear", "constant"),
+    "train.bn_mode": ("global", "per_device", "group"),
+}
+
+# What each data pipeline supports, a subset of ENUMS.
+PIPELINE_ENUMS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "in_memory": {"data.source": ("synthetic", "tar", "folder", "tfds"),
+                  "data.train_augment": ("pad_crop_flip", "none"),
+                  "data.eval_crops": ("center",)},
+    "streaming": {"data.source": ("tfds", "folder"),
+                  "data.train_augment": ("scale", "inception", "none")},
+}
+
+POSITIVE_INTS = ("train.batch_size", "train.eval_batch_size", "train.num_steps",
+                 "train.bn_group_size", "train.steps_per_dispatch", "train.log_every_steps",
+                 "train.eval_every_steps", "train.checkpoint_every_steps",
+                 "train.keep_checkpoints", "model.width", "data.image_size", "data.prefetch")
+
+# Numeric fields whose other values can only be mistakes: field -> (test, what it must be).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "optim.warmup_lr": (lambda v: v >= 0, ">= 0"),
+    "optim.warmup_length": (lambda v: v >= 0, ">= 0"),
+    "optim.base_batch_size": (lambda v: v > 0, "> 0"),
+    "optim.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "data.lighting_std": (lambda v: v >= 0, ">= 0"),
+    "data.num_val_examples": (lambda v: v >= 0, ">= 0"),
+    "data.shuffle_buffer": (lambda v: v >= 0, ">= 0"),
+    "data.synthetic_examples": (lambda v: v > 0, "> 0"),
+    "data.num_classes": (lambda v: v >= 0, ">= 0 (0: from the data)"),
+    "data.eval_resize": (lambda v: v > 0, "> 0"),
+}
+
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
+
+# Fields added after workdirs were first written, with the value that reproduces the older
+# behaviour: `config.from_json` fills them in, so an older workdir still evaluates and resumes.
+ADDED_FIELDS: dict[str, Any] = {"model.scan_blocks": False, "data.num_classes": 0,
+                                "data.prefetch": 2}
+
+
+def check_choice(field: str, value: Any, allowed: tuple | None = None) -> None:
+    """Raises ValueError naming `field` and its allowed values (ENUMS[field] by default)."""
+    allowed = ENUMS[field] if allowed is None else allowed
+    if value not in allowed:
+        raise ValueError(f"config field {field}={value!r} is not allowed; "
+                         f"allowed values: {', '.join(map(str, allowed))}")
+
+
+def check_data(data: Any) -> None:
+    """The `data` section's allowed values, with what its pipeline supports (`data` is a
+    ConfigDict or any object with the fields as attributes)."""
+    for field in schema_fields("data"):
+        if field in ENUMS:
+            check_choice(field, getattr(data, field.split(".", 1)[1]))
+    for field, allowed in PIPELINE_ENUMS[data.pipeline].items():
+        value = getattr(data, field.split(".", 1)[1])
+        if value not in allowed:
+            raise ValueError(f"config field {field}={value!r} is not supported by "
+                             f"data.pipeline={data.pipeline!r}; allowed values: "
+                             f"{', '.join(map(str, allowed))}")
+
+
+def schema_fields(section: str) -> list[str]:
+    """The dotted names of a section's fields."""
+    return [f"{section}.{f}" if section else f for f in FIELDS[section]]
