@@ -63,14 +63,14 @@ def _timed(run, state, dispatches):
 
 
 def measure_ours(args, image_size, num_classes):
-    """This codebase: create_model + make_optimizer + make_train_fn (what `train` runs)."""
+    """This codebase: create_model + make_optimizer + dispatch.make_train_fn (what `train`
+    runs), k steps per call on a chunk already on the device."""
     import jax
-    import jax.numpy as jnp
     import ml_collections
     import numpy as np
 
     from resnet_jax import create_model, parallel
-    from resnet_jax.train import optim, step
+    from resnet_jax.train import dispatch, optim, step
 
     overrides = {"dtype": args.dtype, "num_classes": num_classes,
                  "scan_blocks": args.scan_blocks}
@@ -87,13 +87,12 @@ def measure_ours(args, image_size, num_classes):
     state = step.create_train_state(jax.random.key(0), model, tx, (image_size, image_size, 3),
                                     mesh=mesh)
     k = args.steps_per_dispatch
-    fn = step.make_train_fn(model, tx, mesh, steps_per_dispatch=k)
+    fn = dispatch.make_train_fn(model, tx, mesh)
     rng = np.random.default_rng(0)
-    lead = (k, args.batch) if k > 1 else (args.batch,)
-    batch = {"image": jnp.asarray(rng.normal(size=lead + (image_size, image_size, 3)),
-                                  jnp.float32),
-             "label": jnp.asarray(rng.integers(0, num_classes, lead), jnp.int32)}
-    batch = jax.device_put(batch, parallel.batch_sharding(mesh, 1 if k > 1 else 0))
+    host = {"image": rng.normal(size=(k, args.batch, image_size, image_size, 3)
+                                ).astype(np.float32),
+            "label": rng.integers(0, num_classes, (k, args.batch)).astype(np.int32)}
+    batch = dispatch.put_chunk(host, mesh)
     key = jax.random.key(1)
     t0 = time.perf_counter()
     state, _ = fn(state, batch, key)
@@ -138,7 +137,7 @@ def main(argv=None) -> int:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     import jax
 
-    from resnet_jax import count_macs, create_model
+    from resnet_jax import count_macs
 
     cifar = args.model.startswith("cifar_")
     image_size = args.image_size or (32 if cifar else 224)

@@ -64,7 +64,9 @@ class TfdsSource:
         splits = set(self.builder.info.splits.keys())
         # mock_data leaves info.splits empty: fall back to the common names.
         self.eval_split = next((s for s in ("validation", "test") if s in splits), "validation")
-        self.num_classes = self.builder.info.features["label"].num_classes
+        label = self.builder.info.features["label"]
+        self.num_classes = label.num_classes
+        self.class_names = [str(n) for n in (label.names or [])]
 
     def shard(self, split: str, drop_remainder: bool) -> str:
         """This process's even part of `split` (train: equal sizes; eval: every example)."""

@@ -20,30 +20,16 @@ from typing import Iterator, Optional
 import numpy as np
 
 from resnet_jax.data import order, sources
-from resnet_jax.data.decode import CorruptImageError, check_on_corrupt
+from resnet_jax.data.decode import CorruptImageError
 from resnet_jax.data.device_ops import IMAGENET_MEAN, IMAGENET_STD, make_device_preprocess
 
 log = logging.getLogger(__name__)
-STREAM_SOURCES = ("tfds", "folder")
-STREAM_AUGMENT = ("scale", "inception", "none")
-EVAL_CROPS = ("center", "10crop", "multiscale")
-
-
-def _get(cfg, name, default=None):
-    value = cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
-    return default if value is None else value
-
-
-def _check(field: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"data.{field}={value!r}; allowed for the streaming pipeline: {allowed}")
-
 
 class StreamingPipeline:
-    """Contract: docs/ARCHITECTURE.md "Data". Multi-scale eval: `eval_batches(scale=s)` for
-    each s in `eval_scales` yields (b, 2, s, s, 3) views (centre square + flip) of the same
-    examples in the same order and with the same masks, so per-example scores can be averaged
-    over scales batch by batch. Other eval modes ignore `scale` (`eval_scales == (None,)`).
+    """A `resnet_jax.data.Pipeline` streaming from tfds or an image folder. Multi-scale eval:
+    `eval_batches_at(s)` for each s in `eval_scales` yields (b, 2, s, s, 3) views (centre
+    square + flip) of the same examples in the same order and with the same masks, and
+    `eval_batches()` zips them. Also `train_batches(step)`: host batches, for your own loop.
     """
 
     def __init__(self, cfg, *, global_batch_size: int, eval_batch_size: int, seed: int,
@@ -52,37 +38,33 @@ class StreamingPipeline:
 
         tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerator JAX uses
         self.tf = tf
-        self.source_name = _get(cfg, "source", "tfds")
-        self.augment = _get(cfg, "train_augment", "scale")
-        self.eval_crops = _get(cfg, "eval_crops", "center")
-        self.on_corrupt = check_on_corrupt(_get(cfg, "on_corrupt", "error"))
-        _check("source", self.source_name, STREAM_SOURCES)
-        _check("train_augment", self.augment, STREAM_AUGMENT)
-        _check("eval_crops", self.eval_crops, EVAL_CROPS)
-        self.size = int(_get(cfg, "image_size", 224))
-        self.eval_resize = int(_get(cfg, "eval_resize", 256) or 256)
-        self.eval_scales = (tuple(int(s) for s in _get(cfg, "multiscale_sizes", ()))
+        self.source_name, self.augment = cfg.source, cfg.train_augment
+        self.eval_crops, self.on_corrupt = cfg.eval_crops, cfg.on_corrupt
+        self.size, self.eval_resize = cfg.image_size, cfg.eval_resize
+        self.eval_scales = (tuple(int(s) for s in cfg.multiscale_sizes)
                             if self.eval_crops == "multiscale" else (None,))
-        self.shuffle_buffer = int(_get(cfg, "shuffle_buffer", 16384) or 1)
+        self.shuffle_buffer = max(cfg.shuffle_buffer, 1)
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
         self.global_batch_size = global_batch_size
         self.batch_size = order.per_process(global_batch_size, process_count, "global_batch_size")
         self.eval_batch_size = order.per_process(eval_batch_size, process_count,
                                                  "eval_batch_size")
         self.num_skipped = 0
+        self.resident = None
+        self._stream, self._next_step = None, None
         self._init_source(cfg)
         self.image_shape = (self.size, self.size, 3)
-        norm = _get(cfg, "normalize", "per_channel")
-        _check("normalize", norm, ("per_channel", "per_pixel_mean"))
         # ImageNet constants; per_pixel_mean subtracts the mean colour (a random crop's mean
         # image is flat) and divides by one scalar, the mean channel std.
-        std = IMAGENET_STD if norm == "per_channel" else np.float32(IMAGENET_STD.mean())
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD if cfg.normalize == "per_channel" else \
+            np.float32(IMAGENET_STD.mean())
         self.device_preprocess = make_device_preprocess(
-            mean=IMAGENET_MEAN, std=std, lighting_std=float(_get(cfg, "lighting_std", 0.0)))
+            mean=self.mean, std=self.std, lighting_std=float(cfg.lighting_std))
 
     def _init_source(self, cfg) -> None:
         if self.source_name == "folder":
-            train_dir, eval_dir = sources.folder_split_dirs(_get(cfg, "path"))
+            train_dir, eval_dir = sources.folder_split_dirs(cfg.path)
             self.train_files = sources.list_image_folder(train_dir)
             self.eval_files = sources.list_image_folder(eval_dir)
             self.class_names = self.train_files[2]
@@ -91,9 +73,9 @@ class StreamingPipeline:
             self.num_eval_examples = len(self.eval_files[0])
             self.steps_per_epoch = self.num_train_examples // self.global_batch_size
         else:
-            src = sources.TfdsSource(_get(cfg, "name"), _get(cfg, "data_dir"),
+            src = sources.TfdsSource(cfg.name, cfg.data_dir,
                                      self.process_index, self.process_count)
-            self.src, self.num_classes = src, src.num_classes
+            self.src, self.num_classes, self.class_names = src, src.num_classes, src.class_names
             self.train_shard = src.shard("train", drop_remainder=True)
             self.eval_shard = src.shard(src.eval_split, drop_remainder=False)
             self.num_train_examples = src.num_examples("train")
@@ -157,6 +139,24 @@ class StreamingPipeline:
             ds = ds.ignore_errors()
         return ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE), idx
 
+    def train_chunk(self, step: int, k: int) -> dict:
+        """{'image': uint8 (k, b, S, S, 3), 'label': int32 (k, b)}: steps [step, step + k),
+        read on from the previous chunk (a stream is opened at `step` when it does not
+        follow on)."""
+        if self._stream is None or step != self._next_step:
+            self.close()
+            self._stream = self.train_batches(step)
+        batches = [next(self._stream) for _ in range(k)]
+        self._next_step = step + k
+        if k == 1:  # a view, not a copy
+            return {key: value[None] for key, value in batches[0].items()}
+        return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
     def train_batches(self, start_step: int = 0) -> Iterator[dict]:
         """Endless per-process batches {'image': uint8 (b, S, S, 3), 'label': int32 (b,)}."""
         step, b = start_step, self.batch_size
@@ -200,17 +200,26 @@ class StreamingPipeline:
                                 f"set data.on_corrupt='skip' to skip it): {err.message}") from err
 
     # ---- evaluation -----------------------------------------------------------------------
-    def eval_batches(self, scale: Optional[int] = None) -> Iterator[dict]:
-        """{'image': uint8 (b, V, H, W, 3), 'label': int32 (b,), 'mask': bool (b,)}.
+    def eval_batches(self) -> Iterator[dict]:
+        """{'image': uint8 (b, V, H, W, 3), 'label': int32 (b,), 'mask': bool (b,)}: V = 1
+        ('center') or 10 ('10crop'); multi-scale: 'image' is a tuple with the (b, 2, s, s, 3)
+        views of each scale s of the same examples (`eval_step` averages them all). Every
+        process yields the same number of batches."""
+        if self.eval_scales == (None,):
+            yield from self.eval_batches_at()
+            return
+        for group in zip(*(self.eval_batches_at(s) for s in self.eval_scales), strict=True):
+            yield {"image": tuple(b["image"] for b in group), "label": group[0]["label"],
+                   "mask": group[0]["mask"]}
 
-        V = 1 ('center'), 10 ('10crop') or 2 at H = W = `scale` ('multiscale'; `scale` must
-        be one of `eval_scales`). Every process yields the same number of batches.
-        """
+    def eval_batches_at(self, scale: Optional[int] = None) -> Iterator[dict]:
+        """The eval batches of one scale: views (b, V, H, W, 3), V = 1 ('center'), 10
+        ('10crop') or 2 at H = W = `scale` ('multiscale'; `scale` one of `eval_scales`)."""
         from resnet_jax.data import augment
 
         tf = self.tf
         if self.eval_crops == "multiscale" and scale not in self.eval_scales:
-            raise ValueError(f"eval_batches(scale={scale}) with data.eval_crops='multiscale': "
+            raise ValueError(f"eval_batches_at({scale}) with data.eval_crops='multiscale': "
                              f"scale must be one of data.multiscale_sizes={self.eval_scales}")
         mode, size, resize = self.eval_crops, self.size, self.eval_resize
         view_shape = {"center": [1, size, size, 3], "10crop": [10, size, size, 3],

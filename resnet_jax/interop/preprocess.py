@@ -27,6 +27,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from resnet_jax import files
+
 FILE = "preprocessing.json"
 CLASS_NAMES_FILE = "class_names.txt"
 VERSION = 1
@@ -214,7 +216,7 @@ def save(prep: Preprocessing, directory: str, class_names: Optional[Sequence[str
     from etils import epath
     d = epath.Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    (d / FILE).write_text(json.dumps(prep.to_json()) + "\n")
+    files.write_json(d / FILE, prep.to_json())
     if class_names is not None:
         save_class_names(class_names, directory)
 
@@ -255,23 +257,13 @@ def from_pipeline(config: Any, pipeline: Any) -> Preprocessing:
     if d.pipeline == "in_memory":
         return Preprocessing(pipeline.mean, pipeline.std, resize=size, crop=size,
                              style="torchvision")
-    from resnet_jax.data.device_ops import IMAGENET_MEAN, IMAGENET_STD
-    mean = getattr(pipeline, "mean", IMAGENET_MEAN)
-    std = getattr(pipeline, "std", IMAGENET_STD if d.normalize == "per_channel"
-                  else np.float32(IMAGENET_STD.mean()))
-    return Preprocessing(mean, std, resize=int(d.eval_resize or 256), crop=size, style="tf")
+    return Preprocessing(pipeline.mean, pipeline.std, resize=int(d.eval_resize), crop=size,
+                         style="tf")
 
 
 def pipeline_class_names(pipeline: Any) -> list[str]:
     """The class names a pipeline knows (folder names, tfds label names), else '0', '1', ..."""
-    names = getattr(pipeline, "class_names", None)
-    if names is None:
-        src = getattr(pipeline, "src", None)
-        try:
-            names = src.builder.info.features["label"].names
-        except AttributeError:
-            names = None
-    names = [str(n) for n in names] if names else []
+    names = [str(n) for n in pipeline.class_names or []]
     if len(names) != pipeline.num_classes:
         names = [str(i) for i in range(pipeline.num_classes)]
     return names

@@ -1,8 +1,7 @@
 """Export a training run (a `resnet-jax train` workdir) as a model directory.
 
-The variables come from the run's checkpoints through `train.loop` (`load_trained` for the
-newest; the same restore for `best`, the step with the lowest validation error that the
-checkpointer keeps). The preprocessing and class names come from the workdir's
+The variables come from the run's checkpoints through `train.run.load_trained` (the newest,
+or `best`: the step with the lowest validation error, which the checkpointer keeps). The preprocessing and class names come from the workdir's
 `preprocessing.json` / `class_names.txt` (written at the start of a run by
 `preprocess.save_run`); for a workdir without them they are rebuilt from the run's config by
 loading its data once, with a message saying so.
@@ -13,14 +12,11 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-from etils import epath
 
 from resnet_jax import data as data_lib
-from resnet_jax import parallel
 from resnet_jax.interop import preprocess as prep_lib
 from resnet_jax.interop.bundle import LoadedModel
-from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import loop, optim
+from resnet_jax.train import run as run_lib
 
 CHECKPOINTS = ("newest", "best")
 
@@ -31,59 +27,29 @@ def _say(message: str) -> None:
 
 def restore(workdir: str, checkpoint: str = "newest") -> tuple[Any, Any, dict, int]:
     """(config, module, {'params', 'batch_stats'}, step) of the workdir's newest or best
-    checkpoint."""
+    checkpoint (`train.run.load_trained`, the run's one restore)."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {list(CHECKPOINTS)}")
-    config = loop.read_config(workdir)
-    directory = os.fspath(epath.Path(workdir) / "checkpoints")
-    checkpointer = ckpt_lib.Checkpointer(directory, keep=10 ** 6)
+    checkpoints = run_lib.checkpointer(workdir)
     try:
-        latest = checkpointer.latest_meta()
-        if latest is None:
-            raise ValueError(f"--workdir {workdir}: no readable checkpoint")
-        step = int(latest["step"])
-        if checkpoint == "best":
-            best = latest.get("best") or {}
-            if "step" not in best:
-                raise ValueError(f"--workdir {workdir}: no evaluation yet, so no best "
-                                 "checkpoint; use --checkpoint newest")
-            step = int(best["step"])
-            if step not in checkpointer.all_steps():
-                raise ValueError(f"--workdir {workdir}: the best step {step} has no checkpoint "
-                                 f"(steps {checkpointer.all_steps()})")
+        latest = checkpoints.latest_meta()
+        steps = checkpoints.all_steps()
     finally:
-        checkpointer.close()
-    if step == int(latest["step"]):
-        config, module, variables = loop.load_trained(workdir)
-        return config, module, variables, step
-    # An older step: load_trained's construction, restored from that step only.
-    mesh = parallel.make_mesh()
-    meta = latest["model"]
-    tx = optim.make_optimizer(config.optim, 1, batch_size=config.train.batch_size,
-                              num_steps=config.train.num_steps)
-    run = loop.Run(config, mesh, None, loop.make_model(config, meta, mesh.size), tx, meta)
-    state, rng = loop.initial_state(run)
-    only = _OneStep(directory, step)
-    try:
-        restored = only.restore_latest(state, rng, loop.check_model(meta))
-    finally:
-        only.close()
-    if restored is None:
-        raise ValueError(f"--workdir {workdir}: the checkpoint of step {step} is unreadable")
-    return config, run.model, {"params": restored.state.params,
-                               "batch_stats": restored.state.batch_stats}, step
-
-
-class _OneStep(ckpt_lib.Checkpointer):
-    """A workdir's checkpointer that sees one step only: `restore_latest` restores that step
-    (and, finding nothing else, never falls back to or renames another)."""
-
-    def __init__(self, directory: str, step: int):
-        super().__init__(directory, keep=10 ** 6)
-        self._only = step
-
-    def all_steps(self) -> list[int]:
-        return [s for s in super().all_steps() if s == self._only]
+        checkpoints.close()
+    if latest is None:
+        raise ValueError(f"--workdir {workdir}: no readable checkpoint")
+    step = int(latest["step"])
+    if checkpoint == "best":
+        best = latest.get("best") or {}
+        if "step" not in best:
+            raise ValueError(f"--workdir {workdir}: no evaluation yet, so no best "
+                             "checkpoint; use --checkpoint newest")
+        step = int(best["step"])
+        if step not in steps:
+            raise ValueError(f"--workdir {workdir}: the best step {step} has no checkpoint "
+                             f"(steps {steps})")
+    config, module, variables = run_lib.load_trained(workdir, step=step)
+    return config, module, variables, step
 
 
 def run_preprocessing(workdir: str, config: Any, say: Callable[[str], None] = _say,
@@ -100,7 +66,7 @@ def run_preprocessing(workdir: str, config: Any, say: Callable[[str], None] = _s
         f"the preprocessing and class names from the run's data ({d.pipeline}, source "
         f"{d.source}: {where}), which is loaded once for this")
     try:
-        loop.check_data_paths(config)
+        run_lib.check_data_paths(config)
         pipeline = data_lib.make_pipeline(
             d, global_batch_size=config.train.batch_size,
             eval_batch_size=config.train.eval_batch_size, seed=config.seed)

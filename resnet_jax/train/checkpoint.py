@@ -148,7 +148,7 @@ class Checkpointer:
 
     def restore_latest(self, state: Any, rng: jax.Array,
                        check_meta: Callable[[dict], None] | None = None, *,
-                       set_aside: bool = True) -> Restored | None:
+                       set_aside: bool = True, step: int | None = None) -> Restored | None:
         """Restores the newest readable checkpoint onto the shardings of `state` and `rng`.
 
         A checkpoint that fails to read (truncated, corrupt) is skipped with a one-line
@@ -156,24 +156,26 @@ class Checkpointer:
         directory is renamed `<step>.unreadable` (kept for inspection, never deleted), so the
         run can save that step again; without it (eval, loading) nothing is changed.
         `check_meta(meta)` may raise (e.g. CheckpointMismatchError); that error propagates.
-        Returns a `Restored`, or None if there is no (readable) checkpoint.
+        `step`: that checkpoint only (no fallback). `state` and `rng` may be abstract
+        (`jax.ShapeDtypeStruct`s with shardings). Returns a `Restored`, or None if there is
+        no checkpoint.
         """
-        steps = self.all_steps()
+        steps = [s for s in self.all_steps() if step is None or s == step]
         typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
         target = {"state": _abstract(state), "rng": _abstract(_key_data(rng))}
         unreadable, found = [], None
-        for step in reversed(steps):
+        for candidate in reversed(steps):
             try:
-                meta = self.read_meta(step)
+                meta = self.read_meta(candidate)
             except Exception as err:  # noqa: BLE001 - any read failure means unusable
-                unreadable.append((step, err))
+                unreadable.append((candidate, err))
                 continue
             if check_meta is not None:
                 check_meta(meta)
             try:
-                restored = self._restore_state(step, target)
+                restored = self._restore_state(candidate, target)
             except Exception as err:  # noqa: BLE001
-                unreadable.append((step, err))
+                unreadable.append((candidate, err))
                 continue
             new_rng = jax.random.wrap_key_data(restored["rng"]) if typed else restored["rng"]
             found = Restored(restored["state"], new_rng, int(meta["step"]), meta)
@@ -181,10 +183,10 @@ class Checkpointer:
         if unreadable and found is None:
             # Nothing to fall back on: refuse rather than start again from step 0 (the error
             # may be transient) and leave every directory where it is.
-            reasons = "; ".join(f"{step}: {_reason(err)}" for step, err in unreadable)
+            reasons = "; ".join(f"{bad}: {_reason(err)}" for bad, err in unreadable)
             raise RuntimeError(f"no readable checkpoint in {self.directory} ({reasons})")
-        for step, err in unreadable:
-            self._skip(step, err, set_aside, found)
+        for bad, err in unreadable:
+            self._skip(bad, err, set_aside, found)
         if unreadable and set_aside:
             if jax.process_count() > 1:  # every process sees the renames before saving again
                 multihost_utils.sync_global_devices("resnet_jax_checkpoint_set_aside")

@@ -1,4 +1,4 @@
-"""The pure train and eval steps, and their compiled forms on a device mesh.
+"""The pure train and eval steps (their compiled forms on a mesh: `resnet_jax.train.dispatch`).
 
 Parallelism: the state is replicated and the batch sharded along the mesh axis `data`; `jit`
 compiles one program for all devices and XLA inserts the gradient all-reduce. BatchNorm
@@ -17,17 +17,16 @@ Mixed precision: a model built with `dtype=bfloat16` computes in bf16 with float
 logits are cast to float32 before the loss, and the optimizer state stays float32.
 
 rng: the `rng` handed to the step functions is the run's base key; step s uses
-`jax.random.fold_in(rng, s)` (s = state.step), so results do not depend on `steps_per_dispatch`.
+`jax.random.fold_in(rng, s)` (s = state.step), so results do not depend on how many steps a
+dispatch runs.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
@@ -53,21 +52,6 @@ def _as_float(rng: jax.Array, images: jax.Array, train: bool) -> jax.Array:
     return images.astype(jnp.float32)
 
 
-def _global_key(rng: Any, mesh: Mesh) -> jax.Array:
-    """The key replicated over the mesh (the same key on every process); no-op if already so.
-
-    A typed key is moved as its raw uint32 data (device_put onto devices of other processes
-    takes host values only) and re-wrapped with its own impl (threefry, rbg, ...).
-    """
-    sharding = parallel.replicated(mesh)
-    if isinstance(rng, jax.Array) and rng.sharding == sharding:
-        return rng
-    if isinstance(rng, jax.Array) and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        data = jax.device_put(np.asarray(jax.random.key_data(rng)), sharding)
-        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(rng))
-    return jax.device_put(np.asarray(rng), sharding)
-
-
 def create_train_state(rng: Any, model: nn.Module, tx: optax.GradientTransformation,
                        image_shape: tuple, *, mesh: Optional[Mesh] = None) -> TrainState:
     """Initialize the model (He init, BN scale 1) and the optimizer; step 0.
@@ -75,8 +59,8 @@ def create_train_state(rng: Any, model: nn.Module, tx: optax.GradientTransformat
     Args:
       rng: a PRNG key (typed, any impl, or raw uint32); the same on every process.
       image_shape: (H, W, 3) of one training image.
-      mesh: if given, the state is created replicated on the mesh (what `make_train_fn` and
-        the other compiled functions expect; needed with several processes).
+      mesh: if given, the state is created replicated on the mesh (what the compiled functions
+        of `resnet_jax.train.dispatch` expect; needed with several processes).
     """
     def init(key):
         images = jnp.zeros((1, *image_shape), jnp.float32)
@@ -88,7 +72,7 @@ def create_train_state(rng: Any, model: nn.Module, tx: optax.GradientTransformat
     if mesh is None:
         return jax.jit(init)(rng)
     sharding = parallel.replicated(mesh)
-    return jax.jit(init, out_shardings=sharding)(_global_key(rng, mesh))
+    return jax.jit(init, out_shardings=sharding)(parallel.replicate_key(rng, mesh))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -114,7 +98,7 @@ def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return (valid & (rivals < k)).astype(jnp.float32)
 
 
-def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+def select(pred: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
@@ -150,7 +134,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
     metrics = {"loss": loss, "top1": jnp.mean(topk_correct(logits, labels, 1)),
                "top5": jnp.mean(topk_correct(logits, labels, min(5, logits.shape[-1]))),
                "lr": current_lr(opt_state), "grad_norm": grad_norm, "finite": finite}
-    return _select(finite, new_state, state), metrics
+    return select(finite, new_state, state), metrics
 
 
 def eval_step(state: TrainState, batch: dict, *, model: nn.Module,
@@ -191,188 +175,3 @@ def eval_step(state: TrainState, batch: dict, *, model: nn.Module,
     return {"loss": total(loss), "top1": total(topk_correct(logp, labels, 1)),
             "top5": total(topk_correct(logp, labels, min(5, logp.shape[-1]))),
             "count": total(jnp.ones(labels.shape, jnp.float32))}
-
-
-LOOPS = ("auto", "scan", "python")
-
-
-def _loop_kind(loop: str, mesh: Mesh) -> str:
-    """'scan' or 'python' for the k steps of one dispatch.
-
-    XLA:CPU runs convolutions inside a while loop (a rolled `lax.scan`) about 9x slower than at
-    the top level of a program (jax-ml/jax#12868; measured on ResNet-8, batch 32: 711 vs 6141
-    images/s), so on CPU `auto` makes the k steps k calls of one compiled step; accelerators
-    get one `lax.scan` (no host round trip between steps). Results are the same either way.
-    """
-    if loop not in LOOPS:
-        raise ValueError(f"loop={loop!r} is not allowed; choose one of {list(LOOPS)}")
-    if loop != "auto":
-        return loop
-    return "python" if mesh.devices.flat[0].platform == "cpu" else "scan"
-
-
-def _guarded(step_fn: Callable, state: TrainState, x: Any, ok: jax.Array):
-    """One step, applied only if it and every earlier step of the dispatch were finite."""
-    new_state, metrics = step_fn(state, x)
-    ok = ok & metrics["finite"]
-    return _select(ok, new_state, state), dict(metrics, finite=ok), ok
-
-
-def _scan_steps(step_fn: Callable, state: TrainState, xs: Any,
-                ok: jax.Array) -> tuple[TrainState, dict]:
-    """Run `step_fn(state, x)` over the leading axis of xs; after the first non-finite step
-    (or from the start if `ok` is False), no update is applied (and those steps report
-    finite=False)."""
-    def body(carry, x):
-        state, metrics, ok = _guarded(step_fn, carry[0], x, carry[1])
-        return (state, ok), metrics
-
-    (state, _), metrics = jax.lax.scan(body, (state, ok), xs)
-    return state, metrics
-
-
-def _stack(metrics: list) -> dict:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
-
-
-def _to_global_if_host(batch: dict, mesh: Mesh, batch_axis: int) -> dict:
-    if any(isinstance(v, np.ndarray) for v in jax.tree.leaves(batch)):
-        return parallel.to_global(batch, mesh, batch_axis)
-    return batch
-
-
-def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, *,
-                  preprocess: Optional[Preprocess] = None, label_smoothing: float = 0.0,
-                  steps_per_dispatch: int = 1, donate: bool = True,
-                  loop: str = "auto") -> Callable:
-    """Compiled `fn(state, batch, rng, ok=None) -> (state, metrics)` on `mesh`, state buffers
-    donated.
-
-    steps_per_dispatch=1: batch leaves (B, ...), metrics scalars. k > 1: batch leaves stacked
-    (k, B, ...), k steps per call (`loop`: 'scan' one `lax.scan`, 'python' k calls of one
-    compiled step, 'auto' python on CPU, scan elsewhere), metrics stacked (k,). A batch of
-    process-local numpy arrays is turned into global arrays (`parallel.to_global`); the state
-    must live replicated on the mesh (`create_train_state(..., mesh=mesh)`).
-
-    `finite` in the metrics is cumulative: False from the first non-finite step on, and no
-    update is applied after it. `ok` (a replicated bool, e.g. the last `finite` of the previous
-    call) carries that across calls without a host round trip: given False, the call applies
-    nothing, so a loop that checks the flag only now and then never trains past a NaN.
-    """
-    if steps_per_dispatch < 1:
-        raise ValueError(f"train.steps_per_dispatch={steps_per_dispatch} must be >= 1")
-    kind = _loop_kind(loop, mesh)
-    step = functools.partial(train_step, model=model, tx=tx, preprocess=preprocess,
-                             label_smoothing=label_smoothing)
-    rep, rows, stacked = (parallel.replicated(mesh), parallel.batch_sharding(mesh),
-                          parallel.batch_sharding(mesh, 1))
-    donated = (0,) if donate else ()
-
-    def once(state, batch, rng, ok):
-        batch = jax.lax.with_sharding_constraint(batch, rows)
-        return _guarded(lambda s, b: step(s, b, rng), state, batch, ok)
-
-    def scan(state, batch, rng, ok):
-        batch = jax.lax.with_sharding_constraint(batch, stacked)
-        return _scan_steps(lambda s, b: step(s, b, rng), state, batch, ok)
-
-    # jit compiles lazily: only the variant that is called is ever compiled.
-    once_c = jax.jit(once, in_shardings=(rep, rows, rep, rep), out_shardings=rep,
-                     donate_argnums=donated)
-    scan_c = jax.jit(scan, in_shardings=(rep, stacked, rep, rep), out_shardings=rep,
-                     donate_argnums=donated)
-    true = []
-
-    def fn(state: TrainState, batch: dict, rng: Any,
-           ok: Optional[jax.Array] = None) -> tuple[TrainState, dict]:
-        rng = _global_key(rng, mesh)
-        if not true:
-            true.append(jax.device_put(np.array(True), rep))
-        ok = true[0] if ok is None else ok
-        if steps_per_dispatch == 1:
-            state, metrics, _ = once_c(state, _to_global_if_host(batch, mesh, 0), rng, ok)
-            return state, metrics
-        if kind == "scan":
-            return scan_c(state, _to_global_if_host(batch, mesh, 1), rng, ok)
-        out = []
-        for i in range(steps_per_dispatch):
-            one = _to_global_if_host({k: v[i] for k, v in batch.items()}, mesh, 0)
-            state, metrics, ok = once_c(state, one, rng, ok)
-            out.append(metrics)
-        return state, _stack(out)
-
-    return fn
-
-
-def make_indexed_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, *,
-                          preprocess: Optional[Preprocess] = None, label_smoothing: float = 0.0,
-                          donate: bool = True, loop: str = "auto") -> Callable:
-    """The device-resident fast path: `fn(state, images_all, labels_all, indices, rng, ok=None)`.
-
-    images_all (N, H, W, 3) uint8 and labels_all (N,) int32: the whole training split,
-    replicated on the mesh (put them once with `parallel.replicate`); indices int32 (k, B): row
-    indices of each of k steps' global batches, sharded along `data` on axis 1 (process-local
-    numpy (k, b) is converted with `parallel.to_global`). The k steps each gather their batch
-    on the devices (`loop` and `ok` as in `make_train_fn`). Returns (state, metrics stacked
-    over k).
-    """
-    kind = _loop_kind(loop, mesh)
-    step = functools.partial(train_step, model=model, tx=tx, preprocess=preprocess,
-                             label_smoothing=label_smoothing)
-    rep, rows, stacked = (parallel.replicated(mesh), parallel.batch_sharding(mesh),
-                          parallel.batch_sharding(mesh, 1))
-    donated = (0,) if donate else ()
-
-    def gather_step(images_all, labels_all, rng):
-        def one(state, idx):
-            idx = jax.lax.with_sharding_constraint(idx, rows)
-            batch = {"image": jnp.take(images_all, idx, axis=0),
-                     "label": jnp.take(labels_all, idx, axis=0)}
-            return step(state, jax.lax.with_sharding_constraint(batch, rows), rng)
-        return one
-
-    def once(state, images_all, labels_all, idx, rng, ok):
-        return _guarded(gather_step(images_all, labels_all, rng), state, idx, ok)
-
-    def scan(state, images_all, labels_all, indices, rng, ok):
-        return _scan_steps(gather_step(images_all, labels_all, rng), state, indices, ok)
-
-    once_c = jax.jit(once, in_shardings=(rep, rep, rep, rows, rep, rep), out_shardings=rep,
-                     donate_argnums=donated)
-    scan_c = jax.jit(scan, in_shardings=(rep, rep, rep, stacked, rep, rep), out_shardings=rep,
-                     donate_argnums=donated)
-    true = []
-
-    def fn(state, images_all, labels_all, indices, rng, ok=None):
-        rng = _global_key(rng, mesh)
-        if not true:
-            true.append(jax.device_put(np.array(True), rep))
-        ok = true[0] if ok is None else ok
-        if kind == "scan":
-            if isinstance(indices, np.ndarray):
-                indices = parallel.to_global({"i": indices}, mesh, batch_axis=1)["i"]
-            return scan_c(state, images_all, labels_all, indices, rng, ok)
-        out = []
-        for i in range(indices.shape[0]):
-            idx = _to_global_if_host({"i": indices[i]}, mesh, 0)["i"]
-            state, metrics, ok = once_c(state, images_all, labels_all, idx, rng, ok)
-            out.append(metrics)
-        return state, _stack(out)
-
-    return fn
-
-
-def make_eval_fn(model: nn.Module, mesh: Mesh, *,
-                 preprocess: Optional[Preprocess] = None) -> Callable:
-    """Compiled `fn(state, batch) -> sums` (see `eval_step`); numpy batches are process-local.
-
-    Every process must call it the same number of times (the pipelines pad the last batches).
-    """
-    step = functools.partial(eval_step, model=model, preprocess=preprocess)
-    rep = parallel.replicated(mesh)
-    compiled = jax.jit(step, in_shardings=(rep, parallel.batch_sharding(mesh)), out_shardings=rep)
-
-    def fn(state: TrainState, batch: dict) -> dict:
-        return compiled(state, _to_global_if_host(batch, mesh, 0))
-
-    return fn

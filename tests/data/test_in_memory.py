@@ -16,9 +16,10 @@ from resnet_jax.data.decode import CorruptImageError
 def synthetic_config(**over):
     cfg = ml_collections.ConfigDict(dict(
         pipeline="in_memory", source="synthetic", name="", path="", data_dir="",
-        num_val_examples=40, train_augment="pad_crop_flip", image_size=8, eval_resize=0,
+        num_val_examples=40, train_augment="pad_crop_flip", image_size=8, eval_resize=8,
         lighting_std=0.0, normalize="per_pixel_mean", eval_crops="center",
-        multiscale_sizes=(), on_corrupt="error", shuffle_buffer=0, synthetic_examples=200))
+        multiscale_sizes=(8,), on_corrupt="error", shuffle_buffer=0, synthetic_examples=200,
+        num_classes=0, prefetch=2))
     cfg.update(over)
     return cfg
 
@@ -168,7 +169,11 @@ def test_in_memory_path_works_without_tensorflow(tmp_path, helpers):
         import ml_collections
         from resnet_jax import data
         cfg = ml_collections.ConfigDict(dict(pipeline='in_memory', source='tar', path={tar!r},
-            data_dir={str(tmp_path / 'c')!r}, num_val_examples=2, image_size=8))
+            data_dir={str(tmp_path / 'c')!r}, num_val_examples=2, image_size=8, name='',
+            train_augment='pad_crop_flip', eval_resize=8, lighting_std=0.0,
+            normalize='per_pixel_mean', eval_crops='center', multiscale_sizes=(8,),
+            on_corrupt='error', shuffle_buffer=0, synthetic_examples=1, num_classes=0,
+            prefetch=2))
         p = data.make_pipeline(cfg, global_batch_size=2, eval_batch_size=2, seed=0)
         b = next(p.train_batches(0))
         assert b['image'].shape == (2, 8, 8, 3), b['image'].shape

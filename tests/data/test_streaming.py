@@ -16,7 +16,7 @@ def stream_config(**over):
         num_val_examples=0, train_augment="scale", image_size=SIZE, eval_resize=40,
         lighting_std=0.1, normalize="per_channel", eval_crops="center",
         multiscale_sizes=(32, 48), on_corrupt="error", shuffle_buffer=64,
-        synthetic_examples=0))
+        synthetic_examples=1, num_classes=0, prefetch=2))
     cfg.update(over)
     return cfg
 
@@ -85,10 +85,16 @@ def test_folder_eval_modes_cover_every_example_once(tree):
     assert sum(m.sum() for m in masks) == 9
     ms = make(stream_config(path=tree, eval_crops="multiscale"))
     assert ms.eval_scales == (32, 48)
-    b = next(ms.eval_batches(scale=48))
+    b = next(ms.eval_batches_at(48))
     assert b["image"].shape == (4, 2, 48, 48, 3)
     with pytest.raises(ValueError, match="multiscale_sizes"):
-        next(ms.eval_batches())
+        next(ms.eval_batches_at(40))
+    # eval_batches zips the scales: one batch holds the views of both, same rows and masks.
+    both = list(ms.eval_batches())
+    assert [tuple(x.shape for x in b["image"]) for b in both][0] == (
+        (4, 2, 32, 32, 3), (4, 2, 48, 48, 3))
+    assert sum(b["mask"].sum() for b in both) == 9
+    np.testing.assert_array_equal(both[0]["image"][1], b["image"])
 
 
 def test_corrupt_file_is_named_or_skipped_and_counted(tmp_path, helpers):
@@ -170,3 +176,19 @@ def test_streaming_run_dispatches_k_steps_like_one_and_evaluates_multiscale(tree
     summary = loop.evaluate(*loop.restore_for_eval(str(tmp_path / "k1"))[:2])
     assert summary["count"] == 9  # the 9 validation images, once, over both scales
     assert summary["top1_error"] == pytest.approx(one["final"]["top1_error"])
+
+
+def test_train_chunk_reads_on_and_reopens_where_asked(tree):
+    """The loop's interface: chunks of consecutive steps are the stream's batches stacked; a
+    chunk that does not follow on opens the stream at its step (a resume)."""
+    ref = take(make(stream_config(path=tree)).train_batches(0), 5)
+    p = make(stream_config(path=tree))
+    first, second = p.train_chunk(0, 2), p.train_chunk(2, 3)
+    assert first["image"].shape == (2, 8, SIZE, SIZE, 3) and second["label"].shape == (3, 8)
+    got = [{k: c[k][i] for k in c} for c in (first, second) for i in range(len(c["label"]))]
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    again = p.train_chunk(1, 1)
+    np.testing.assert_array_equal(again["image"][0], ref[1]["image"])
+    p.close()

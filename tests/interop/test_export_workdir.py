@@ -43,7 +43,8 @@ def test_export_a_training_run_and_predict(run, tmp_path, images, capsys):
     out = tmp_path / "model"
     assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "rebuilding the preprocessing" in captured.err  # this workdir has none saved
+    assert "rebuilding" not in captured.err  # the run saved its preprocessing and class names
+    assert (workdir / "preprocessing.json").exists() and (workdir / "class_names.txt").exists()
     m = resnet_jax.load(str(out))
     assert m.source["step"] == 4 and m.name == "cifar_resnet8"
     assert m.class_names[:2] == ["class_0", "class_1"]
@@ -62,23 +63,27 @@ def test_export_a_training_run_and_predict(run, tmp_path, images, capsys):
     assert "class_" in capsys.readouterr().out
 
 
-def test_export_uses_saved_preprocessing_or_fails_cleanly(run, tmp_path, capsys):
+def test_export_rebuilds_missing_preprocessing_or_fails_cleanly(run, tmp_path, capsys):
     workdir, config = run
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy)
-    # What the training loop will do at the start of a run:
-    pipeline = data_lib.make_pipeline(config.data, global_batch_size=32, eval_batch_size=32,
-                                      seed=config.seed)
-    preprocess.save_run(str(copy), config, pipeline)
-    assert (copy / "preprocessing.json").exists() and (copy / "class_names.txt").exists()
+    saved = preprocess.load(str(copy))
+    # An older workdir (no preprocessing saved): rebuilt from its data, saying so.
+    (copy / "preprocessing.json").unlink()
     messages = []
     m = workdir_lib.export_workdir(str(copy), str(tmp_path / "m"), "best", say=messages.append)
     best = json.loads((copy / "results.json").read_text())["best"]["step"]
-    assert messages == [] and (m.source["checkpoint"], m.source["step"]) == ("best", best)
-    np.testing.assert_array_equal(m.preprocessing.mean, pipeline.mean)
-    assert workdir_lib._OneStep(str(copy / "checkpoints"), 2).all_steps() == [2]
+    assert len(messages) == 1 and "rebuilding the preprocessing" in messages[0]
+    assert (m.source["checkpoint"], m.source["step"]) == ("best", best)
+    np.testing.assert_array_equal(m.preprocessing.mean, saved.mean)
+    _, _, variables = loop.load_trained(str(copy), step=best)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(m.variables)):
+        np.testing.assert_array_equal(a, b)
+    # An older step restores that step's variables, not the newest.
+    _, _, older = loop.load_trained(str(copy), step=2)
+    _, _, newest = loop.load_trained(str(copy))
+    assert not np.array_equal(jax.tree.leaves(older)[0], jax.tree.leaves(newest)[0])
     # No saved preprocessing and data that cannot be reached: one clear error line.
-    (copy / "preprocessing.json").unlink()
     cfg = json.loads((copy / "config.json").read_text())
     cfg["data"].update(source="tar", path=str(tmp_path / "gone.tar.gz"))
     (copy / "config.json").write_text(json.dumps(cfg))

@@ -20,7 +20,7 @@ def run_steps(process_index: int, process_count: int) -> dict:
 
     import resnet_jax
     from resnet_jax import parallel
-    from resnet_jax.train import optim, step
+    from resnet_jax.train import dispatch, optim, step
 
     mesh = parallel.make_mesh()
     groups = parallel.bn_num_groups("per_device", 1, mesh.size)
@@ -34,7 +34,7 @@ def run_steps(process_index: int, process_count: int) -> dict:
     # rbg: fast to compile on CPU; the init runs replicated, so every device draws the same.
     state = step.create_train_state(jax.random.key(0, impl="rbg"), model, tx, (HW, HW, 3),
                                     mesh=mesh)
-    fn = step.make_train_fn(model, tx, mesh)
+    fn = dispatch.make_train_fn(model, tx, mesh)
     b = GLOBAL_BATCH // process_count
     losses = []
     for s in range(NUM_STEPS):
@@ -42,12 +42,13 @@ def run_steps(process_index: int, process_count: int) -> dict:
         images = rng.normal(size=(GLOBAL_BATCH, HW, HW, 3)).astype(np.float32)
         labels = rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)
         rows = slice(process_index * b, (process_index + 1) * b)
-        state, metrics = fn(state, {"image": images[rows], "label": labels[rows]},
-                            jax.random.key(1))
-        losses.append(float(metrics["loss"]))
+        chunk = dispatch.put_chunk({"image": images[None, rows], "label": labels[None, rows]},
+                                   mesh)
+        state, metrics = fn(state, chunk, jax.random.key(1))
+        losses.append(float(metrics["loss"][0]))
     # Eval over 21 examples in global batches of 8: every process runs the same number of
     # batches, the padded rows are masked out, and each example counts once.
-    eval_fn, n, eb = step.make_eval_fn(model, mesh), 21, 8
+    eval_fn, n, eb = dispatch.make_eval_fn(model, mesh), 21, 8
     data = np.random.default_rng(99)
     images = data.normal(size=(n, HW, HW, 3)).astype(np.float32)
     labels = data.integers(0, 10, n).astype(np.int32)
@@ -57,8 +58,9 @@ def run_steps(process_index: int, process_count: int) -> dict:
         mask = idx < n
         idx = np.where(mask, idx, 0)
         rows = slice(process_index * eb // process_count, (process_index + 1) * eb // process_count)
-        out = eval_fn(state, {"image": images[idx][rows, None], "label": labels[idx][rows],
-                              "mask": mask[rows]})
+        out = eval_fn(state, parallel.to_global({"image": images[idx][rows, None],
+                                                 "label": labels[idx][rows],
+                                                 "mask": mask[rows]}, mesh))
         sums += [float(out[k]) for k in ("loss", "top1", "top5", "count")]
     flat = {"eval_sums": sums}
     for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):

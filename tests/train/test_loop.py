@@ -17,7 +17,7 @@ import pytest
 from resnet_jax import cli
 from resnet_jax.config import load_config
 from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import loop
+from resnet_jax.train import feed, loop
 from resnet_jax.train.logging import ROW_FIELDS, read_metrics
 
 SMOKE = "configs/smoke.py"
@@ -49,15 +49,20 @@ def _comparable(rows):
             for r in rows]
 
 
+def _interrupted_run(workdir):
+    """The smoke run stopped by a real SIGTERM sent at step 4 (handled at the next boundary,
+    6)."""
+    def preempt(step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return loop.train_and_evaluate(load_config(SMOKE), workdir, on_step=preempt)
+
+
 def test_sigterm_then_resume_is_bitwise_identical(finished, tmp_path):
     full_dir, full = finished
     workdir = str(tmp_path / "interrupted")
 
-    def preempt(step):
-        if step == 4:  # a real SIGTERM, handled at the next step boundary
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    first = loop.train_and_evaluate(load_config(SMOKE), workdir, on_step=preempt)
+    first = _interrupted_run(workdir)
     assert first == {"preempted": True, "step": 6}
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     second = loop.train_and_evaluate(load_config(SMOKE), workdir)
@@ -125,16 +130,18 @@ def test_missing_data_directory(tmp_path):
         loop.train_and_evaluate(config, str(tmp_path / "w"))
 
 
-def test_next_chunk_is_aligned_to_boundaries():
+def test_chunks_are_aligned_to_boundaries():
     train = load_config(SMOKE, ["--config.train.steps_per_dispatch=4",
                                 "--config.train.log_every_steps=3",
                                 "--config.train.num_steps=10"]).train
     steps, step = [], 0
     while step < train.num_steps:
-        k = loop.next_chunk(step, train)
+        k = feed.chunk_size(step, train)
         steps.append(k)
         step += k
     assert steps == [3, 1, 2, 2, 1, 1]  # cut at 3, 4 (eval/ckpt), 6, 8, 9, 10
+    # A run resumed at 6 dispatches exactly the rest of these chunks.
+    assert list(feed.schedule(6, train)) == [(6, 2), (8, 1), (9, 1)]
 
 
 def _poison_step(monkeypatch, bad_step):
@@ -142,8 +149,8 @@ def _poison_step(monkeypatch, bad_step):
     update, so the loss is NaN and the step's own guard must keep the state it was given."""
     import jax.numpy as jnp
 
-    from resnet_jax.train import step as step_lib
-    real = step_lib.train_step
+    from resnet_jax.train import dispatch
+    real = dispatch.train_step
 
     def poisoned(state, batch, rng, **kw):
         bad = state.step == bad_step
@@ -152,7 +159,7 @@ def _poison_step(monkeypatch, bad_step):
         kept = jax.tree.map(lambda a, b: jnp.where(metrics["finite"], a, b), new, state)
         return kept, metrics
 
-    monkeypatch.setattr(step_lib, "train_step", poisoned)
+    monkeypatch.setattr(dispatch, "train_step", poisoned)
 
 
 NAN_RUN = ["--config.train.num_steps=12", "--config.train.log_every_steps=6",
@@ -201,11 +208,7 @@ def test_resume_after_a_torn_metrics_line(finished, tmp_path):
     full_dir, full = finished
     workdir = str(tmp_path / "torn")
 
-    def preempt(step):
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    loop.train_and_evaluate(load_config(SMOKE), workdir, on_step=preempt)
+    _interrupted_run(workdir)   # saves the checkpoints of steps 4 and 6
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
         f.write('{"step": 8, "epoch": 0.8, "split": "tra')
     resumed = loop.train_and_evaluate(load_config(SMOKE), workdir)
@@ -213,8 +216,9 @@ def test_resume_after_a_torn_metrics_line(finished, tmp_path):
     assert _comparable(read_metrics(workdir)) == _comparable(read_metrics(full_dir))
     results = json.loads(open(os.path.join(workdir, "results.json")).read())
     assert results["final"] == full["final"]
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl",
-                                           "results.json", "tb"]   # no temporary left
+    assert sorted(os.listdir(workdir)) == [   # no temporary left
+        "checkpoints", "class_names.txt", "config.json", "metrics.jsonl", "preprocessing.json",
+        "results.json", "tb"]
 
 
 def _truncate_data(step_dir):
@@ -240,11 +244,7 @@ def test_unreadable_newest_checkpoint_the_run_goes_past_it_and_finishes(finished
     full_dir, full = finished
     workdir = str(tmp_path / "w")
 
-    def preempt(step):
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    loop.train_and_evaluate(load_config(SMOKE), workdir, on_step=preempt)   # saves 4 and 6
+    _interrupted_run(workdir)   # saves the checkpoints of steps 4 and 6
     ckdir = os.path.join(workdir, "checkpoints")
     tear(os.path.join(ckdir, "6"))
     capfd.readouterr()

@@ -19,6 +19,7 @@ import resnet_jax
 from resnet_jax import parallel
 from resnet_jax.train import metrics as M
 from resnet_jax.train import optim
+from resnet_jax.train import dispatch as D
 from resnet_jax.train import step as S
 
 B, HW, K = 16, 8, 3  # global batch, image size, steps per dispatch
@@ -62,12 +63,13 @@ def flip_preprocess(rng, images, train):
 
 
 @functools.lru_cache(maxsize=None)
-def train_fn(num_devices=8, groups=1, k=1, indexed=False, loop="auto"):
+def train_fn(num_devices=8, groups=1, loop="auto"):
+    """(mesh, fn(state, host chunk (k, B, ...), rng, ok=None)): the compiled chunk function
+    with the host data put on the mesh as the loop does."""
     mesh = parallel.make_mesh(num_devices)
-    make = S.make_indexed_train_fn if indexed else S.make_train_fn
-    extra = {} if indexed else {"steps_per_dispatch": k}
-    return mesh, make(model_for(groups), tx(), mesh, preprocess=flip_preprocess, loop=loop,
-                      **extra)
+    fn = D.make_train_fn(model_for(groups), tx(), mesh, preprocess=flip_preprocess, loop=loop)
+    return mesh, lambda state, host, rng, ok=None: fn(state, D.put_chunk(host, mesh, loop),
+                                                      rng, ok)
 
 
 def batches(n, seed=0):
@@ -86,11 +88,12 @@ def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
 
 
 def run(num_devices, groups, data, rng=jax.random.key(7)):
+    """One step per call: (final state, [metrics of each step])."""
     mesh, fn = train_fn(num_devices, groups)
     state, ms = fresh_state(mesh), []
     for batch in data:
-        state, m = fn(state, batch, rng)
-        ms.append(jax.device_get(m))
+        state, m = fn(state, stack([batch]), rng)
+        ms.append(jax.tree.map(lambda x: x[0], jax.device_get(m)))
     return jax.device_get(state), ms
 
 
@@ -147,7 +150,7 @@ def test_grouped_bn_equals_normalizing_each_group_by_hand(bn_mode, group_size):
 
 def test_running_stats_identical_on_every_device():
     mesh, fn = train_fn(8, 8)
-    state, _ = fn(fresh_state(mesh), batches(1)[0], jax.random.key(0))
+    state, _ = fn(fresh_state(mesh), stack(batches(1)), jax.random.key(0))
     for leaf in jax.tree.leaves(state.batch_stats):
         shards = [np.asarray(s.data) for s in leaf.addressable_shards]
         assert len(shards) == 8 and all(np.array_equal(shards[0], s) for s in shards)
@@ -158,7 +161,7 @@ def test_many_steps_per_dispatch_and_indexed_path_equal_step_by_step(loop):
     """k steps per call ('scan' on accelerators, 'python' on CPU) == k calls of one step."""
     data, rng = batches(K, seed=2), jax.random.key(5)
     s1, m1 = run(8, 1, data, rng)
-    mesh, fn = train_fn(8, 1, K, loop=loop)
+    mesh, fn = train_fn(8, 1, loop=loop)
     sk, mk = fn(fresh_state(mesh), stack(data), rng)
     assert int(sk.step) == K
     assert_trees_close(jax.device_get(sk.params), s1.params)
@@ -168,25 +171,25 @@ def test_many_steps_per_dispatch_and_indexed_path_equal_step_by_step(loop):
     images_all = np.concatenate([b["image"] for b in data])[::-1].copy()
     labels_all = np.concatenate([b["label"] for b in data])[::-1].copy()
     indices = (K * B - 1 - np.arange(K * B)).reshape(K, B).astype(np.int32)
-    mesh, fn = train_fn(8, 1, indexed=True, loop=loop)
-    si, mi = fn(fresh_state(mesh), parallel.replicate(images_all, mesh),
-                parallel.replicate(labels_all, mesh), indices, rng)
+    fn = D.make_train_fn(model_for(), tx(), mesh, resident=(images_all, labels_all),
+                         preprocess=flip_preprocess, loop=loop)
+    si, mi = fn(fresh_state(mesh), D.put_chunk({"index": indices}, mesh, loop), rng)
     assert_trees_close(jax.device_get(si.params), s1.params)
     np.testing.assert_allclose(np.asarray(mi["loss"]), [m["loss"] for m in m1], rtol=1e-5)
 
 
 def test_loop_kind():
     mesh = parallel.make_mesh()
-    assert S._loop_kind("auto", mesh) == "python"  # CPU: see XLA:CPU convs in while loops
-    assert S._loop_kind("scan", mesh) == "scan"
+    assert D.loop_kind("auto", mesh) == "python"  # CPU: see XLA:CPU convs in while loops
+    assert D.loop_kind("scan", mesh) == "scan"
     with pytest.raises(ValueError, match="loop='unrolled'"):
-        S.make_train_fn(model_for(), tx(), mesh, loop="unrolled")
+        D.make_train_fn(model_for(), tx(), mesh, loop="unrolled")
 
 
 def test_state_buffers_are_donated():
     mesh, fn = train_fn(8, 1)
     state = fresh_state(mesh)
-    fn(state, batches(1)[0], jax.random.key(0))
+    fn(state, stack(batches(1)), jax.random.key(0))
     assert jax.tree.leaves(state.params)[0].is_deleted()
 
 
@@ -195,7 +198,7 @@ def test_planted_nan_stops_at_that_step_and_keeps_last_finite_state(loop):
     data = batches(K, seed=3)
     data[1]["image"][5, 0, 0, 0] = np.nan
     s_ok, _ = run(8, 1, data[:1])
-    mesh, fn = train_fn(8, 1, K, loop=loop)
+    mesh, fn = train_fn(8, 1, loop=loop)
     state, m = fn(fresh_state(mesh), stack(data), jax.random.key(7))
     np.testing.assert_array_equal(np.asarray(m["finite"]), [True, False, False])
     assert int(state.step) == 1
@@ -210,12 +213,12 @@ def test_planted_nan_stops_at_that_step_and_keeps_last_finite_state(loop):
 def test_a_false_ok_from_an_earlier_dispatch_applies_nothing(k, loop):
     """The flag a loop carries between dispatches: after a NaN in one call, the next call
     leaves the state as it was (no training past the NaN before the host looks)."""
-    mesh, fn = train_fn(8, 1, k, loop=loop)
+    mesh, fn = train_fn(8, 1, loop=loop)
     start = fresh_state(mesh)
     before = jax.device_get(start)
     data = batches(k, seed=4)
     false = jax.device_put(np.array(False), parallel.replicated(mesh))
-    state, m = fn(start, data[0] if k == 1 else stack(data), jax.random.key(7), false)
+    state, m = fn(start, stack(data), jax.random.key(7), false)
     assert not np.asarray(m["finite"]).any()
     chex.assert_trees_all_equal(jax.device_get(state), before)
 
@@ -240,7 +243,7 @@ def test_eval_counts_each_example_once_with_padding_and_views():
     labels = rng.integers(0, 10, n).astype(np.int32)
     state = host_state()
     mesh = parallel.make_mesh()
-    fn = S.make_eval_fn(model_for(8), mesh, preprocess=flip_preprocess)
+    fn = D.make_eval_fn(model_for(8), mesh, preprocess=flip_preprocess)
     total = None
     for start in range(0, n, eb):
         idx = np.arange(start, start + eb)
@@ -248,7 +251,7 @@ def test_eval_counts_each_example_once_with_padding_and_views():
         idx = np.where(mask, idx, 0)
         batch = {"image": images[idx], "label": labels[idx], "mask": mask}
         batch["image"][~mask] = np.nan  # padding may hold anything
-        total = M.add_sums(total, fn(fresh_state(mesh), batch))
+        total = M.add_sums(total, fn(fresh_state(mesh), parallel.to_global(batch, mesh)))
     summary = M.eval_summary(total)
     assert summary["count"] == n
     loss, top1_err, top5_err = eval_reference(state, images, labels)
@@ -264,10 +267,10 @@ def test_multiscale_eval_averages_the_probabilities_of_every_view_of_every_scale
     large = rng.normal(size=(n, 2, hw2, hw2, 3)).astype(np.float32)
     labels = rng.integers(0, 10, n).astype(np.int32)
     state = host_state()
-    fn = S.make_eval_fn(model_for(), parallel.make_mesh(), preprocess=flip_preprocess)
-    summary = M.eval_summary(M.add_sums(None, fn(
-        fresh_state(parallel.make_mesh()),
-        {"image": (small, large), "label": labels, "mask": np.ones(n, bool)})))
+    mesh = parallel.make_mesh()
+    fn = D.make_eval_fn(model_for(), mesh, preprocess=flip_preprocess)
+    summary = M.eval_summary(M.add_sums(None, fn(fresh_state(mesh), parallel.to_global(
+        {"image": (small, large), "label": labels, "mask": np.ones(n, bool)}, mesh))))
 
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     probs = [jax.nn.softmax(model_for().apply(
@@ -280,15 +283,16 @@ def test_multiscale_eval_averages_the_probabilities_of_every_view_of_every_scale
     assert summary["top1_error"] == pytest.approx(100 * (mean.argmax(1) != labels).mean())
     # Not the same as one scale alone (the test sees both scales).
     one = M.eval_summary(M.add_sums(None, fn(
-        fresh_state(parallel.make_mesh()), {"image": small, "label": labels})))
+        fresh_state(mesh), parallel.to_global({"image": small, "label": labels}, mesh))))
     assert one["loss"] != pytest.approx(summary["loss"], rel=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_loss():
     mesh = parallel.make_mesh()
-    fn = S.make_train_fn(model_for(dtype="bfloat16"), tx(), mesh, preprocess=flip_preprocess)
+    fn = D.make_train_fn(model_for(dtype="bfloat16"), tx(), mesh, preprocess=flip_preprocess)
     batch = batches(1, seed=5)[0]
-    state, m = fn(fresh_state(mesh), batch, jax.random.key(0))
+    state, m = fn(fresh_state(mesh), D.put_chunk(stack([batch]), mesh), jax.random.key(0))
+    m = jax.tree.map(lambda x: x[0], m)
     _, (m32,) = run(8, 1, [batch], jax.random.key(0))
     dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state, state.batch_stats))
               if jnp.issubdtype(x.dtype, jnp.floating)}

@@ -1,0 +1,196 @@
+"""What a config builds (mesh, pipeline, model, optimizer), the one way a workdir's checkpoint
+is restored (resume, eval and loading a trained model all call `restore`), and evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from resnet_jax import config as config_lib
+from resnet_jax import data as data_lib
+from resnet_jax import parallel, schema
+from resnet_jax.models import create_model, model_name
+from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import dispatch, optim
+from resnet_jax.train import metrics as metrics_lib
+from resnet_jax.train import step as step_lib
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a config builds before the first step (`pipeline` is None when only a
+    trained model is loaded)."""
+    config: ml_collections.ConfigDict
+    mesh: Any
+    pipeline: Optional[data_lib.Pipeline]
+    model: Any
+    tx: Any
+    meta: dict  # the model's identity, saved with every checkpoint
+
+
+def model_meta(config: ml_collections.ConfigDict, num_classes: int,
+               image_shape: tuple) -> dict:
+    """What makes two checkpoints the same model (dtype and BN grouping may change)."""
+    m = config.model
+    return {"name": model_name(m.arch, m.depth, m.plain), "num_classes": int(num_classes),
+            "shortcut": m.shortcut, "bottleneck_stride": m.bottleneck_stride, "width": m.width,
+            "scan_blocks": m.scan_blocks, "image_shape": [int(d) for d in image_shape]}
+
+
+# Model-identity keys newer than some checkpoints, with the value those checkpoints have.
+_META_ADDED = {"scan_blocks": schema.ADDED_FIELDS["model.scan_blocks"]}
+
+
+def check_model(meta: dict):
+    """The `check_meta` of `Checkpointer.restore_latest` for a run of model `meta`."""
+    return ckpt_lib.check_same_model(meta, added=_META_ADDED)
+
+
+def make_model(config: ml_collections.ConfigDict, meta: dict, num_devices: int) -> Any:
+    m, t = config.model, config.train
+    return create_model(meta["name"], num_classes=meta["num_classes"], shortcut=m.shortcut,
+                        bottleneck_stride=m.bottleneck_stride, width=m.width,
+                        zero_init_residual=m.zero_init_residual, dtype=m.dtype,
+                        scan_blocks=m.scan_blocks,
+                        bn_num_groups=parallel.bn_num_groups(t.bn_mode, t.bn_group_size,
+                                                             num_devices))
+
+
+def check_data_paths(config: ml_collections.ConfigDict) -> None:
+    """Refuses a missing local data path or tfds data_dir before anything is built."""
+    d = config.data
+    local = lambda p: p and "://" not in p  # noqa: E731 - remote paths are checked by readers
+    if d.source in ("tar", "folder") and (not d.path or (local(d.path)
+                                                         and not os.path.exists(d.path))):
+        raise ValueError(f"config field data.path={d.path!r} does not exist (data.source="
+                         f"{d.source!r}); pass --config.data.path=...")
+    if local(d.data_dir) and not os.path.isdir(d.data_dir):
+        raise ValueError(f"config field data.data_dir={d.data_dir!r} is not a directory")
+
+
+def _optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Any:
+    return optim.make_optimizer(config.optim, steps_per_epoch,
+                                batch_size=config.train.batch_size,
+                                num_steps=config.train.num_steps)
+
+
+def build(config: ml_collections.ConfigDict) -> Run:
+    """Mesh, pipeline, model and optimizer for `config` (all processes call it)."""
+    mesh = parallel.make_mesh()
+    config_lib.check_fits(config, mesh.size, jax.process_count())
+    check_data_paths(config)
+    t = config.train
+    pipeline = data_lib.make_pipeline(
+        config.data, global_batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    meta = model_meta(config, pipeline.num_classes, pipeline.image_shape)
+    return Run(config, mesh, pipeline, make_model(config, meta, mesh.size),
+               _optimizer(config, pipeline.steps_per_epoch), meta)
+
+
+def _base_rng(seed: int) -> tuple:
+    """(init key, base key of the training steps) of a seed."""
+    return tuple(jax.random.split(jax.random.PRNGKey(seed)))
+
+
+def fresh_state(run: Run) -> tuple[step_lib.TrainState, jax.Array]:
+    """(step-0 state replicated on the mesh, base rng of the training steps)."""
+    init_rng, train_rng = _base_rng(run.config.seed)
+    state = step_lib.create_train_state(init_rng, run.model, run.tx,
+                                        tuple(run.meta["image_shape"]), mesh=run.mesh)
+    # A global (replicated) array: orbax cannot save a process-local one in multi-host runs.
+    return state, parallel.replicate(np.asarray(train_rng), run.mesh)
+
+
+def abstract_state(run: Run) -> tuple[Any, Any]:
+    """Shapes, dtypes and (replicated) shardings of `fresh_state`, computed without running it
+    (`jax.eval_shape`): the restore target."""
+    def shapes():
+        init_rng, train_rng = _base_rng(run.config.seed)
+        state = step_lib.create_train_state(init_rng, run.model, run.tx,
+                                            tuple(run.meta["image_shape"]))
+        return state, train_rng
+
+    rep = parallel.replicated(run.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                        jax.eval_shape(shapes))
+
+
+def checkpointer(workdir: str, keep: int = 10 ** 6) -> ckpt_lib.Checkpointer:
+    return ckpt_lib.Checkpointer(os.fspath(epath.Path(workdir) / "checkpoints"), keep=keep)
+
+
+def restore(run: Run, checkpoints: ckpt_lib.Checkpointer, *, set_aside: bool,
+            step: Optional[int] = None) -> Optional[ckpt_lib.Restored]:
+    """The newest readable checkpoint of `run`'s model (or that of `step`), on the mesh, or
+    None. A checkpoint of another model is refused (CheckpointMismatchError); `set_aside`
+    (training only) renames unreadable steps (`Checkpointer.restore_latest`)."""
+    state, rng = abstract_state(run)
+    return checkpoints.restore_latest(state, rng, check_model(run.meta), set_aside=set_aside,
+                                      step=step)
+
+
+def evaluate(run: Run, state: step_lib.TrainState, eval_fn: Any = None) -> dict:
+    """Validation metrics over the whole eval split: loss, top1/top5 error (%), count."""
+    eval_fn = eval_fn or dispatch.make_eval_fn(run.model, run.mesh,
+                                               preprocess=run.pipeline.device_preprocess)
+    sums = None
+    for batch in run.pipeline.eval_batches():
+        sums = metrics_lib.add_sums(sums, eval_fn(state, parallel.to_global(batch, run.mesh)))
+    return metrics_lib.eval_summary(sums)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote to `workdir/config.json`."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise ValueError(f"--workdir {workdir}: no config.json (not a training workdir)")
+    return config_lib.from_json(path.read_text())
+
+
+def _restored(run: Run, workdir: str, step: Optional[int] = None) -> ckpt_lib.Restored:
+    checkpoints = checkpointer(workdir)
+    try:
+        restored = restore(run, checkpoints, set_aside=False, step=step)
+    finally:
+        checkpoints.close()
+    if restored is None:
+        which = "no checkpoint" if step is None else f"no checkpoint of step {step}"
+        raise ValueError(f"--workdir {workdir}: {which} in {checkpoints.directory}")
+    return restored
+
+
+def restore_for_eval(workdir: str, config: ml_collections.ConfigDict | None = None,
+                     ) -> tuple[Run, step_lib.TrainState, int]:
+    """(run with its eval pipeline, state of the newest checkpoint, its step)."""
+    run = build(config or read_config(workdir))
+    restored = _restored(run, workdir)
+    return run, restored.state, restored.step
+
+
+def load_trained(workdir: str, step: Optional[int] = None,
+                 ) -> tuple[ml_collections.ConfigDict, Any, dict]:
+    """(config, model, {'params', 'batch_stats'}) of the newest checkpoint in `workdir` (or of
+    `step`); reads no data (the model's classes and image shape come from the checkpoint's
+    meta)."""
+    config = read_config(workdir)
+    checkpoints = checkpointer(workdir)
+    try:
+        latest = checkpoints.latest_meta()
+    finally:
+        checkpoints.close()
+    if latest is None:
+        raise ValueError(f"--workdir {workdir}: no readable checkpoint")
+    mesh = parallel.make_mesh()
+    meta = latest["model"]
+    # The optimizer only shapes the restore target (its state's structure).
+    run = Run(config, mesh, None, make_model(config, meta, mesh.size), _optimizer(config, 1),
+              meta)
+    state = _restored(run, workdir, step).state
+    return config, run.model, {"params": state.params, "batch_stats": state.batch_stats}
