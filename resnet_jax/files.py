@@ -59,12 +59,14 @@ def read_jsonl(path: PathLike) -> list[dict]:
 
 def append_jsonl(path: PathLike, row: dict) -> None:
     """Append one row. A file whose last line was torn is repaired first, so the new row never
-    joins the fragment of an old one."""
+    joins the fragment of an old one. Object stores (gs://, ...) cannot append: there the file
+    is rewritten whole (writers sharing one remote file can then lose each other's rows)."""
     path = epath.Path(path)
     line = json.dumps(row, default=str) + "\n"
-    if path.exists():
-        text = path.read_text()
-        if text and not text.endswith("\n"):
-            path.write_text("".join(json.dumps(r) + "\n" for r in parse_jsonl(text)))
+    text = path.read_text() if path.exists() else ""
+    if "://" in os.fspath(path) or (text and not text.endswith("\n")):
+        rows = "".join(json.dumps(r, default=str) + "\n" for r in parse_jsonl(text))
+        path.write_text(rows + line)
+        return
     with path.open("a") as f:
         f.write(line)
