@@ -65,7 +65,7 @@ case "$mode" in
     here="$(cd "$(dirname "$0")/.." && pwd)"
     run gcloud compute tpus tpu-vm scp --recurse "$here" "$name:~/$repo_dir" \
       --zone "$zone" --worker=all
-    on_all_workers "pip install -U 'jax[tpu]' && pip install -e ~/$repo_dir'[tf]'"
+    on_all_workers "pip install -U 'jax[tpu]' && pip install -e ~/$repo_dir'[tf,gcs]'"
     ;;
   train)
     if [[ -z "$workdir" ]]; then echo "tpu_pod.sh: train needs --workdir" >&2; exit 2; fi
