@@ -12,6 +12,14 @@ import importlib
 import sys
 from typing import Sequence
 
+DESCRIPTION = ("Deep Residual Learning (He et al., 2015) in JAX/Flax: train, evaluate, sweep "
+               "and take home ResNets.")
+EPILOG = """examples:
+  resnet-jax train --config configs/cifar10.py:depth=20 --workdir runs/r20
+  resnet-jax eval --workdir runs/r20
+  resnet-jax sweep configs/sweeps/cifar10_depth_plain.py --workdir runs/fig6
+  resnet-jax COMMAND --help   (each command's own options)"""
+
 # name: (module, add_arguments function, run function, help)
 COMMANDS = {
     "train": ("resnet_jax.train.commands", "add_train_arguments", "run_train",
@@ -35,7 +43,9 @@ COMMANDS = {
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     """The top parser; only the chosen command's module is imported for its arguments."""
-    parser = argparse.ArgumentParser(prog="resnet-jax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="resnet-jax", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, add, _, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text)

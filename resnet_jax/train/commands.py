@@ -64,7 +64,21 @@ def config_overrides(extra: Sequence[str]) -> list[str]:
     return out
 
 
+TRAIN_EPILOG = """config:
+  --config FILE.py[:ARGS]  a recipe and its arguments, e.g. configs/cifar10.py:depth=110,plain=true
+                           (each recipe's docstring lists its arguments)
+  --config.SECTION.FIELD=VALUE  override any field after the recipe, e.g.
+                           --config.optim.lr=0.05 --config.train.num_steps=2000
+                           --config.data.path=../shared/data/cifar10-train.tar.gz
+                           (a bad field or value is one error naming the allowed values;
+                           all fields: docs/ARCHITECTURE.md "Config schema")"""
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Train a config in a workdir, or resume it: the same command again "
+                          "continues from the newest checkpoint.")
+    parser.epilog = TRAIN_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", required=True,
                         help="recipe file and its argument: configs/cifar10.py:depth=110,shortcut=B")
     parser.add_argument("--workdir", required=True,
