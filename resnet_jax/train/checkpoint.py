@@ -17,6 +17,7 @@ owns SIGTERM and `reached_preemption_sync_point` makes every host stop at the sa
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -77,6 +78,7 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
         # orbax refuses relative paths (and only in its save thread): `--workdir runs/x`.
         self.directory = directory if "://" in directory else os.path.abspath(directory)
+        _check_remote_support(self.directory)
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
             ocp.checkpoint_managers.LatestN(n=keep),
             # reverse=True sorts by decreasing error; BestN keeps the tail: the lowest error.
@@ -219,6 +221,23 @@ class Checkpointer:
         if jax.process_index() == 0:
             (root / str(step)).rename(target)
         return os.fspath(target)
+
+
+def _check_remote_support(directory: str) -> None:
+    """Refuses a gs:// directory without google-cloud-storage, at once: orbax lists the steps
+    of a gs:// directory through it (it asks whether the bucket has a hierarchical namespace),
+    but only once the directory holds checkpoints, so a run would train and save and then fail
+    to resume after a preemption."""
+    if not directory.startswith("gs://"):
+        return
+    try:
+        found = importlib.util.find_spec("google.cloud.storage") is not None
+    except (ImportError, ValueError):  # no google.cloud package; or a module set to None
+        found = False
+    if not found:
+        raise ImportError(
+            f"checkpoints in {directory} need google-cloud-storage (orbax asks it about the "
+            "bucket when it lists the checkpoints): pip install 'resnet-jax[gcs]'")
 
 
 def _reason(err: Exception) -> str:

@@ -210,3 +210,13 @@ def test_failed_read_leftovers_are_silenced_other_unraisables_are_not(tmp_path, 
     other = RuntimeError("something else")
     raise_unraisable(other)
     assert [u.exc_value for u in seen] == [other]
+
+
+def test_gs_directory_without_google_cloud_storage_is_refused_at_once(monkeypatch):
+    """orbax needs google-cloud-storage to list a gs:// directory's steps, only once there are
+    some: without it, a run would train, save, and fail to resume. Refused before anything."""
+    import sys
+    monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"gs://bucket/run/checkpoints need google-cloud-stor"
+                                          r".*pip install 'resnet-jax\[gcs\]'"):
+        ckpt.Checkpointer("gs://bucket/run/checkpoints")
