@@ -2,17 +2,26 @@
 iterations, stop at 64k, pad-4 crop + flip, option A shortcuts, single-view test.
 
     resnet-jax train --config configs/cifar10.py:depth=110,shortcut=A,plain=false --workdir W
+    resnet-jax train --config configs/cifar10.py:depth=20,data=cifar10-train.tar.gz --workdir W
 
 Arguments (after the colon): depth (6n+2, default 20), shortcut (A|B|C, default A),
-plain (default false). ResNet-110 and deeper warm up at lr 0.01 for the first 400 iterations
-as the paper does. The data is the image-folder tar in ../shared/data by default; override
-with --config.data.path=... (or --config.data.source=synthetic to try the pipeline).
+plain (default false), data (default: CIFAR-10 from tfds, downloaded once and cached; or a
+local copy: an image-folder .tar/.tar.gz, `train/<class>/<image>`, or such a folder).
+ResNet-110 and deeper warm up at lr 0.01 for the first 400 iterations as the paper does.
 """
 import ml_collections
 
 from resnet_jax.config import parse_config_arg
 
-ARG_DEFAULTS = {"depth": 20, "shortcut": "A", "plain": False}
+ARG_DEFAULTS = {"depth": 20, "shortcut": "A", "plain": False, "data": ""}
+
+
+def data_source(path: str) -> dict:
+    """data.source / name / path for the `data` argument."""
+    if not path:
+        return {"source": "tfds", "name": "cifar10", "path": ""}
+    kind = "tar" if path.endswith((".tar", ".tar.gz", ".tgz")) else "folder"
+    return {"source": kind, "name": "cifar10", "path": path}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,8 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         scan_blocks=args["depth"] >= 200))
 
     config.data = ml_collections.ConfigDict(dict(
-        pipeline="in_memory", source="tar", name="cifar10",
-        path="../shared/data/cifar10-train.tar.gz", data_dir="", num_val_examples=5000,
+        pipeline="in_memory", **data_source(args["data"]), data_dir="", num_val_examples=5000,
         train_augment="pad_crop_flip", image_size=32, eval_resize=32, lighting_std=0.0,
         normalize="per_pixel_mean", eval_crops="center", multiscale_sizes=(32,),
         on_corrupt="error", shuffle_buffer=0, synthetic_examples=1024, num_classes=0, prefetch=2))

@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from resnet_jax.data.tf_import import quiet_native_logs
+
 DESCRIPTION = ("Deep Residual Learning (He et al., 2015) in JAX/Flax: train, evaluate, sweep "
                "and take home ResNets.")
 EPILOG = """examples:
@@ -56,6 +58,8 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before JAX or TensorFlow load: their C++ INFO/WARNING lines stay off the console.
+    quiet_native_logs()
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args, extra = parser.parse_known_args(argv)

@@ -195,6 +195,11 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
 
 
 def _validate_data(data: ml_collections.ConfigDict) -> None:
+    if data.path and data.source not in ("tar", "folder"):
+        raise ValueError(f"config field data.path={data.path!r} is only read with data.source="
+                         f"tar or folder, but data.source={data.source!r}; add "
+                         "--config.data.source=tar (or folder), or use the recipe's data= "
+                         "argument (configs/cifar10.py:data=PATH)")
     sizes = tuple(data.multiscale_sizes)
     if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
         raise ValueError(f"config field data.multiscale_sizes={sizes} must be positive ints")

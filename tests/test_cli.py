@@ -84,7 +84,7 @@ def test_sigterm_subprocess_resume_is_bitwise(tmp_path):
     resumed = subprocess.run(_train_cmd(workdir, steps), cwd=ROOT, env=_env(cache),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resumed from the checkpoint of step" in resumed.stdout
+    assert "resuming from the checkpoint of step" in resumed.stdout
     # The uninterrupted run, in this process (also 8 CPU devices: the same programs).
     config = load_config(f"configs/smoke.py:steps={steps}", OVERRIDES)
     reference = tmp_path / "reference"

@@ -150,3 +150,14 @@ def test_recipe_arguments_name_the_accepted_keys_and_take_tuples():
         cfg.parse_config_arg("stepz=4", defaults, kind="sweep argument")
     with pytest.raises(ValueError, match="config argument depths: expected int, got 'x'"):
         cfg.parse_config_arg("depths=20/x", defaults)
+
+
+def test_cifar10_data_argument_picks_the_source():
+    assert (lambda d: (d.source, d.name, d.path))(cfg.load_config("configs/cifar10.py").data) \
+        == ("tfds", "cifar10", "")
+    tar = cfg.load_config("configs/cifar10.py:data=../shared/data/cifar10-train.tar.gz").data
+    assert (tar.source, tar.path) == ("tar", "../shared/data/cifar10-train.tar.gz")
+    assert cfg.load_config("configs/cifar10.py:data=/d/cifar").data.source == "folder"
+    # A path with the tfds default would be ignored silently: refused, naming the fix.
+    with pytest.raises(ValueError, match="data.path=.*only read with data.source=tar or folder"):
+        cfg.load_config("configs/cifar10.py", ["--config.data.path=x.tar.gz"])

@@ -122,6 +122,6 @@ def test_local_launcher_two_processes_stop_and_resume(tmp_path):
     cmd[5] = str(port + 1) if port < 65535 else str(port - 1)
     assert subprocess.run(cmd, cwd=ROOT, env=env, timeout=300).returncode == 0
     logs = (tmp_path / "logs" / "process_0.log").read_text()
-    assert f"resumed from the checkpoint of step {saved[-1]}" in logs
+    assert f"resuming from the checkpoint of step {saved[-1]}" in logs
     results = json.loads((workdir / "results.json").read_text())
     assert results["steps"] == 60 and results["final"]["step"] == 60

@@ -7,21 +7,22 @@ each as a plain net and as a ResNet (option A), on the 45k/5k split of the share
 
 Arguments (after the colon, comma separated): steps (default 64000, the paper's; a shorter run
 keeps the lr drops at 1/2 and 3/4 of it, as the paper's 32k/48k are of 64k), depths
-(slash separated, default 20/32/44/56/110), seeds (number of seeds, default 1).
+(slash separated, default 20/32/44/56/110), seeds (number of seeds, default 1), data (the
+recipe's: default tfds cifar10, or a local image-folder tar or folder).
 ResNet-110 gets the paper's lr 0.01 warmup from the recipe (depth is a recipe argument).
 """
 import ml_collections
 
 from resnet_jax.sweeps.recipes import parse_args, shortened_schedule
 
-DEFAULTS = {"steps": 64000, "depths": (20, 32, 44, 56, 110), "seeds": 1}
+DEFAULTS = {"steps": 64000, "depths": (20, 32, 44, 56, 110), "seeds": 1, "data": ""}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_args(arg, DEFAULTS)
     config = ml_collections.ConfigDict()
     config.name = "CIFAR-10: plain vs ResNet by depth (Fig. 6, Table 6)"
-    config.base = "configs/cifar10.py"
+    config.base = "configs/cifar10.py" + (f":data={args['data']}" if args["data"] else "")
     config.overrides = shortened_schedule(args["steps"], 64000, (32000, 48000))
     config.axes = [("model.depth", list(args["depths"])), ("model.plain", [True, False])]
     if args["seeds"] > 1:

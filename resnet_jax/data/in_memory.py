@@ -16,13 +16,15 @@ import numpy as np
 
 from resnet_jax.data.decode import CorruptImageError, check_on_corrupt, decode_rgb, is_image_name
 from resnet_jax.data.device_ops import pad_crop_flip  # noqa: F401  (public here by contract)
+from resnet_jax.data.tf_import import quiet_native_logs
 
 log = logging.getLogger(__name__)
 Arrays = tuple  # (images, labels, class_names)
 
 
-def _stack(items: list, on_corrupt: str) -> Arrays:
-    """items: sorted list of (path, class_name, bytes) -> decoded arrays; skipped count logged."""
+def _stack(items: list, on_corrupt: str, where: str) -> Arrays:
+    """items: sorted list of (path, class_name, bytes) -> decoded arrays; skipped count logged.
+    `where` names the source in the error when nothing could be read."""
     check_on_corrupt(on_corrupt)
     class_names = sorted({c for _, c, _ in items})
     class_id = {c: i for i, c in enumerate(class_names)}
@@ -44,7 +46,9 @@ def _stack(items: list, on_corrupt: str) -> Arrays:
         log.warning("skipped %d unreadable images (data.on_corrupt='skip'), first: %s",
                     len(skipped), skipped[0])
     if not images:
-        raise ValueError("no readable images found")
+        found = f"{len(skipped)} unreadable" if skipped else "none"
+        raise ValueError(f"no readable images in {where} ({found}); expected "
+                         "<class>/<image> (or <split>/<class>/<image>) with .jpg/.png/... files")
     return np.stack(images), np.asarray(labels, np.int32), class_names
 
 
@@ -61,7 +65,7 @@ def load_image_folder(path: str, on_corrupt: str = "error") -> Arrays:
             if is_image_name(name):
                 with open(os.path.join(cdir, name), "rb") as f:
                     items.append((os.path.join(cdir, name), cls, f.read()))
-    return _stack(items, on_corrupt)
+    return _stack(items, on_corrupt, f"folder {path!r}")
 
 
 def _read_tar(path: str, split: Optional[str]) -> list:
@@ -91,6 +95,15 @@ def default_cache_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "resnet_jax")
 
 
+def tar_cache(path: str, split: Optional[str], cache_dir: Optional[str] = None,
+              on_corrupt: str = "error") -> str:
+    """The folder holding a tar split's decoded arrays: keyed by the tar's name, size and
+    mtime, the split and `on_corrupt`."""
+    st = os.stat(path)
+    key = f"{os.path.basename(path)}-{st.st_size}-{st.st_mtime_ns}-{split}-{on_corrupt}"
+    return os.path.join(cache_dir or default_cache_dir(), key)
+
+
 def load_tar(path: str, split: Optional[str] = "train", cache_dir: Optional[str] = None,
              on_corrupt: str = "error") -> Arrays:
     """Load a tar(.gz) of an image folder; decoded arrays are cached as .npy in `cache_dir`.
@@ -100,14 +113,13 @@ def load_tar(path: str, split: Optional[str] = "train", cache_dir: Optional[str]
     """
     if not os.path.isfile(path):
         raise ValueError(f"data.path={path!r} is not a file")
-    st = os.stat(path)
-    key = f"{os.path.basename(path)}-{st.st_size}-{st.st_mtime_ns}-{split}-{on_corrupt}"
-    cdir = os.path.join(cache_dir or default_cache_dir(), key)
+    cdir = tar_cache(path, split, cache_dir, on_corrupt)
     files = [os.path.join(cdir, f) for f in ("images.npy", "labels.npy", "classes.json")]
     if all(os.path.exists(f) for f in files):
         with open(files[2]) as f:
             return np.load(files[0]), np.load(files[1]), json.load(f)
-    images, labels, classes = _stack(_read_tar(path, split), on_corrupt)
+    images, labels, classes = _stack(_read_tar(path, split), on_corrupt,
+                                     f"tar {path!r} (split {split!r})")
     os.makedirs(cdir, exist_ok=True)
     tmp = f".tmp{os.getpid()}"
     np.save(files[0] + tmp, images, allow_pickle=False)  # np.save adds .npy to the name
@@ -123,10 +135,19 @@ def load_tar(path: str, split: Optional[str] = "train", cache_dir: Optional[str]
 
 def load_tfds(name: str, split: str, data_dir: Optional[str] = None) -> Arrays:
     """Load a whole tfds split (e.g. `cifar10`, 'train') as numpy; needs tensorflow-datasets."""
+    quiet_native_logs()
     import tensorflow_datasets as tfds  # lazy: only this source needs it
 
     builder = tfds.builder(name, data_dir=data_dir)
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except Exception as err:  # noqa: BLE001 - offline, no such dataset, a broken download
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ValueError(
+            f"data.source='tfds': cannot download or prepare {name!r} ({type(err).__name__}: "
+            f"{first}). Offline? Point at a local copy instead: configs/cifar10.py:data=PATH "
+            "(an image-folder .tar.gz or folder), or --config.data.source=tar "
+            "--config.data.path=PATH") from None
     ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
     images, labels = tfds.as_numpy(ds)
     names = builder.info.features["label"].names

@@ -32,6 +32,17 @@ def _load_split(cfg, split: str, seed: int) -> tuple:
     return in_memory.load_tfds(cfg.name, split, cfg.data_dir)
 
 
+def _describe_source(cfg) -> str:
+    if cfg.source == "synthetic":
+        return f"{cfg.synthetic_examples} generated images"
+    if cfg.source == "tar":
+        cache = in_memory.tar_cache(cfg.path, "train", cfg.data_dir, cfg.on_corrupt)
+        return f"tar {cfg.path} (decoded once, cached in {cache})"
+    if cfg.source == "folder":
+        return f"image folder {cfg.path}"
+    return f"tfds {cfg.name}" + (f" in {cfg.data_dir}" if cfg.data_dir else "")
+
+
 class InMemoryPipeline:
     """A `resnet_jax.data.Pipeline` holding the split in memory (`resident`: the training
     arrays, which the loop keeps on the devices; chunks are row indices). Also:
@@ -49,6 +60,7 @@ class InMemoryPipeline:
         order.per_process(eval_batch_size, process_count, "eval_batch_size")
 
         images, labels, self.class_names = _load_split(cfg, "train", seed)
+        self._source = _describe_source(cfg)
         num_val = cfg.num_val_examples
         if num_val > 0:
             # The split seed is fixed (not the run seed) so every run validates on the same 5k.
@@ -84,6 +96,10 @@ class InMemoryPipeline:
             seed=self.seed, n=self.num_train_examples, global_batch=self.global_batch_size,
             start_step=start_step, num_steps=num_steps, process_index=self.process_index,
             process_count=self.process_count)
+
+    def describe(self) -> str:
+        """Where the images come from, in a few words."""
+        return self._source
 
     def train_chunk(self, step: int, k: int) -> dict:
         """{'index': int32 (k, b)}: rows of `resident` for steps [step, step + k)."""

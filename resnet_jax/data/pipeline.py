@@ -34,6 +34,9 @@ class Pipeline(Protocol):
     device_preprocess: Preprocess
     resident: Optional[tuple]     # (images, labels) of the training split, or None
 
+    def describe(self) -> str:
+        """Where the images come from, in a few words (for the run's first lines)."""
+
     def train_chunk(self, step: int, k: int) -> dict:
         """The host data of steps [step, step + k); called with consecutive steps."""
 

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from resnet_jax.data.decode import is_image_name
+from resnet_jax.data.tf_import import quiet_native_logs, tensorflow
 
 EVAL_SPLIT_NAMES = ("val", "validation", "test")
 
@@ -44,8 +45,7 @@ def folder_split_dirs(path: str) -> tuple:
 
 def files_dataset(paths: np.ndarray, labels: np.ndarray):
     """tf.data of (bytes, label) reading `paths` in the given order."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
@@ -56,6 +56,7 @@ class TfdsSource:
 
     def __init__(self, name: str, data_dir: Optional[str], process_index: int,
                  process_count: int):
+        quiet_native_logs()
         import tensorflow_datasets as tfds
 
         self.tfds = tfds

@@ -15,12 +15,14 @@ the count covers the files read so far, not an epoch's dropped remainder).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Iterator, Optional
 
 import numpy as np
 
 from resnet_jax.data import order, sources
-from resnet_jax.data.decode import CorruptImageError
+from resnet_jax.data.tf_import import tensorflow
+from resnet_jax.data.decode import CorruptImageError, decode_rgb
 from resnet_jax.data.device_ops import IMAGENET_MEAN, IMAGENET_STD, make_device_preprocess
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,7 @@ class StreamingPipeline:
 
     def __init__(self, cfg, *, global_batch_size: int, eval_batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1):
-        import tensorflow as tf
-
+        tf = tensorflow()
         tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerator JAX uses
         self.tf = tf
         self.source_name, self.augment = cfg.source, cfg.train_augment
@@ -51,6 +52,7 @@ class StreamingPipeline:
                                                  "eval_batch_size")
         self.num_skipped = 0
         self.resident = None
+        self._where = cfg.path if cfg.source == "folder" else cfg.name
         self._stream, self._next_step = None, None
         self._init_source(cfg)
         self.image_shape = (self.size, self.size, 3)
@@ -139,6 +141,11 @@ class StreamingPipeline:
             ds = ds.ignore_errors()
         return ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE), idx
 
+    def describe(self) -> str:
+        """Where the images come from, in a few words."""
+        kind = "image folder" if self.source_name == "folder" else "tfds"
+        return f"{kind} {self._where} (streaming)"
+
     def train_chunk(self, step: int, k: int) -> dict:
         """{'image': uint8 (k, b, S, S, 3), 'label': int32 (k, b)}: steps [step, step + k),
         read on from the previous chunk (a stream is opened at `step` when it does not
@@ -184,20 +191,16 @@ class StreamingPipeline:
             step = max(step, (epoch + 1) * self.steps_per_epoch)
 
     def _raise_corrupt(self, err, step: int, epoch: int, idx: Optional[np.ndarray]):
-        """Name the file of the failing batch that TensorFlow cannot decode."""
-        where = f"{self.src.builder.name} {self.train_shard}" if idx is None else None
-        if idx is not None:
-            b = self.batch_size
-            rows = idx[(step - epoch * self.steps_per_epoch) * b:][:b]
-            for path in self.train_files[0][rows]:
-                try:
-                    from resnet_jax.data.augment import decode_full
-                    decode_full(self.tf.io.read_file(path))
-                except self.tf.errors.OpError:
-                    where = path
-                    break
-        raise CorruptImageError(f"cannot decode image {where!r} (training step {step}; "
-                                f"set data.on_corrupt='skip' to skip it): {err.message}") from err
+        """Name the file of the failing batch that cannot be decoded (tfds: the shard)."""
+        if idx is None:
+            raise CorruptImageError(
+                f"cannot decode an image of {self.src.builder.name} {self.train_shard} "
+                f"(training step {step}; set data.on_corrupt='skip' to skip it): "
+                f"{_tf_reason(err)}") from None
+        b = self.batch_size
+        rows = idx[(step - epoch * self.steps_per_epoch) * b:][:b]
+        raise _corrupt(err, self.train_files[0][rows], f"training step {step}; set "
+                       "data.on_corrupt='skip' to skip it") from None
 
     # ---- evaluation -----------------------------------------------------------------------
     def eval_batches(self) -> Iterator[dict]:
@@ -250,4 +253,38 @@ class StreamingPipeline:
             total = self.eval_num_batches * self.eval_batch_size
             ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).take(total)
         ds = ds.batch(self.eval_batch_size).prefetch(tf.data.AUTOTUNE)
-        yield from ds.as_numpy_iterator()
+        it, k = ds.as_numpy_iterator(), 0
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except tf.errors.OpError as err:
+                if self.source_name != "folder":
+                    raise CorruptImageError(f"cannot decode an image of "
+                                            f"{self.src.builder.name} {self.eval_shard}: "
+                                            f"{_tf_reason(err)}") from None
+                rows = idx[k * self.eval_batch_size:(k + 1) * self.eval_batch_size]
+                raise _corrupt(err, paths[rows], "evaluation") from None
+            k += 1
+            yield batch
+
+
+def _tf_reason(err) -> str:
+    """TensorFlow's own reason, without its graph and op decoration."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", getattr(err, "message", str(err)))
+    return re.sub(r"\s*\[Op:.*", "", text.strip().splitlines()[0] if text.strip() else "")
+
+
+def _corrupt(err, paths, what: str) -> CorruptImageError:
+    """The error for a batch of `paths` that TensorFlow failed to decode: it names the first
+    file Pillow cannot decode either (else the batch's first file)."""
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                decode_rgb(f.read(), str(path))
+        except (CorruptImageError, OSError):
+            return CorruptImageError(f"cannot decode image {str(path)!r} ({what}): "
+                                     f"{_tf_reason(err)}")
+    return CorruptImageError(f"cannot decode an image of the batch starting at "
+                             f"{str(paths[0])!r} ({what}): {_tf_reason(err)}")

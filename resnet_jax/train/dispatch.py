@@ -77,7 +77,9 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
     first non-finite step on, and no update is applied after it. `ok` (a replicated bool, the
     last `finite` of the previous call) carries that across calls without a host round trip:
     given False, a call applies nothing, so a loop that looks only now and then never trains
-    past a NaN.
+    past a NaN. `stop` (python loop only): asked before each step after the first; True ends
+    the call early, and the metrics then cover the steps done (a preemption on CPU need not
+    wait for the whole chunk).
     """
     kind = loop_kind(loop, mesh)
     rep, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
@@ -112,8 +114,8 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
                        donate_argnums=donated)
     true = []
 
-    def fn(state: TrainState, chunk: Any, rng: Any,
-           ok: Optional[jax.Array] = None) -> tuple[TrainState, dict]:
+    def fn(state: TrainState, chunk: Any, rng: Any, ok: Optional[jax.Array] = None,
+           stop: Optional[Callable[[], bool]] = None) -> tuple[TrainState, dict]:
         rng = parallel.replicate_key(rng, mesh)
         if ok is None:
             if not true:
@@ -123,6 +125,8 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
             return compiled(state, chunk, rng, ok, arrays)
         out = []
         for x in chunk:
+            if out and stop is not None and stop():
+                break  # the steps done so far are the chunk
             state, metrics, ok = compiled(state, x, rng, ok, arrays)
             out.append(metrics)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *out)

@@ -11,9 +11,8 @@ the config alone, so a resumed run reproduces the uninterrupted one bitwise.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import ml_collections
@@ -21,11 +20,9 @@ import numpy as np
 from etils import epath
 
 from resnet_jax import files
-from resnet_jax.interop import preprocess
-from resnet_jax.models import count_macs, count_params
+from resnet_jax.models import count_params
+from resnet_jax.train import actions, dispatch, feed
 from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import dispatch, feed
-from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import run as run_lib
 from resnet_jax.train.logging import MetricsWriter, Progress, Timer
 
@@ -34,61 +31,72 @@ build, evaluate, read_config = run_lib.build, run_lib.evaluate, run_lib.read_con
 restore_for_eval, load_trained = run_lib.restore_for_eval, run_lib.load_trained
 
 
-@dataclasses.dataclass
-class _Session:
-    """What the loop's actions share: the run and its outputs."""
-    run: run_lib.Run
-    work: epath.Path
-    checkpoints: ckpt_lib.Checkpointer
-    writer: MetricsWriter
-    progress: Progress
-    best: Any = None
-    train_time_s: float = 0.0
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        on_step: Callable[[int], None] | None = None) -> dict:
     """Trains `config` in `workdir` (resuming from its checkpoints) and returns results.json's
     content; on preemption (SIGTERM) it saves, stops and returns {'preempted': True, 'step'}.
     A non-finite step stops the run with `metrics.NonFiniteError`, after nothing non-finite
-    was saved. `on_step(step)` (optional) is called after every dispatch.
+    was saved. `on_step(step)` (optional) is called after every dispatch. Says what it does
+    as it starts each phase (process 0, stdout).
     """
-    run = run_lib.build(config)
     lead = jax.process_index() == 0
+    say = (lambda text: print(text, flush=True)) if lead else (lambda text: None)
+    d = config.data
+    where = {"tar": d.path, "folder": d.path, "tfds": d.name}.get(d.source, "")
+    say(f"data: loading {d.source} {where} ({d.pipeline} pipeline) ..." + (
+        " (tfds downloads it the first time: this needs internet; offline, give a local "
+        "copy, e.g. configs/cifar10.py:data=PATH)" if d.source == "tfds" else ""))
+    started = time.perf_counter()
+    run = run_lib.build(config)
+    p = run.pipeline
+    say(f"data: {p.describe()}: {p.num_train_examples:,} training and {p.num_eval_examples:,} "
+        f"evaluation images of {'x'.join(map(str, p.image_shape))}, {p.num_classes} classes "
+        f"({time.perf_counter() - started:.1f} s)")
     work = epath.Path(workdir)
-    if lead:
-        work.mkdir(parents=True, exist_ok=True)
-    checkpoints = run_lib.checkpointer(workdir, keep=config.train.keep_checkpoints)
-    writer = None
+    # A new workdir gets no files before its first batch is read (a bad image folder leaves
+    # nothing behind); an existing one is resumed (or refused, if of another model) first.
+    checkpoints = (run_lib.checkpointer(workdir, keep=config.train.keep_checkpoints)
+                   if (work / "checkpoints").exists() else None)
+    writer = session = None
     try:
-        restored = run_lib.restore(run, checkpoints, set_aside=True)
+        restored = run_lib.restore(run, checkpoints, set_aside=True) if checkpoints else None
         if restored is None:
             (state, rng), step, meta = run_lib.fresh_state(run), 0, {}
         else:
             state, rng, step, meta = restored.state, restored.rng, restored.step, restored.meta
-        if lead:
-            files.write_json(work / "config.json", config.to_dict(), sort_keys=True)
-            # What `resnet-jax export` needs to take the model home without the data.
-            preprocess.save_run(workdir, config, run.pipeline)
+        say(f"model: {run.meta['name']}, {count_params(state.params):,} parameters, "
+            f"{config.model.dtype}, on {run.mesh.size} {run.mesh.devices.flat[0].platform} "
+            f"device(s)")
+        done = files.read_json(work / "results.json")
+        if step >= config.train.num_steps and done:
+            say(f"already complete: step {step} of {config.train.num_steps} in {work}; final "
+                f"val top-1 error {done['final']['top1_error']:.2f}% (best "
+                f"{done['best']['top1_error']:.2f}% at step {done['best']['step']}); "
+                f"results.json has the rest")
+            return done
+        say(f"resuming from the checkpoint of step {step} of {config.train.num_steps} in "
+            f"{work}" if step else f"starting a new run of {config.train.num_steps} steps in "
+            f"{work}")
         writer = MetricsWriter(workdir, enabled=lead, resume_step=step)
         progress = Progress(config.train.num_steps, run.pipeline.steps_per_epoch,
                             enabled=lead, bar=config.train.progress)
-        if step:
-            progress.message(f"resumed from the checkpoint of step {step} in {work}")
-        session = _Session(run, work, checkpoints, writer, progress, meta.get("best"),
-                           meta.get("train_time_s", 0.0))
+        session = actions.Session(run, work, checkpoints, writer, progress, meta.get("best"),
+                                  meta.get("train_time_s", 0.0), say,
+                                  actions.restored_pending(meta))
         with ckpt_lib.PreemptionWatcher() as watcher:
             result = _train(session, state, rng, step, watcher, on_step)
-        checkpoints.wait()
+        session.checkpoints.wait()
     finally:
         if writer is not None:
             writer.close()
-        checkpoints.close()
+        opened = session.checkpoints if session is not None else checkpoints
+        if opened is not None:
+            opened.close()
         run.pipeline.close()
     return result
 
 
-def _train(s: _Session, state, rng, step: int, watcher, on_step) -> dict:
+def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
     run, t = s.run, s.run.config.train
     train_fn = dispatch.make_train_fn(run.model, run.tx, run.mesh,
                                       resident=run.pipeline.resident,
@@ -97,18 +105,33 @@ def _train(s: _Session, state, rng, step: int, watcher, on_step) -> dict:
     eval_fn = dispatch.make_eval_fn(run.model, run.mesh,
                                     preprocess=run.pipeline.device_preprocess)
     chunks = feed.device_chunks(run.pipeline, run.mesh, step, t, ahead=run.config.data.prefetch)
-    timer, pending, boundary, final = Timer(), [], 0, None
+    # One process: a SIGTERM also ends a CPU dispatch between its steps (several processes
+    # must stop at the same boundary, which JAX's coordination service picks).
+    stop_now = (lambda: watcher.should_stop(boundary)) if jax.process_count() == 1 else None
+    timer, boundary, final = Timer(), 0, None
     ok = previous_ok = None  # device flags: every step so far finite (no host sync to read)
     started = time.perf_counter() - s.train_time_s
     try:
         for chunk in chunks:
+            first = ok is None
+            if first:
+                actions.open_files(s)
+                s.say(f"compiling the training step; then {chunk.size} step(s) per dispatch "
+                      "...")
+                compile_started = time.perf_counter()
             # `ok` carries a NaN across dispatches: after one, nothing more is applied, so the
             # state stays that of the first bad step until a check below sees it.
-            state, metrics = train_fn(state, chunk.data, rng, ok)
-            pending.append((chunk.step, metrics))
-            previous_ok, ok = ok, _last(metrics["finite"])
-            step = chunk.step + chunk.size
-            timer.add(chunk.size)
+            state, metrics = train_fn(state, chunk.data, rng, ok, stop=stop_now)
+            done = len(metrics["finite"])  # < chunk.size when a SIGTERM cut the chunk short
+            if first:
+                jax.block_until_ready(metrics)
+                s.say(f"step {chunk.step + done}: the first dispatch took "
+                      f"{time.perf_counter() - compile_started:.1f} s (compilation included), "
+                      f"loss {float(np.mean(jax.device_get(metrics['loss']))):.4f}")
+            s.pending.append((chunk.step, metrics))
+            previous_ok, ok = ok, metrics["finite"][-1]
+            step = chunk.step + done
+            timer.add(done)
             stop = watcher.should_stop(boundary)
             boundary += 1
             due = {name for name, every in (("log", t.log_every_steps),
@@ -119,18 +142,14 @@ def _train(s: _Session, state, rng, step: int, watcher, on_step) -> dict:
             # (that flag is ready by now: no wait on the device).
             if ((due or stop) and not bool(ok)) or (previous_ok is not None
                                                     and not bool(previous_ok)):
-                _stop_non_finite(pending, s.checkpoints)
+                actions.stop_non_finite(s.pending, s.checkpoints)
             if "log" in due:
-                _log_train(s, pending, step, timer)
-                pending = []
-            evaluated = _log_eval(s, state, eval_fn, step) if "eval" in due else None
+                actions.log_train(s, step, timer)
+            evaluated = actions.log_eval(s, state, eval_fn, step) if "eval" in due else None
             final = evaluated or final
             if stop or evaluated or "save" in due:
                 s.train_time_s = time.perf_counter() - started
-                s.checkpoints.save(step, state, rng, {"model": run.meta, "best": s.best,
-                                                      "train_time_s": s.train_time_s},
-                                   metrics={"top1_error": evaluated["top1_error"]}
-                                   if evaluated else None)
+                actions.save(s, step, state, rng, evaluated)
                 timer.restart()
             if on_step is not None:
                 on_step(step)
@@ -141,63 +160,6 @@ def _train(s: _Session, state, rng, step: int, watcher, on_step) -> dict:
                 return {"preempted": True, "step": step}
     finally:
         chunks.close()
-    return _finish(s, state, eval_fn, step, final)
+    return actions.finish(s, state, eval_fn, step, final)
 
 
-def _finish(s: _Session, state, eval_fn, step: int, final: dict | None) -> dict:
-    if final is None:  # the workdir was already complete: report its final evaluation again
-        summary = run_lib.evaluate(s.run, state, eval_fn)
-        final = {"step": step, **{k: summary[k] for k in ("top1_error", "top5_error", "loss")}}
-        s.best = s.best or final
-    h, w, c = s.run.pipeline.image_shape
-    results = {"model": s.run.meta["name"], "params": count_params(state.params),
-               "macs": count_macs(s.run.model, (1, h, w, c)), "best": s.best,
-               "final": final, "train_time_s": s.train_time_s, "steps": step}
-    if jax.process_index() == 0:
-        files.write_json(s.work / "results.json", results, sort_keys=True)
-    return results
-
-
-def _last(flags: jax.Array) -> jax.Array:
-    return flags if flags.ndim == 0 else flags[-1]
-
-
-def _stop_non_finite(pending: list, checkpoints: ckpt_lib.Checkpointer) -> None:
-    """Raises NonFiniteError for the first non-finite step among the dispatches not yet logged
-    (one of them has one); the checkpoints on disk are all of finite states."""
-    checkpoints.wait()
-    steps = checkpoints.all_steps()
-    kept = (f"; the newest checkpoint (step {steps[-1]}) is the last finite state saved: a "
-            "rerun resumes there and meets the same step again unless the recipe changes "
-            "(a lower optim.lr, a warmup)") if steps else "; no checkpoint was saved"
-    for first, metrics in pending:
-        metrics_lib.check_finite(metrics, first, kept)
-    raise AssertionError("a dispatch reported a non-finite step that its metrics do not show")
-
-
-def _log_train(s: _Session, pending: list, step: int, timer: Timer) -> None:
-    merged = {key: np.concatenate([np.atleast_1d(np.asarray(jax.device_get(m[key])))
-                                   for _, m in pending]) for key in pending[0][1]}
-    summary = metrics_lib.train_summary(merged)
-    t = s.run.config.train
-    images_per_sec, sec_per_step = timer.rate(t.batch_size)
-    s.writer.write({"step": step, "epoch": step / s.run.pipeline.steps_per_epoch,
-                    "split": "train", **summary, "images_per_sec": images_per_sec,
-                    "wall_time": time.time()})
-    s.progress.update(step, summary["loss"], summary["top1_error"], images_per_sec,
-                      (t.num_steps - step) * sec_per_step)
-
-
-def _log_eval(s: _Session, state, eval_fn, step: int) -> dict:
-    summary = run_lib.evaluate(s.run, state, eval_fn)
-    entry = {"step": step, "top1_error": summary["top1_error"],
-             "top5_error": summary["top5_error"], "loss": summary["loss"]}
-    if s.best is None or entry["top1_error"] < s.best["top1_error"]:
-        s.best = entry
-    s.writer.write({"step": step, "epoch": step / s.run.pipeline.steps_per_epoch, "split": "val",
-                    "loss": summary["loss"], "top1_error": summary["top1_error"],
-                    "top5_error": summary["top5_error"], "wall_time": time.time()})
-    s.progress.message(f"step {step}: val loss {summary['loss']:.4f} top-1 error "
-                       f"{summary['top1_error']:.2f}% top-5 error {summary['top5_error']:.2f}% "
-                       f"({summary['count']} examples)")
-    return entry

@@ -184,3 +184,27 @@ def test_in_memory_path_works_without_tensorflow(tmp_path, helpers):
                          env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "OK 4" in out.stdout
+
+
+def test_tfds_unreachable_is_one_error_saying_how_to_use_a_local_copy(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    class Offline:
+        def download_and_prepare(self):
+            raise ConnectionError("HTTPSConnectionPool(host='www.cs.toronto.edu'): "
+                                  "Max retries exceeded\nmore lines")
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: Offline())
+    with pytest.raises(ValueError) as err:
+        in_memory.load_tfds("cifar10", "train")
+    message = str(err.value)
+    assert "\n" not in message and "ConnectionError" in message
+    assert "configs/cifar10.py:data=PATH" in message
+
+
+def test_no_readable_images_names_the_folder(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=f"no readable images in folder '{tmp_path}' "
+                                         r"\(1 unreadable\)"):
+        in_memory.load_image_folder(str(tmp_path), on_corrupt="skip")

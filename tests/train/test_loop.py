@@ -50,8 +50,8 @@ def _comparable(rows):
 
 
 def _interrupted_run(workdir):
-    """The smoke run stopped by a real SIGTERM sent at step 4 (handled at the next boundary,
-    6)."""
+    """The smoke run stopped by a real SIGTERM sent after step 4: the next CPU dispatch (steps
+    4, 5) stops after its first step and saves step 5 (4 is a checkpoint step too)."""
     def preempt(step):
         if step == 4:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -63,7 +63,7 @@ def test_sigterm_then_resume_is_bitwise_identical(finished, tmp_path):
     workdir = str(tmp_path / "interrupted")
 
     first = _interrupted_run(workdir)
-    assert first == {"preempted": True, "step": 6}
+    assert first == {"preempted": True, "step": 5}  # the CPU dispatch 4..6 stops after 4
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     second = loop.train_and_evaluate(load_config(SMOKE), workdir)
     assert second["final"] == full["final"] and second["best"] == full["best"]
@@ -244,9 +244,9 @@ def test_unreadable_newest_checkpoint_the_run_goes_past_it_and_finishes(finished
     full_dir, full = finished
     workdir = str(tmp_path / "w")
 
-    _interrupted_run(workdir)   # saves the checkpoints of steps 4 and 6
+    _interrupted_run(workdir)   # saves the checkpoints of steps 4 and 5
     ckdir = os.path.join(workdir, "checkpoints")
-    tear(os.path.join(ckdir, "6"))
+    tear(os.path.join(ckdir, "5"))
     capfd.readouterr()
     # The failed read's leftovers reach sys.unraisablehook (pytest would swallow them).
     unraisable = []
@@ -258,11 +258,11 @@ def test_unreadable_newest_checkpoint_the_run_goes_past_it_and_finishes(finished
     out, err = capfd.readouterr()
     assert json.loads(out.strip().splitlines()[-1])["step"] == 4
     assert "Traceback" not in err and "Event loop is closed" not in err, err[:2000]
-    assert sorted(os.listdir(ckdir)) == ["4", "6"]                     # eval moves nothing
+    assert sorted(os.listdir(ckdir)) == ["4", "5"]                     # eval moves nothing
     for _ in range(2):   # the second run finds a complete workdir: nothing else to set aside
         resumed = loop.train_and_evaluate(load_config(SMOKE), workdir)
         assert resumed["final"] == full["final"]
-    assert "6.unreadable" in os.listdir(ckdir) and "8" in os.listdir(ckdir)
+    assert "5.unreadable" in os.listdir(ckdir) and "8" in os.listdir(ckdir)
     for a, b in zip(_params(full_dir), _params(workdir)):
         np.testing.assert_array_equal(a, b)
     assert _comparable(read_metrics(workdir)) == _comparable(read_metrics(full_dir))

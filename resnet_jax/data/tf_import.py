@@ -1,0 +1,29 @@
+"""TensorFlow for the data pipelines, imported quietly.
+
+TensorFlow's C++ side logs INFO and WARNING lines (oneDNN banners, tf.data rendezvous
+aborts) to the console; a training run's console is for the run. Unless the user asked for
+them (TF_CPP_MIN_LOG_LEVEL set, or RESNET_JAX_TF_LOGS=1), they are turned off before the
+first import; errors still show. oneDNN's custom ops (which print a banner) only serve TF's
+own matrix math, which the pipelines do not use, so they are left off too unless
+TF_ENABLE_ONEDNN_OPTS is set.
+"""
+from __future__ import annotations
+
+import os
+
+
+def quiet_native_logs() -> None:
+    """Call before TensorFlow (or tensorflow_datasets) is first imported; the command line calls
+    it before JAX loads too (XLA and TensorFlow share one C++ log, whose level is fixed by
+    the first of them to log)."""
+    if os.environ.get("RESNET_JAX_TF_LOGS"):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def tensorflow():
+    """The `tensorflow` module, imported after `quiet_native_logs`."""
+    quiet_native_logs()
+    import tensorflow as tf
+    return tf
