@@ -25,9 +25,8 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def restore(workdir: str, checkpoint: str = "newest") -> tuple[Any, Any, dict, int]:
-    """(config, module, {'params', 'batch_stats'}, step) of the workdir's newest or best
-    checkpoint (`train.run.load_trained`, the run's one restore)."""
+def checkpoint_step(workdir: str, checkpoint: str = "newest") -> int:
+    """The step of the workdir's newest or best (lowest validation error) checkpoint."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {list(CHECKPOINTS)}")
     checkpoints = run_lib.checkpointer(workdir)
@@ -48,6 +47,13 @@ def restore(workdir: str, checkpoint: str = "newest") -> tuple[Any, Any, dict, i
         if step not in steps:
             raise ValueError(f"--workdir {workdir}: the best step {step} has no checkpoint "
                              f"(steps {steps})")
+    return step
+
+
+def restore(workdir: str, checkpoint: str = "newest") -> tuple[Any, Any, dict, int]:
+    """(config, module, {'params', 'batch_stats'}, step) of the workdir's newest or best
+    checkpoint (`train.run.load_trained`, the run's one restore)."""
+    step = checkpoint_step(workdir, checkpoint)
     config, module, variables = run_lib.load_trained(workdir, step=step)
     return config, module, variables, step
 

@@ -3,7 +3,8 @@
     resnet-jax train --config configs/cifar10.py:depth=110,shortcut=B --workdir W \
         [--config.optim.lr=0.2 ...] [--distributed | --coordinator H:P --num-processes N
         --process-id I] [--cpu-devices K]
-    resnet-jax eval --workdir W [--crops center|10crop|multiscale]
+    resnet-jax eval (--workdir W [--checkpoint newest|best] | --model DIR) [--data SOURCE]
+        [--split SPLIT] [--crops center|10crop|multiscale] [--batch-size N] [--json]
 
 `train` on a workdir that holds checkpoints resumes from the newest one. Multi-process:
 `--distributed` lets jax.distributed.initialize() find the cluster (TPU pods, SLURM);
@@ -102,27 +103,65 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_EPILOG = """examples:
+  resnet-jax eval --workdir runs/r20                      the run's own validation split
+  resnet-jax eval --workdir runs/r20 --data tfds:cifar10  CIFAR-10 test (tfds, prepared offline)
+  resnet-jax eval --workdir runs/r20 --data cifar10-test.tar.gz --split test
+  resnet-jax eval --model r50 --data tfds:imagenet2012 --crops 10crop
+  resnet-jax eval --model r50 --data tfds:imagenet2012_real    (ReaL labels)
+
+The result is also written to <workdir or model dir>/eval/<source>-<split>-<crops>.json."""
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", required=True, help="a workdir written by `train`")
+    parser.description = ("Score a training run or a model directory: on the run's own "
+                          "validation split,\nor on any labelled split with --data.")
+    parser.epilog = EVAL_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--workdir", help="a training run (resnet-jax train)")
+    parser.add_argument("--model", help="a model directory (resnet-jax convert / export); "
+                                        "needs --data")
+    parser.add_argument("--checkpoint", choices=("newest", "best"),
+                        help="with --workdir: the newest checkpoint (default) or the best "
+                             "(lowest validation error)")
+    parser.add_argument("--data", help="tfds:NAME, a .tar/.tar.gz of split/<class>/<image>, or "
+                                       "a folder (<split>/<class>/<image> or <class>/<image>)")
+    parser.add_argument("--split", help="split of --data (default: validation, val or test, "
+                                        "the first there; tfds slices such as "
+                                        "'validation[:1000]' work)")
     parser.add_argument("--crops", choices=CROPS,
-                        help="test views (default: the run's data.eval_crops)")
+                        help="test views (default: the run's data.eval_crops; with --data: "
+                             "center)")
+    parser.add_argument("--scales", help="multiscale: shorter sides, e.g. 224,256,384,480,640 "
+                                         "(default: the run's data.multiscale_sizes, else the "
+                                         "paper's scaled to the model's crop)")
+    parser.add_argument("--batch-size", type=int,
+                        help="examples per batch (with --data: 64, rounded up to a multiple "
+                             "of the devices)")
+    parser.add_argument("--data-dir", help="tfds data_dir for tfds:NAME (default: tfds's)")
+    parser.add_argument("--workers", type=int, help="decoding threads (default: CPU cores)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     _add_runtime_arguments(parser)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     if getattr(args, "extra", None):
         raise ValueError(f"unrecognized arguments: {' '.join(args.extra)}")
+    scales = None
+    if args.scales:
+        try:
+            scales = tuple(int(s) for s in args.scales.replace("/", ",").split(","))
+        except ValueError:
+            raise ValueError(f"--scales {args.scales!r}: comma-separated integers") from None
     init_runtime(args)
     import jax
-    from resnet_jax.train import loop
-    config = loop.read_config(args.workdir)
-    if args.crops:
-        config.data.eval_crops = args.crops
-    run, state, step = loop.restore_for_eval(args.workdir, config)
-    summary = loop.evaluate(run, state)
-    result = {"step": step, "crops": config.data.eval_crops, **summary}
+    from resnet_jax.interop import eval_record, evaluate
+    result = evaluate.evaluate(
+        workdir=args.workdir, model=args.model, checkpoint=args.checkpoint, data=args.data,
+        split=args.split, crops=args.crops, scales=scales, batch_size=args.batch_size,
+        data_dir=args.data_dir, workers=args.workers)
     if jax.process_index() == 0:
-        print(json.dumps(result))
+        print(json.dumps(result) if args.json else eval_record.format_line(result))
     return 0
 
 

@@ -98,11 +98,37 @@ def test_eval_command_reproduces_final_numbers(finished):
     workdir, results = finished
     out = io.StringIO()
     with redirect_stdout(out):
-        assert cli.main(["eval", "--workdir", workdir]) == 0
+        assert cli.main(["eval", "--workdir", workdir, "--json"]) == 0
     evaluated = json.loads(out.getvalue().strip().splitlines()[-1])
     assert evaluated["step"] == 8 and evaluated["crops"] == "center"
+    assert (evaluated["source"], evaluated["count"]) == ("run", 64)
     for key in ("top1_error", "top5_error", "loss"):
         assert evaluated[key] == results["final"][key]
+    saved = json.loads(open(os.path.join(workdir, "eval", "run-validation-center.json")).read())
+    assert saved == evaluated
+
+
+def test_eval_of_the_validation_images_as_files_gives_the_same_numbers(finished, tmp_path,
+                                                                       capsys):
+    """`eval --data` (Pillow decode, the run's saved preprocessing, its own batching) on the
+    run's validation images written as PNG files scores exactly as the run's evaluation."""
+    from PIL import Image
+    from resnet_jax import data as data_lib
+    workdir, results = finished
+    config = loop.read_config(workdir)
+    pipeline = data_lib.make_pipeline(config.data, global_batch_size=32, eval_batch_size=32,
+                                      seed=config.seed)
+    for i, (image, label) in enumerate(zip(*pipeline.eval_arrays)):
+        folder = tmp_path / "val" / "test" / pipeline.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    assert cli.main(["eval", "--workdir", workdir, "--data", str(tmp_path / "val"),
+                     "--batch-size", "24", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert (evaluated["count"], evaluated["split"], evaluated["step"]) == (64, "test", 8)
+    for key in ("top1_error", "top5_error"):
+        assert evaluated[key] == results["final"][key]
+    assert evaluated["loss"] == pytest.approx(results["final"]["loss"], rel=1e-5)
 
 
 def test_workdir_of_another_model_is_refused_untouched(finished):
@@ -251,7 +277,7 @@ def test_unreadable_newest_checkpoint_the_run_goes_past_it_and_finishes(finished
     # The failed read's leftovers reach sys.unraisablehook (pytest would swallow them).
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    assert cli.main(["eval", "--workdir", workdir]) == 0
+    assert cli.main(["eval", "--workdir", workdir, "--json"]) == 0
     time.sleep(0.5)
     gc.collect()
     assert not unraisable, [str(u.exc_value)[:200] for u in unraisable[:3]]

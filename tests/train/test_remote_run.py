@@ -130,8 +130,9 @@ def test_train_preempt_resume_and_eval_on_gs(gcs_emulator, local):
 
 
 def test_an_unreadable_remote_checkpoint_is_set_aside(gcs_emulator, local, caplog):
-    """The newest remote checkpoint torn (its array data cut in half in the bucket): the next
-    run renames it `<step>.unreadable` there, resumes from the one before and ends as the
+    """The newest remote checkpoint torn (its array data cut in half in the bucket) and a later
+    step left uncommitted (a crash during its save): the next run deletes the uncommitted one,
+    renames the torn one `<step>.unreadable` there, resumes from the one before and ends as the
     uninterrupted local run."""
     local, full = local
     stopped = _interrupted_run(REMOTE)
@@ -142,6 +143,10 @@ def test_an_unreadable_remote_checkpoint_is_set_aside(gcs_emulator, local, caplo
         content = gcs_emulator.read(name)
         epath.Path(f"gs://bucket/{name}").write_bytes(content[:len(content) // 2])
 
+    # What a crash during a save leaves on GCS, where orbax writes a step in place and commits
+    # it with commit_success.txt last: a step without it, which must not be resumed from.
+    epath.Path(f"{REMOTE}/checkpoints/7/state/_METADATA").write_text("{")
+
     with caplog.at_level(logging.WARNING):
         resumed = loop.train_and_evaluate(load_config(SMOKE), REMOTE)
     assert resumed["final"] == full["final"]
@@ -150,6 +155,7 @@ def test_an_unreadable_remote_checkpoint_is_set_aside(gcs_emulator, local, caplo
     names = gcs_emulator.names()
     assert f"run/checkpoints/{stopped}.unreadable/state/manifest.ocdbt" in names
     assert not [n for n in names if n.startswith(f"run/checkpoints/{stopped}/")]  # all moved
+    assert not [n for n in names if n.startswith("run/checkpoints/7")]  # deleted, not set aside
     assert _steps(REMOTE) == _steps(local)
     for a, b in zip(_params(local), _params(REMOTE), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -1,0 +1,225 @@
+"""Where `resnet-jax eval --data` reads a labelled split: tfds, an image-folder tar, a folder.
+
+    source = open_source("tfds:cifar10", "test")      # or "test.tar.gz", "imagenet/" ...
+    notes = check_classes(loaded.class_names, source)  # raises ValueError on a mismatch
+    for name, image, label in source.examples(): ...
+
+`image` is encoded bytes (tar members; tfds images are read undecoded), a file path (folders)
+or a uint8 array; the caller decodes it (Pillow). `label` is an int, or for ReaL
+(`tfds:imagenet2012_real`) a tuple of ints: every label a rater accepted (may be empty).
+Folder and tar labels are the indices of the sorted class folder names; tfds labels are the
+dataset's own (ImageNet's are the standard synset order torchvision uses).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tarfile
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from resnet_jax.data.decode import is_image_name
+
+SPLIT_ORDER = ("validation", "val", "test")  # the default split: the first one there
+SOURCES_HELP = ("tfds:NAME (e.g. tfds:cifar10), a .tar/.tar.gz of split/<class>/<image>, or "
+                "a folder of <split>/<class>/<image> or <class>/<image>")
+
+
+@dataclasses.dataclass
+class Source:
+    spec: str                         # what --data said
+    kind: str                         # 'tfds' | 'tar' | 'folder'
+    split: Optional[str]              # None: a tar / folder with no split level
+    class_names: Optional[list[str]]  # in label order; None if the source has none
+    num_classes: int
+    examples: Callable[[], Iterator[tuple[str, Any, Any]]]
+    num_examples: Optional[int] = None
+    multilabel: bool = False          # labels are tuples (ReaL)
+
+    @property
+    def split_name(self) -> str:
+        return self.split or "all"
+
+
+def open_source(spec: str, split: Optional[str] = None, data_dir: Optional[str] = None,
+                tfds_builder: Optional[Callable] = None) -> Source:
+    """The split `split` (default: the first of SPLIT_ORDER there) of `spec`.
+    `tfds_builder(name, data_dir)` replaces `tfds.builder` (tests)."""
+    if spec.startswith("tfds:"):
+        return _tfds(spec, split, data_dir, tfds_builder)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", spec) and not os.path.exists(spec):
+        raise ValueError(f"--data {spec!r}: unknown source; expected {SOURCES_HELP}")
+    if os.path.isdir(spec):
+        return _folder(spec, split)
+    if os.path.isfile(spec):
+        if tarfile.is_tarfile(spec):
+            return _tar(spec, split)
+        raise ValueError(f"--data {spec}: not a tar file; expected {SOURCES_HELP}")
+    raise ValueError(f"--data {spec}: no such file or folder; expected {SOURCES_HELP}")
+
+
+def choose_split(split: Optional[str], available: Sequence[str], where: str) -> str:
+    """`split` if `where` has it (tfds slices such as 'validation[:1000]' too), else the
+    first of SPLIT_ORDER; an error lists the splits there are."""
+    have = sorted(set(available))
+    listed = ", ".join(have) or "none"
+    if split is None:
+        for name in SPLIT_ORDER:
+            if name in have:
+                return name
+        raise ValueError(f"{where}: none of the usual test splits {SPLIT_ORDER}; splits there: "
+                         f"{listed}; pass --split")
+    if re.split(r"[\[+]", split)[0] not in have:
+        raise ValueError(f"{where} has no split {split!r}; splits there: {listed}")
+    return split
+
+
+def _tfds(spec: str, split: Optional[str], data_dir: Optional[str], builder_fn) -> Source:
+    name = spec[len("tfds:"):]
+    if not name:
+        raise ValueError(f"--data {spec!r}: name a tfds dataset, e.g. tfds:cifar10")
+    if builder_fn is None:
+        import tensorflow_datasets as tfds
+        builder_fn = lambda n, d: tfds.builder(n, data_dir=d)  # noqa: E731
+    try:
+        builder = builder_fn(name, data_dir or None)
+    except Exception as err:  # noqa: BLE001 - DatasetNotFoundError, bad config names, ...
+        raise ValueError(f"--data {spec}: tfds does not know it ({str(err).splitlines()[0]})"
+                         ) from None
+    if not builder.is_prepared():
+        raise ValueError(
+            f"--data {spec}: not prepared in {builder.data_dir}, and tfds cannot download it "
+            f"here (offline). Prepare it where the data is reachable (tfds build {name} "
+            "--data_dir DIR; ImageNet needs its manual download) and pass --data-dir DIR, or "
+            "point --data at a local copy: --data path.tar.gz (split/<class>/<image>) or a "
+            "folder")
+    split = choose_split(split, list(builder.info.splits.keys()), f"--data {spec}")
+    features = builder.info.features
+    key = "real_label" if "real_label" in features else "label"
+    if key not in features or "image" not in features:
+        raise ValueError(f"--data {spec}: no 'image' and 'label' features (it has "
+                         f"{', '.join(features.keys())})")
+    labels = features[key].feature if key == "real_label" else features[key]
+    try:
+        count = int(builder.info.splits[split].num_examples) or None
+    except (KeyError, ValueError, IndexError, TypeError, AttributeError):
+        count = None
+
+    def examples():
+        import tensorflow_datasets as tfds
+        ds = builder.as_dataset(split=split, shuffle_files=False,
+                                decoders={"image": tfds.decode.SkipDecoding()})
+        rows = tfds.as_numpy(ds) if hasattr(ds, "element_spec") else ds
+        for i, ex in enumerate(rows):
+            label = ex[key]
+            yield (f"{spec} {split} example {i}", ex["image"],
+                   tuple(int(y) for y in label) if key == "real_label" else int(label))
+
+    return Source(spec, "tfds", split, [str(n) for n in labels.names or []] or None,
+                  int(labels.num_classes), examples, count, multilabel=key == "real_label")
+
+
+def _folder(path: str, split: Optional[str]) -> Source:
+    from resnet_jax.data.sources import list_image_folder
+    subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    if not subdirs:
+        raise ValueError(f"--data {path}: no folders in it; expected {SOURCES_HELP}")
+    flat = any(is_image_name(f) and os.path.isfile(os.path.join(path, d, f))
+               for d in subdirs for f in os.listdir(os.path.join(path, d)))
+    if flat:  # <folder>/<class>/<image>
+        if split is not None:
+            raise ValueError(f"--data {path} holds <class>/<image> with no split folders; "
+                             "leave out --split")
+        root = path
+    else:
+        split = choose_split(split, subdirs, f"--data {path}")
+        root = os.path.join(path, split)
+    paths, labels, classes = list_image_folder(root)
+
+    def examples():
+        for p, y in zip(paths, labels):
+            yield str(p), str(p), int(y)
+
+    return Source(path, "folder", split, list(classes), len(classes), examples, len(paths))
+
+
+def _tar(path: str, split: Optional[str]) -> Source:
+    with tarfile.open(path, "r:*") as tar:
+        members = [(m.name, [p for p in m.name.split("/") if p not in ("", ".")])
+                   for m in tar.getmembers() if m.isfile() and is_image_name(m.name)]
+    members = [(n, parts) for n, parts in members if len(parts) >= 2]
+    splits = {parts[-3] for _, parts in members if len(parts) >= 3}
+    if not splits:  # <class>/<image>
+        if split is not None:
+            raise ValueError(f"--data {path} holds <class>/<image> with no split folders; "
+                             "leave out --split")
+    else:
+        split = choose_split(split, splits, f"--data {path}")
+        members = [(n, parts) for n, parts in members if len(parts) >= 3 and parts[-3] == split]
+    classes = sorted({parts[-2] for _, parts in members})
+    index = {c: i for i, c in enumerate(classes)}
+    wanted = {n: index[parts[-2]] for n, parts in members}
+    if not wanted:
+        raise ValueError(f"--data {path}: no images (expected {SOURCES_HELP})")
+
+    def examples():
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:  # in the archive's order: one pass, no seeking back
+                if m.name in wanted and m.isfile():
+                    yield f"{path}:{m.name}", tar.extractfile(m).read(), wanted[m.name]
+
+    return Source(path, "tar", split, classes, len(classes), examples, len(wanted))
+
+
+# ---- do the model's classes fit the data's labels? ---------------------------------------
+
+def _numbered(names: Sequence[str]) -> bool:
+    return all(re.fullmatch(r"\d+", n) for n in names)
+
+
+def _synsets(names: Sequence[str]) -> bool:
+    return bool(names) and all(re.fullmatch(r"n\d{8}", n) for n in names)
+
+
+def _short(names: Sequence[str], n: int = 6) -> str:
+    more = f", ... ({len(names)} in all)" if len(names) > n else ""
+    return "[" + ", ".join(repr(x) for x in names[:n]) + more + "]"
+
+
+def class_difference(model: Sequence[str], data: Sequence[str], where: str) -> str:
+    only_model = [n for n in model if n not in set(data)]
+    only_data = [n for n in data if n not in set(model)]
+    if not only_model and not only_data and len(model) == len(data):
+        i = next(i for i, (a, b) in enumerate(zip(model, data)) if a != b)
+        return (f"the model's class names and those of {where} are the same {len(model)} in "
+                f"another order: label {i} is {model[i]!r} for the model, {data[i]!r} for the "
+                "data")
+    return (f"the model's {len(model)} class names do not match the {len(data)} of {where}: "
+            f"only in the model: {_short(only_model)}; only in the data: {_short(only_data)}")
+
+
+def check_classes(model_names: Sequence[str], source: Source) -> list[str]:
+    """Refuses (ValueError) a source whose labels do not mean the model's classes; returns
+    notes for what could not be checked."""
+    model_names, where = list(model_names), f"--data {source.spec}"
+    data_names = source.class_names
+    if source.kind == "tfds":
+        if len(model_names) != source.num_classes:
+            raise ValueError(f"the model has {len(model_names)} classes, {where} has "
+                             f"{source.num_classes}")
+        readable = lambda ns: ns and not _numbered(ns) and not _synsets(ns)  # noqa: E731
+        if readable(data_names) and readable(model_names) and data_names != model_names:
+            raise ValueError(class_difference(model_names, data_names, where))
+        return []
+    # Folders and tars: label i is the i-th sorted class folder.
+    if data_names == model_names:
+        return []
+    if _numbered(model_names) and len(model_names) == len(data_names):
+        return [f"the model has no class names (0..{len(model_names) - 1}); assuming they are "
+                f"the sorted class folders of {where}"]
+    if _synsets(data_names) and len(data_names) == len(model_names) == 1000:
+        from resnet_jax.interop.bundle import imagenet_class_names
+        if model_names == imagenet_class_names():  # sorted synsets = the standard order
+            return []
+    raise ValueError(class_difference(model_names, data_names, where) +
+                     " (labels follow the sorted class folder names)")
