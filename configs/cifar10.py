@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arch="cifar", depth=args["depth"], plain=args["plain"], shortcut=args["shortcut"],
         bottleneck_stride="v1", zero_init_residual=False, width=16, dtype="float32",
         # ResNet-1202: 200 blocks per stage compiled once each (nn.scan), not 600 times.
-        scan_blocks=args["depth"] >= 200))
+        scan_blocks=args["depth"] >= 200, init_from=""))
 
     config.data = ml_collections.ConfigDict(dict(
         pipeline="in_memory", **data_source(args["data"]), data_dir="", num_val_examples=5000,

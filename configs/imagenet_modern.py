@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         arch="imagenet", depth=args["depth"], plain=args["plain"], shortcut=args["shortcut"],
         bottleneck_stride="v1.5", zero_init_residual=not args["plain"], width=64,
-        dtype="bfloat16", scan_blocks=False))
+        dtype="bfloat16", scan_blocks=False, init_from=""))
 
     config.data = ml_collections.ConfigDict(dict(
         pipeline="streaming", source="tfds", name="imagenet2012", path="", data_dir="",

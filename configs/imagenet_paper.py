@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         arch="imagenet", depth=args["depth"], plain=args["plain"], shortcut=args["shortcut"],
         bottleneck_stride="v1", zero_init_residual=False, width=64,
-        dtype="float32", scan_blocks=False))
+        dtype="float32", scan_blocks=False, init_from=""))
 
     # Per-channel mean: the per-pixel mean of random crops of randomly rescaled images is
     # flat across the 224x224 field, so it equals the per-channel mean up to noise.

@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         arch="cifar", depth=args["depth"], plain=args["plain"], shortcut=args["shortcut"],
         bottleneck_stride="v1", zero_init_residual=False, width=4,
-        dtype="float32", scan_blocks=False))
+        dtype="float32", scan_blocks=False, init_from=""))
 
     config.data = ml_collections.ConfigDict(dict(
         pipeline="in_memory", source="synthetic", name="synthetic", path="", data_dir="",

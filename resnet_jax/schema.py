@@ -12,7 +12,7 @@ from typing import Any, Callable
 FIELDS: dict[str, tuple[str, ...]] = {
     "": ("seed",),
     "model": ("arch", "depth", "plain", "shortcut", "bottleneck_stride", "zero_init_residual",
-              "width", "dtype", "scan_blocks"),
+              "width", "dtype", "scan_blocks", "init_from"),
     "data": ("pipeline", "source", "name", "path", "data_dir", "num_val_examples",
              "train_augment", "image_size", "eval_resize", "lighting_std", "normalize",
              "eval_crops", "multiscale_sizes", "on_corrupt", "shuffle_buffer",
@@ -81,7 +81,7 @@ IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
 # Fields added after workdirs were first written, with the value that reproduces the older
 # behaviour: `config.from_json` fills them in, so an older workdir still evaluates and resumes.
 ADDED_FIELDS: dict[str, Any] = {"model.scan_blocks": False, "data.num_classes": 0,
-                                "data.prefetch": 2}
+                                "data.prefetch": 2, "model.init_from": ""}
 
 
 def check_choice(field: str, value: Any, allowed: tuple | None = None) -> None:

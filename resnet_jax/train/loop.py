@@ -66,7 +66,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             state, rng, step, meta = restored.state, restored.rng, restored.step, restored.meta
         say(f"model: {run.meta['name']}, {count_params(state.params):,} parameters, "
             f"{config.model.dtype}, on {run.mesh.size} {run.mesh.devices.flat[0].platform} "
-            f"device(s)")
+            f"device(s)" + (f"; weights from {config.model.init_from}"
+                            if restored is None and config.model.init_from else ""))
         done = files.read_json(work / "results.json")
         if step >= config.train.num_steps and done:
             say(f"already complete: step {step} of {config.train.num_steps} in {work}; final "

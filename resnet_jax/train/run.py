@@ -15,7 +15,7 @@ from etils import epath
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax import parallel, schema
-from resnet_jax.models import create_model, model_name
+from resnet_jax.models import create_model, model_name, stack_blocks
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import dispatch, optim
 from resnet_jax.train import metrics as metrics_lib
@@ -100,12 +100,40 @@ def _base_rng(seed: int) -> tuple:
 
 
 def fresh_state(run: Run) -> tuple[step_lib.TrainState, jax.Array]:
-    """(step-0 state replicated on the mesh, base rng of the training steps)."""
+    """(step-0 state replicated on the mesh, base rng of the training steps); with
+    `model.init_from`, the variables come from that model directory (`pretrained`)."""
     init_rng, train_rng = _base_rng(run.config.seed)
     state = step_lib.create_train_state(init_rng, run.model, run.tx,
                                         tuple(run.meta["image_shape"]), mesh=run.mesh)
+    if run.config.model.init_from:
+        state = pretrained(run, state, run.config.model.init_from)
     # A global (replicated) array: orbax cannot save a process-local one in multi-host runs.
     return state, parallel.replicate(np.asarray(train_rng), run.mesh)
+
+
+def pretrained(run: Run, state: step_lib.TrainState, directory: str) -> step_lib.TrainState:
+    """`state` with the params and batch_stats of the model directory `directory` (from
+    `resnet-jax convert` or `export`): every layer must match, except the classifier (`fc`)
+    when the number of classes differs, which keeps its fresh initialization (fine-tuning).
+    The optimizer state starts afresh."""
+    from resnet_jax.interop import bundle
+    from resnet_jax.interop.tree import check_shapes, flatten, unflatten
+    loaded = bundle.load(directory).variables
+    if run.config.model.scan_blocks:
+        loaded = stack_blocks(loaded, run.model.stage_sizes)
+    fresh = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    ours, theirs = flatten(fresh), flatten(loaded)
+    head = {k for k in ours if k.startswith("params/fc/")}
+    if any(k in theirs and theirs[k].shape != ours[k].shape for k in head):
+        theirs.update({k: ours[k] for k in head})  # a new classifier for the new classes
+    check_shapes({k: v.shape for k, v in ours.items()}, {k: v.shape for k, v in theirs.items()},
+                 f"model.init_from={directory!r} does not fit {run.meta['name']} "
+                 f"(width {run.config.model.width}, shortcut {run.config.model.shortcut})")
+    merged = unflatten({k: np.asarray(v, ours[k].dtype) for k, v in theirs.items()})
+    params = parallel.replicate(merged["params"], run.mesh)
+    opt_state = jax.jit(run.tx.init, out_shardings=parallel.replicated(run.mesh))(params)
+    return state.replace(params=params, opt_state=opt_state,
+                         batch_stats=parallel.replicate(merged.get("batch_stats", {}), run.mesh))
 
 
 def abstract_state(run: Run) -> tuple[Any, Any]:

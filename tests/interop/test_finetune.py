@@ -1,0 +1,76 @@
+"""configs/finetune.py end to end: a model directory imported from torchvision weights (the
+width-3 ResNet-18 fixture) fine-tuned on a tiny generated image folder of 3 classes, through
+`train_and_evaluate`; every layer but the classifier starts from the imported weights."""
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax.config import load_config
+from resnet_jax.interop import bundle, torch_import
+from resnet_jax.interop.tree import flatten
+from resnet_jax.train import loop
+from resnet_jax.train import run as run_lib
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from PIL import Image
+    root = tmp_path_factory.mktemp("ft")
+    model_dir = root / "r18"
+    torch_import.convert(str(FIXTURES / "tv_resnet18_w3.safetensors"), "resnet18",
+                         source="torchvision", out=str(model_dir), width=3)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for name, colour in COLOURS.items():
+            (root / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = np.clip(np.array(colour) + rng.normal(0, 25, (40, 48, 3)), 0, 255)
+                Image.fromarray(img.astype(np.uint8)).save(root / "data" / split / name / f"{i}.jpg")
+    return root, model_dir
+
+
+def _config(root, model_dir, steps=4):
+    return load_config(f"configs/finetune.py:model={model_dir},data={root / 'data'},size=32,"
+                       f"steps={steps},batch=8", ["--config.train.eval_batch_size=8"])
+
+
+def test_fine_tuning_starts_from_the_model_with_a_new_classifier(setup):
+    root, model_dir = setup
+    config = _config(root, model_dir)
+    assert (config.model.arch, config.model.depth, config.model.width) == ("imagenet", 18, 3)
+    run = run_lib.build(config)
+    assert run.meta["num_classes"] == 3
+    state, _ = run_lib.fresh_state(run)
+    ours = flatten(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
+    theirs = flatten(bundle.load(str(model_dir)).variables)
+    assert ours["params/fc/kernel"].shape == (24, 3) and theirs["params/fc/kernel"].shape[1] == 10
+    for name, value in theirs.items():
+        if not name.startswith("params/fc/"):
+            np.testing.assert_array_equal(ours[name], value, err_msg=name)
+    run.pipeline.close()
+
+
+def test_fine_tune_run_trains_and_exports(setup, tmp_path):
+    root, model_dir = setup
+    results = loop.train_and_evaluate(_config(root, model_dir), str(tmp_path / "run"))
+    assert results["steps"] == 4 and 0.0 <= results["final"]["top1_error"] <= 100.0
+    _, model, variables = loop.load_trained(str(tmp_path / "run"))
+    assert model.num_classes == 3 and variables["params"]["fc"]["kernel"].shape == (24, 3)
+    names = (tmp_path / "run" / "class_names.txt").read_text().split()
+    assert names == sorted(COLOURS)
+
+
+def test_a_model_that_does_not_fit_is_named(setup, tmp_path):
+    root, model_dir = setup
+    config = _config(root, model_dir)
+    with config.unlocked():
+        config.model.width = 4   # not the model directory's width
+    with pytest.raises(ValueError, match="does not fit resnet18 .width 4"):
+        loop.train_and_evaluate(config, str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="needs model=DIR"):
+        load_config(f"configs/finetune.py:data={root / 'data'}")
