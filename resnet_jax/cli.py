@@ -27,7 +27,8 @@ COMMANDS = {
     "train": ("resnet_jax.train.commands", "add_train_arguments", "run_train",
               "train (or resume) a config in a workdir"),
     "eval": ("resnet_jax.train.commands", "add_eval_arguments", "run_eval",
-             "evaluate a workdir's newest checkpoint"),
+             "score a run or a model directory on its validation split or any test set "
+             "(--data)"),
     "describe": ("resnet_jax.models.describe", "add_arguments", "run",
                  "a model's layers, parameters and multiply-adds"),
     "sweep": ("resnet_jax.sweeps.run", "add_arguments", "run", "run a sweep of configs"),

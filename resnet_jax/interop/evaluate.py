@@ -113,23 +113,17 @@ def evaluate_run(workdir: str, checkpoint: str = "newest", crops: Optional[str] 
     from resnet_jax.interop import workdir as workdir_lib
     from resnet_jax.train import run as run_lib
     config = run_lib.read_config(workdir)
+    if crops and crops != "center" and config.data.pipeline == "in_memory":
+        raise ValueError(f"--crops {crops}: an in-memory run scores its validation split on the "
+                         "single view it trained for; for 10-crop or multi-scale views, score "
+                         "image files with --data (a folder or tar of the images)")
     for value, field in ((crops, "eval_crops"), (scales and tuple(scales), "multiscale_sizes")):
         if value:
             config.data[field] = value
     if batch_size:
         config.train.eval_batch_size = int(batch_size)
-    if checkpoint == "newest":
-        run, state, step = run_lib.restore_for_eval(workdir, config)
-    else:  # TODO(lead): restore_for_eval(workdir, config, step=...) would make this one call
-        step = workdir_lib.checkpoint_step(workdir, checkpoint)
-        run, checkpoints = run_lib.build(config), run_lib.checkpointer(workdir)
-        try:
-            restored = run_lib.restore(run, checkpoints, set_aside=False, step=step)
-        finally:
-            checkpoints.close()
-        if restored is None:
-            raise ValueError(f"--workdir {workdir}: no readable checkpoint of step {step}")
-        state = restored.state
+    step = None if checkpoint == "newest" else workdir_lib.checkpoint_step(workdir, checkpoint)
+    run, state, step = run_lib.restore_for_eval(workdir, config, step=step)
     summary = run_lib.evaluate(run, state)
     record = {"model": run.meta["name"], "step": int(step), "checkpoint": checkpoint,
               "workdir": workdir, "source": "run", "split": RUN_SPLIT,

@@ -195,10 +195,10 @@ def _restored(run: Run, workdir: str, step: Optional[int] = None) -> ckpt_lib.Re
 
 
 def restore_for_eval(workdir: str, config: ml_collections.ConfigDict | None = None,
-                     ) -> tuple[Run, step_lib.TrainState, int]:
-    """(run with its eval pipeline, state of the newest checkpoint, its step)."""
+                     step: Optional[int] = None) -> tuple[Run, step_lib.TrainState, int]:
+    """(run with its eval pipeline, state of the newest checkpoint (or of `step`), its step)."""
     run = build(config or read_config(workdir))
-    restored = _restored(run, workdir)
+    restored = _restored(run, workdir, step)
     return run, restored.state, restored.step
 
 

@@ -108,6 +108,17 @@ def test_eval_command_reproduces_final_numbers(finished):
     assert saved == evaluated
 
 
+def test_eval_of_the_best_checkpoint_and_views_an_in_memory_run_cannot_give(finished, capsys):
+    workdir, results = finished
+    assert cli.main(["eval", "--workdir", workdir, "--checkpoint", "best", "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["step"] == results["best"]["step"] == 4
+    assert best["top1_error"] == results["best"]["top1_error"]
+    assert best["loss"] == results["best"]["loss"]
+    assert cli.main(["eval", "--workdir", workdir, "--crops", "10crop"]) == 2
+    assert "score image files with --data" in capsys.readouterr().err
+
+
 def test_eval_of_the_validation_images_as_files_gives_the_same_numbers(finished, tmp_path,
                                                                        capsys):
     """`eval --data` (Pillow decode, the run's saved preprocessing, its own batching) on the
