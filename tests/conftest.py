@@ -38,8 +38,9 @@ class _Emulator(http_server.HTTPServer):
 
 def _precondition(request, storage, name: str | None) -> HTTPStatus | None:
     """GCS's generation preconditions, which the emulator ignores: `ifGenerationMatch=N` (0:
-    the object must not exist) and `ifGenerationNotMatch=N`. TensorStore's OCDBT commits rely on
-    them, and on reads it learns an object's generation from them."""
+    the object must not exist) and `ifGenerationNotMatch=N`. TensorStore's OCDBT commits write
+    with them (and revalidate cached reads with them); its ranged reads learn an object's
+    generation from the x-goog-generation header, which the emulator does not send either."""
     if name is None:
         return None
     obj = storage.objects.get(request.params["bucket_name"], {}).get(name)
