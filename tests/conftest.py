@@ -199,3 +199,14 @@ def gcs_emulator(_gcs_server, monkeypatch, tmp_path):
     _gcs_server.wipe()
     assert sorted(p.name for p in local.iterdir()) == [], \
         "something was written locally instead of to gs://"
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache shared by one test module's runs (each run re-jits its
+    closures; runs of the same model then compile once). Use it with
+    `pytestmark = pytest.mark.usefixtures("compilation_cache")`."""
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)

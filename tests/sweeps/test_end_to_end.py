@@ -4,7 +4,6 @@ import argparse
 import json
 from pathlib import Path
 
-import jax
 import pytest
 
 from resnet_jax.sweeps import analysis, collect, grid, report, run
@@ -13,13 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 FAILING = "plain=true,seed=1"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Members that differ only in their seed compile the same programs: compile them once."""
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # tests/conftest.py
 
 
 def real_train_except_one(config, workdir):

@@ -23,13 +23,7 @@ from resnet_jax.train.logging import ROW_FIELDS, read_metrics
 SMOKE = "configs/smoke.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Share compiled programs between this module's runs (each run re-jits its closures)."""
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,19 +21,10 @@ from resnet_jax.config import load_config
 from resnet_jax.train import loop, run
 from resnet_jax.train.logging import read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs/smoke.py")
 REMOTE = "gs://bucket/run"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The local and the remote runs compile the same programs: once."""
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
 
 
 @pytest.fixture(scope="module")
