@@ -43,9 +43,11 @@ def measure(root: str, augment: str, batch: int, steps: int, threads: int) -> fl
     from resnet_jax import data
 
     cfg = ml_collections.ConfigDict(dict(
-        pipeline="streaming", source="folder", path=root, train_augment=augment,
-        image_size=224, eval_resize=256, lighting_std=0.0, normalize="per_channel",
-        eval_crops="center", on_corrupt="error"))
+        pipeline="streaming", source="folder", name="", path=root, data_dir="",
+        num_val_examples=0, train_augment=augment, image_size=224, eval_resize=256,
+        lighting_std=0.0, normalize="per_channel", eval_crops="center",
+        multiscale_sizes=(224,), on_corrupt="error", shuffle_buffer=0, synthetic_examples=1,
+        num_classes=0, prefetch=2))
     pipe = data.make_pipeline(cfg, global_batch_size=batch, eval_batch_size=batch, seed=0)
     orig = pipe._epoch_batches
 

@@ -51,6 +51,7 @@ def open_files(s: Session) -> None:
 
 def save(s: Session, step: int, state, rng, evaluated: Optional[dict]) -> None:
     """Starts the (async) save of `step`, with what a resumed run needs besides the state."""
+    s.writer.flush()
     pending = [(first, {k: np.asarray(jax.device_get(v)).tolist() for k, v in m.items()})
                for first, m in s.pending]
     s.checkpoints.save(step, state, rng, {"model": s.run.meta, "best": s.best,

@@ -41,21 +41,25 @@ class MetricsWriter:
         once and the file matches an uninterrupted run; TensorBoard is told to purge its
         events after that step too.
 
-    Object stores cannot append: on a remote workdir the file is rewritten whole at each row
-    (rows come every `log_every_steps`, a few hundred per run). The TensorBoard event file is
-    opened at the first row, so a run that logs nothing leaves no empty file.
+    Object stores cannot append: on a remote workdir the file is rewritten whole, at most every
+    `remote_every_s` seconds (GCS allows about one write per second to an object; CIFAR on a
+    GPU logs several rows a second) and at every `flush()`, which the loop calls when it saves
+    a checkpoint; a resumed run drops the rows after its checkpoint anyway. The TensorBoard
+    event file is opened at the first row, so a run that logs nothing leaves no empty file.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0,
+                 remote_every_s: float = 10.0):
         self.enabled = enabled
         self.workdir = epath.Path(workdir)
         self.path = self.workdir / "metrics.jsonl"
         self.remote = "://" in os.fspath(workdir)
         self._resume_step = resume_step
         self._tb = None
-        self._text = ""
+        self._text, self._written = "", ""
+        self._remote_every_s, self._last_write = remote_every_s, time.monotonic()
         if enabled:
-            self._text = self._truncate_after(resume_step)
+            self._text = self._written = self._truncate_after(resume_step)
 
     def _truncate_after(self, step: int) -> str:
         """Keeps the rows up to `step`; a line a crash cut off (SIGKILL mid-write) goes too."""
@@ -87,7 +91,8 @@ class MetricsWriter:
         line = json.dumps(row) + "\n"
         if self.remote:
             self._text += line
-            self.path.write_text(self._text)
+            if time.monotonic() - self._last_write >= self._remote_every_s:
+                self.flush()
         else:
             with self.path.open("a") as f:
                 f.write(line)
@@ -97,7 +102,14 @@ class MetricsWriter:
             if key not in ("step", "split", "wall_time") and isinstance(value, (int, float)):
                 tb.add_scalar(f"{split}/{key}", value, step)
 
+    def flush(self) -> None:
+        """Writes what a remote workdir's file still lacks (local rows are written at once)."""
+        if self.enabled and self.remote and self._text != self._written:
+            self.path.write_text(self._text)
+            self._written, self._last_write = self._text, time.monotonic()
+
     def close(self) -> None:
+        self.flush()
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
