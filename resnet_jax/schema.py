@@ -95,7 +95,7 @@ def check_choice(field: str, value: Any, allowed: tuple | None = None) -> None:
 def check_data(data: Any) -> None:
     """The `data` section's allowed values, with what its pipeline supports (`data` is a
     ConfigDict or any object with the fields as attributes)."""
-    for field in schema_fields("data"):
+    for field in (f"data.{name}" for name in FIELDS["data"]):
         if field in ENUMS:
             check_choice(field, getattr(data, field.split(".", 1)[1]))
     for field, allowed in PIPELINE_ENUMS[data.pipeline].items():
@@ -105,7 +105,3 @@ def check_data(data: Any) -> None:
                              f"data.pipeline={data.pipeline!r}; allowed values: "
                              f"{', '.join(map(str, allowed))}")
 
-
-def schema_fields(section: str) -> list[str]:
-    """The dotted names of a section's fields."""
-    return [f"{section}.{f}" if section else f for f in FIELDS[section]]

@@ -66,7 +66,7 @@ def restored_pending(meta: dict) -> list:
 
 
 def finish(s: Session, state, eval_fn, step: int, final: dict | None) -> dict:
-    if final is None:  # the workdir was already complete: report its final evaluation again
+    if final is None:  # complete before this run, but results.json was never written
         summary = run_lib.evaluate(s.run, state, eval_fn)
         final = {"step": step, **{k: summary[k] for k in ("top1_error", "top5_error", "loss")}}
         s.best = s.best or final

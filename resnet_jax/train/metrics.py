@@ -16,11 +16,6 @@ class NonFiniteError(FloatingPointError):
     """A training step's loss or gradient was not finite; the run stopped there."""
 
 
-def is_finite(metrics: Mapping[str, Any]) -> bool:
-    """Whether every step of these train metrics (one step, or k stacked) was finite."""
-    return bool(np.all(np.asarray(jax.device_get(metrics["finite"]), dtype=bool)))
-
-
 def check_finite(metrics: Mapping[str, Any], step: int, kept: str = "") -> None:
     """Raise `NonFiniteError` naming the first step whose loss or gradient was not finite.
 

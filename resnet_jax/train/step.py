@@ -22,7 +22,7 @@ dispatch runs.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -32,9 +32,9 @@ from flax import struct
 from jax.sharding import Mesh
 
 from resnet_jax import parallel
+from resnet_jax.data.pipeline import Preprocess
 from resnet_jax.train.optim import current_lr
 
-Preprocess = Callable[[jax.Array, jax.Array, bool], jax.Array]
 
 
 class TrainState(struct.PyTreeNode):
