@@ -1,7 +1,10 @@
-"""Pillow decoding of real-world image files to RGB uint8 (no TensorFlow needed).
+"""Pillow decoding of real-world image files to RGB uint8 (no TensorFlow needed): the one
+decode every path uses (training, `eval --data`, `predict`, fine-tuning).
 
 Grayscale, CMYK, palette and RGBA files become RGB; a PNG saved as `.jpg` decodes too (Pillow
-reads the content, not the name). An unreadable file raises `CorruptImageError` naming it.
+reads the content, not the name). 16-bit images are scaled to 8 bits (Pillow's own
+conversion clips a 16-bit grayscale PNG to 255: all white). An unreadable file raises
+`CorruptImageError` naming it.
 """
 from __future__ import annotations
 
@@ -26,11 +29,27 @@ def decode_rgb(data: bytes, path: str = "<bytes>") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            if img.mode != "RGB":
-                img = img.convert("RGB")  # L, CMYK, P, RGBA, I;16 ... -> RGB
-            return np.asarray(img, dtype=np.uint8)
+            return to_rgb(img)
     except Exception as e:  # Pillow raises several types (UnidentifiedImageError, OSError, ...)
         raise CorruptImageError(f"cannot decode image {path!r}: {type(e).__name__}: {e}") from e
+
+
+def to_rgb(img) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of a loaded PIL image of any mode.
+
+    16-bit grayscale ('I;16*', and 'I' as Pillow opens 16-bit PNGs) keeps its top 8 bits, as
+    Pillow already does for 16-bit RGB files; 'F' (float) is clipped to 0..255; every other
+    mode (L, LA, P, RGBA, CMYK, 1, ...) goes through Pillow's own RGB conversion.
+    """
+    if img.mode.startswith("I"):
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8
+        return np.repeat(wide.astype(np.uint8)[..., None], 3, axis=-1)
+    if img.mode == "F":
+        flat = np.clip(np.rint(np.asarray(img, dtype=np.float32)), 0, 255)
+        return np.repeat(flat.astype(np.uint8)[..., None], 3, axis=-1)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
 
 
 def check_on_corrupt(on_corrupt: str) -> str:

@@ -10,26 +10,10 @@ from typing import Optional
 
 import numpy as np
 
-from resnet_jax.data.decode import is_image_name
+from resnet_jax.data.folders import list_image_folder  # noqa: F401  (used by the pipelines)
 from resnet_jax.data.tf_import import quiet_native_logs, tensorflow
 
 EVAL_SPLIT_NAMES = ("val", "validation", "test")
-
-
-def list_image_folder(root: str) -> tuple:
-    """`root/<class>/<image>` -> (paths np.str_ (N,), labels int32 (N,), class_names), sorted."""
-    if not os.path.isdir(root):
-        raise ValueError(f"data.path: {root!r} is not a directory")
-    classes = sorted(c for c in os.listdir(root) if os.path.isdir(os.path.join(root, c)))
-    paths, labels = [], []
-    for i, cls in enumerate(classes):
-        for name in sorted(os.listdir(os.path.join(root, cls))):
-            if is_image_name(name):
-                paths.append(os.path.join(root, cls, name))
-                labels.append(i)
-    if not paths:
-        raise ValueError(f"data.path: no images under {root!r} (expected <class>/<image>)")
-    return np.asarray(paths), np.asarray(labels, np.int32), classes
 
 
 def folder_split_dirs(path: str) -> tuple:

@@ -68,8 +68,9 @@ class StreamingPipeline:
         if self.source_name == "folder":
             train_dir, eval_dir = sources.folder_split_dirs(cfg.path)
             self.train_files = sources.list_image_folder(train_dir)
-            self.eval_files = sources.list_image_folder(eval_dir)
             self.class_names = self.train_files[2]
+            # Evaluation labels follow the training classes, by name.
+            self.eval_files = sources.list_image_folder(eval_dir, self.class_names)
             self.num_classes = len(self.class_names)
             self.num_train_examples = len(self.train_files[0])
             self.num_eval_examples = len(self.eval_files[0])

@@ -117,7 +117,8 @@ def as_image_list(images: Any) -> list[np.ndarray]:
     out = []
     for i, img in enumerate(items):
         if hasattr(img, "convert"):
-            img = np.asarray(img.convert("RGB"))
+            from resnet_jax.data.decode import to_rgb
+            img = to_rgb(img)
         img = np.asarray(img)
         if img.dtype != np.uint8:
             raise ValueError(f"image {i}: dtype {img.dtype}; preprocess takes uint8 pixels "
