@@ -12,8 +12,10 @@ data.data_dir=DIR.
 
 `convert`: a tfds dataset prepared as TFRecord (the common case for imagenet2012 on GCS) gets
 an ArrayRecord copy of every split beside its TFRecord files (same shards, same examples, the
-serialized records copied as they are), and dataset_info.json lists array_record as an
-alternative format, so `tfds.data_source` reads it. TFRecord files are read here directly
+serialized records copied as they are), and dataset_info.json names array_record as its file
+format (TFRecord as an alternative: tfds' dataset classes, such as imagenet2012's, ignore
+alternative formats), so `tfds.data_source` reads it; a tf.data reader of the same directory
+passes `file_format='tfrecord'`. TFRecord files are read here directly
 (the format is length-prefixed records), so this needs neither TensorFlow nor Beam (`tfds
 convert_format` needs apache_beam at import). Each file is written under a temporary name
 and renamed when whole; dataset_info.json is updated last, so an interrupted conversion is
@@ -203,8 +205,11 @@ def convert_tfrecord(name: str, data_dir: str, version: Optional[str] = None):
                 raise ValueError(f"{src}: {n} records, dataset_info.json says {lengths[i]}")
     info_path = epath.Path(builder.data_dir) / "dataset_info.json"
     meta = json.loads(info_path.read_text())
-    meta["alternativeFileFormats"] = sorted(set(meta.get("alternativeFileFormats", []))
-                                            | {"array_record"})
+    # ArrayRecord becomes the primary format: tfds' code builders (imagenet2012, ...) ignore
+    # the alternative formats of dataset_info.json; the TFRecord files stay listed there.
+    meta["fileFormat"] = "array_record"
+    meta["alternativeFileFormats"] = sorted(
+        (set(meta.get("alternativeFileFormats", [])) | {"tfrecord"}) - {"array_record"})
     tmp = epath.Path(f"{info_path}.incomplete")
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(info_path)  # last: the dataset lists ArrayRecord only once every file is there

@@ -167,3 +167,114 @@ def test_train_chunk_reads_on_and_reopens_where_asked(tree):
     again = p.train_chunk(1, 1)
     np.testing.assert_array_equal(again["image"][0], ref[1]["image"])
     p.close()
+
+
+# ---- issue 17: the batch of a step is a function of (seed, step) and the data --------------
+
+class CountingRecords:
+    """Records that note every index read (in-process pipelines only)."""
+
+    def __init__(self, records):
+        self.records, self.reads = records, []
+
+    def __len__(self):
+        return len(self.records)
+
+    def name(self, i):
+        return self.records.name(i)
+
+    def read(self, i):
+        self.reads.append(int(i))
+        return self.records.read(i)
+
+
+def test_a_resume_deep_in_an_epoch_reads_only_its_own_chunk(tree):
+    p = make(stream_config(path=tree), batch=4)  # 6 steps per epoch
+    counting = CountingRecords(p.splits.train)
+    p.splits.train = counting
+    chunk = p.train_chunk(10, 2)  # epoch 1, its 5th and 6th steps
+    assert len(counting.reads) == 2 * 4  # one chunk's examples, nothing before them
+    want = p.plan.permutation(1)[4 * 4:6 * 4]
+    assert sorted(counting.reads) == sorted(want.tolist())
+    ref = take(make(stream_config(path=tree), batch=4).train_batches(0), 12)
+    for i in range(2):
+        np.testing.assert_array_equal(chunk["image"][i], ref[10 + i]["image"])
+    p.close()
+
+
+def test_worker_processes_and_process_count_do_not_change_the_batches(tree):
+    """2 worker processes == in-process, and 2 processes' rows == the 1-process global batch,
+    with the scale augmentation, across an epoch boundary."""
+    cfg = stream_config(path=tree, train_augment="scale")
+    ref = take(make(cfg).train_batches(1), 4)
+    workers = make(stream_config(path=tree, train_augment="scale", workers=2))
+    got = [workers.train_chunk(1, 2), workers.train_chunk(3, 2)]
+    workers.close()
+    for s in range(4):
+        np.testing.assert_array_equal(got[s // 2]["image"][s % 2], ref[s]["image"])
+        np.testing.assert_array_equal(got[s // 2]["label"][s % 2], ref[s]["label"])
+    parts = [take(make(cfg, pi=i, pc=2).train_batches(1), 4) for i in range(2)]
+    for s in range(4):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(
+                np.concatenate([parts[0][s][key], parts[1][s][key]]), ref[s][key])
+
+
+def test_close_is_idempotent_joins_the_workers_and_a_later_chunk_says_so(tree):
+    import multiprocessing
+    p = make(stream_config(path=tree, workers=2))
+    p.train_chunk(0, 1)
+    p.close()
+    p.close()
+    assert not [c for c in multiprocessing.active_children() if c.is_alive()]
+    with pytest.raises(RuntimeError, match=r"train_chunk\(1, 1\) after close"):
+        p.train_chunk(1, 1)
+
+
+def test_eval_split_missing_a_class_is_labelled_by_the_training_class_names(tmp_path, helpers):
+    helpers.write_folder(str(tmp_path / "train"), ("a", "b", "c"), per_class=4, size=(40, 40))
+    helpers.write_folder(str(tmp_path / "val"), ("a", "c"), per_class=2, size=(40, 40))
+    p = make(stream_config(path=str(tmp_path), train_augment="none"), batch=4, eval_batch=4)
+    assert p.class_names == ["a", "b", "c"]
+    labels = np.concatenate([b["label"][b["mask"]] for b in p.eval_batches()])
+    assert sorted(labels.tolist()) == [0, 0, 2, 2]  # 'c' is class 2 of training, not 1
+
+
+def test_eval_views_are_those_of_eval_data(tree):
+    """The streaming eval is `interop.views` (what `resnet-jax eval --data` uses) on the same
+    decode: every view of every image, bitwise."""
+    from resnet_jax.interop import preprocess, views
+    p = make(stream_config(path=tree, eval_crops="10crop"), eval_batch=4)
+    prep = preprocess.Preprocessing(np.zeros(3), 1.0, resize=40, crop=SIZE, style="tf")
+    v = views.Views(prep, "10crop")
+    batch = next(p.eval_batches())
+    for row in range(4):
+        data, label = p.splits.eval.read(row)
+        np.testing.assert_array_equal(batch["image"][row], v.of("x", data)[0])
+        assert batch["label"][row] == label
+
+
+def test_corrupt_eval_image_is_named_or_skipped_and_masked(tmp_path, helpers):
+    helpers.write_folder(str(tmp_path / "train"), ("a", "b"), per_class=4, size=(40, 40))
+    helpers.write_folder(str(tmp_path / "val"), ("a", "b"), per_class=2, size=(40, 40))
+    bad = tmp_path / "val" / "b" / "0001.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated
+    with pytest.raises(CorruptImageError, match=r"0001.jpg' \(evaluation; set data.on_corrupt"):
+        list(make(stream_config(path=str(tmp_path))).eval_batches())
+    p = make(stream_config(path=str(tmp_path), on_corrupt="skip"))
+    assert sum(int(b["mask"].sum()) for b in p.eval_batches()) == 3 and p.num_skipped == 1
+
+
+def test_skip_replaces_a_corrupt_training_image_by_the_next_of_its_epoch(tmp_path, helpers):
+    """With on_corrupt='skip' the batch of a step is still a function of the step: a resumed
+    pipeline gives the same batches as one that read on."""
+    helpers.write_folder(str(tmp_path / "train"), ("a", "b"), per_class=4, size=(40, 40))
+    helpers.write_folder(str(tmp_path / "val"), ("a",), per_class=1, size=(40, 40))
+    (tmp_path / "train" / "b" / "0002.jpg").write_bytes(b"not an image at all")
+    cfg = stream_config(path=str(tmp_path), on_corrupt="skip")
+    p = make(cfg, batch=4)
+    run = take(p.train_batches(0), 4)
+    assert p.num_skipped == 2  # the file once per epoch
+    resumed = take(make(cfg, batch=4).train_batches(3), 1)
+    np.testing.assert_array_equal(resumed[0]["image"], run[3]["image"])
+    assert all(len(b["label"]) == 4 for b in run)
