@@ -45,6 +45,40 @@ def write_jpegs(root: str, num: int, size=(500, 375), classes: int = 4, seed: in
             Image.fromarray(img).save(os.path.join(cdir, f"{i:05d}.jpg"), quality=90)
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) used so far by this process and all its descendants (grain's
+    worker processes), from /proc: images per CPU-second is images/s per core, and it holds
+    on a machine shared with other work, where wall-clock rates do not."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent, used = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(pid)] = int(fields[1])
+        used[int(pid)] = (int(fields[11]) + int(fields[12])) / ticks
+    mine, total = {os.getpid()}, 0.0
+    changed = True  # descendants: parents are not listed before their children
+    while changed:
+        changed = False
+        for pid, ppid in parent.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                changed = True
+    for pid in mine:
+        total += used.get(pid, 0.0)
+    return total
+
+
+def timed(fn, count: int) -> tuple[float, float]:
+    """(images per CPU-second, images per wall-second) of `fn()` making `count` images."""
+    cpu, wall = cpu_seconds(), time.perf_counter()
+    fn()
+    return count / max(cpu_seconds() - cpu, 1e-9), count / (time.perf_counter() - wall)
+
+
 def data_config(source: str, path: str, augment: str, workers: int, num_val: int = 0):
     import ml_collections
     return ml_collections.ConfigDict(dict(
@@ -55,42 +89,34 @@ def data_config(source: str, path: str, augment: str, workers: int, num_val: int
         num_classes=0, prefetch=2, workers=workers))
 
 
-def grain_rate(cfg, batch: int, steps: int) -> float:
-    """Images/s of `steps` batches after one warm-up batch (worker start-up excluded)."""
+def grain_rate(cfg, batch: int, steps: int) -> tuple[float, float]:
+    """(per CPU-second, per second) of `steps` batches after a warm-up batch per worker
+    (start-up excluded; the workers' buffers then hold what they made ahead)."""
     from resnet_jax import data
     pipe = data.make_pipeline(cfg, global_batch_size=batch, eval_batch_size=batch, seed=0)
     it = pipe.train_batches(0)
-    next(it)
-    start = time.perf_counter()
-    for _ in range(steps):
-        b = next(it)
-    elapsed = time.perf_counter() - start
+    for _ in range(max(1, pipe.workers)):
+        next(it)
+    out = timed(lambda: [next(it) for _ in range(steps)], steps * batch)
     it.close()
-    assert b["image"].shape == (batch, 224, 224, 3)
-    return steps * batch / elapsed
+    return out
 
 
-def tf_rate(paths, augment: str, batch: int, steps: int, threads: int) -> float:
+def tf_rate(paths, augment: str, batch: int, steps: int, threads: int) -> tuple[float, float]:
     import tf_reference
     it = iter(tf_reference.train_dataset(paths, augment, batch, threads).as_numpy_iterator())
     next(it)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(it)
-    return steps * batch / (time.perf_counter() - start)
+    return timed(lambda: [next(it) for _ in range(steps)], steps * batch)
 
 
 def floor_rate(blobs) -> float:
-    """Images/s of a plain Pillow decode (the project's `decode_rgb`) on one core."""
+    """Images per CPU-second of a plain Pillow decode (the project's `decode_rgb`)."""
     from resnet_jax.data.decode import decode_rgb
-    start = time.perf_counter()
-    for b in blobs:
-        decode_rgb(b)
-    return len(blobs) / (time.perf_counter() - start)
+    return timed(lambda: [decode_rgb(b) for b in blobs], len(blobs))[0]
 
 
 def decoder_rates(blobs) -> dict:
-    """One image's scale augmentation with each candidate decoder, one core."""
+    """Images per CPU-second of the scale augmentation with each candidate decoder."""
     import cv2
     import simplejpeg
     from PIL import Image
@@ -129,10 +155,7 @@ def decoder_rates(blobs) -> dict:
     for name, fn in (("Pillow (draft) + Pillow resize", pillow),
                      ("OpenCV decode (reduced) + OpenCV resize", opencv),
                      ("simplejpeg (scaled) + OpenCV resize", ours)):
-        start = time.perf_counter()
-        for i, b in enumerate(blobs):
-            fn(b, i)
-        out[name] = len(blobs) / (time.perf_counter() - start)
+        out[name] = timed(lambda: [fn(b, i) for i, b in enumerate(blobs)], len(blobs))[0]
     del simplejpeg
     return out
 
@@ -153,17 +176,17 @@ def run_set(label, cfg_of, blobs, paths, args, tf_ok) -> None:
             floors.append(floor_rate(blobs))
             for w in args.workers:
                 name = f"grain {w} worker(s)" if w else "grain in-process"
-                rows.setdefault(name, []).append(
-                    grain_rate(cfg_of(augment, w), batch, steps) / max(w, 1))
+                rows.setdefault(name, []).append(grain_rate(cfg_of(augment, w), batch, steps))
             if tf_ok:
                 for t in (t for t in args.workers if t > 0):
                     rows.setdefault(f"tf.data {t} thread(s)", []).append(
-                        tf_rate(paths, augment, batch, steps, t) / t)
+                        tf_rate(paths, augment, batch, steps, t))
         floor = float(np.median(floors))
-        print(f"  {augment}: Pillow decode floor {spread(floors)} img/s on one core")
+        print(f"  {augment}: Pillow decode floor {spread(floors)} img per CPU-second")
         for name, values in rows.items():
-            print(f"    {name:22s} {spread(values)} img/s per core   x{max(values) / floor:.2f} "
-                  "the floor")
+            cpu = [v[0] for v in values]
+            print(f"    {name:20s} {spread(cpu)} img per CPU-second   x{max(cpu) / floor:.2f} "
+                  f"the floor   (wall: {max(v[1] for v in values):.0f} img/s)")
 
 
 def main() -> None:
@@ -186,7 +209,8 @@ def main() -> None:
     except ImportError:
         tf_ok = False
         print("TensorFlow is not installed: no tf.data figures")
-    print(f"{os.cpu_count()} cores; figures are per core (total / workers or threads)")
+    print(f"{os.cpu_count()} cores; per core = images per CPU-second of every process and "
+          "thread involved (workers included)")
     with tempfile.TemporaryDirectory() as root:
         write_jpegs(root, args.images)
         from resnet_jax.data import sources
@@ -197,7 +221,7 @@ def main() -> None:
                 blobs, paths, args, tf_ok)
         if args.decoders:
             for name, rate in decoder_rates(blobs).items():
-                print(f"    decoder {name:42s} {rate:7.0f} img/s on one core")
+                print(f"    decoder {name:42s} {rate:7.0f} img per CPU-second")
     if os.path.exists(args.imagenette):
         # Hold out all but args.images photographs: the training split is a seeded sample.
         held_one = sources.open_splits(data_config("tar", args.imagenette, "scale", 0, 1))
@@ -216,7 +240,7 @@ def main() -> None:
                     blobs, paths, args, tf_ok)
             if args.decoders:
                 for name, rate in decoder_rates(blobs).items():
-                    print(f"    decoder {name:42s} {rate:7.0f} img/s on one core")
+                    print(f"    decoder {name:42s} {rate:7.0f} img per CPU-second")
     else:
         print(f"\n{args.imagenette} not found: no imagenette figures")
 

@@ -79,11 +79,11 @@ def folder_splits(path: str) -> tuple[dict, list]:
     index = sources.index_tar(path)
     if "train" not in index:
         raise ValueError(f"{path!r} has no 'train' split (layout: train/<class>/<image>)")
-    train, names = sources._tar_split(path, index["train"], None, "train")
+    train, names = sources.tar_split(path, index["train"], None, "train")
     out = {"train": train}
     for split in sources.EVAL_SPLIT_NAMES:
         if split in index:
-            out[TFDS_SPLIT.get(split, split)] = sources._tar_split(path, index[split], names,
+            out[TFDS_SPLIT.get(split, split)] = sources.tar_split(path, index[split], names,
                                                                    split)[0]
     return out, names
 

@@ -227,7 +227,9 @@ def index_tar(path: str) -> dict:
     return index
 
 
-def _tar_split(path: str, members: dict, class_names: Optional[list], split: str):
+def tar_split(path: str, members: dict, class_names: Optional[list], split: str):
+    """(TarRecords, sorted class names) of one split of `index_tar`'s index; labels index
+    `class_names` (the training split's; None: this split's own)."""
     where = f"{path}:{split}"
     files = {c: members[c] for c in folders.classes_of(members, where)}
     if not files:
@@ -245,7 +247,7 @@ def _tar(path: str, num_val: int) -> Splits:
     if "train" not in index:
         raise ValueError(f"data.path={path!r} has no 'train' split (layout: train/<class>/"
                          f"<image>); splits there: {', '.join(splits) or 'none'}")
-    train, names = _tar_split(path, index["train"], None, "train")
+    train, names = tar_split(path, index["train"], None, "train")
     if num_val:
         train, ev, eval_name = _with_held_out(train, num_val)
     else:
@@ -254,7 +256,7 @@ def _tar(path: str, num_val: int) -> Splits:
             raise ValueError(f"data.path={path!r} has no evaluation split (one of "
                              f"{', '.join(EVAL_SPLIT_NAMES)}; splits there: {', '.join(splits)}); "
                              "set data.num_val_examples to hold out a part of train instead")
-        ev, _ = _tar_split(path, index[eval_name], names, eval_name)
+        ev, _ = tar_split(path, index[eval_name], names, eval_name)
     return Splits(train, ev, names, f"tar {path}", eval_name)
 
 

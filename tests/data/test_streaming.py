@@ -122,16 +122,21 @@ def test_device_preprocess_applies_imagenet_normalization_and_lighting(tree):
     assert 0 < np.abs(tr - ev).max() < 0.5  # lighting shifts colours by a few grey levels
 
 
-def test_streaming_run_dispatches_k_steps_like_one_and_evaluates_multiscale(tree, tmp_path):
-    """The loop's streaming path: batches prefetched to the devices, k steps per dispatch give
-    the parameters of one step per dispatch, and multi-scale eval covers each example once."""
+def test_streaming_run_stopped_by_sigterm_and_resumed_equals_one_uninterrupted(tree, tmp_path):
+    """The loop's streaming path: batches prefetched to the devices; a run of 2 steps per
+    dispatch stopped by SIGTERM after step 2 and resumed (a new pipeline opened where it stopped)
+    ends with the parameters of an uninterrupted run of 1 step per dispatch, bitwise; and
+    multi-scale eval covers each example once."""
+    import os
+    import signal
+
     import jax
 
     from resnet_jax.config import load_config
     from resnet_jax.train import loop
 
-    def run(k, name):
-        cfg = load_config("configs/smoke.py:steps=4", [
+    def config(k):
+        return load_config("configs/smoke.py:steps=4", [
             "--config.data.pipeline=streaming", "--config.data.source=folder",
             f"--config.data.path={tree}", "--config.data.num_val_examples=0",
             "--config.data.image_size=16",
@@ -140,12 +145,21 @@ def test_streaming_run_dispatches_k_steps_like_one_and_evaluates_multiscale(tree
             "--config.data.multiscale_sizes=(16, 24)", "--config.data.prefetch=1",
             "--config.train.batch_size=8", "--config.train.eval_batch_size=8",
             f"--config.train.steps_per_dispatch={k}", "--config.train.log_every_steps=4"])
-        results = loop.train_and_evaluate(cfg, str(tmp_path / name))
-        return results, jax.tree.leaves(jax.device_get(loop.load_trained(str(tmp_path / name))[2]))
 
-    one, params_one = run(1, "k1")
-    two, params_two = run(2, "k2")
-    for a, b in zip(params_one, params_two):
+    def params(name):
+        return jax.tree.leaves(jax.device_get(loop.load_trained(str(tmp_path / name))[2]))
+
+    one = loop.train_and_evaluate(config(1), str(tmp_path / "k1"))
+
+    def preempt(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = loop.train_and_evaluate(config(2), str(tmp_path / "k2"), on_step=preempt)
+    # On CPU the signal also ends the next dispatch between its steps: a resume mid-chunk.
+    assert stopped["preempted"] and 2 <= stopped["step"] < 4
+    two = loop.train_and_evaluate(config(2), str(tmp_path / "k2"))
+    for a, b in zip(params("k1"), params("k2"), strict=True):
         np.testing.assert_array_equal(a, b)
     assert one["final"] == two["final"] and one["steps"] == 4
     summary = loop.evaluate(*loop.restore_for_eval(str(tmp_path / "k1"))[:2])

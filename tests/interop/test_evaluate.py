@@ -1,7 +1,7 @@
 """`resnet-jax eval --data`: a model directory (the torch fixture, converted) scored on tiny
 generated folders, tars and real tfds datasets built here offline, against the same numbers
 computed by hand; 10-crop and multi-scale views against a direct construction (and the
-streaming pipeline's TF views); the ReaL rule; every error as one line."""
+streaming pipeline's views); the ReaL rule; every error as one line."""
 import io
 import json
 import re
@@ -120,19 +120,27 @@ def test_ten_crop_and_multiscale_views_are_the_papers(model_dir):
     assert r["loss"] == pytest.approx(-np.log(mean[3]), rel=1e-5) and r["count"] == 1
 
 
-def test_tf_style_views_equal_the_streaming_pipelines():
-    tf = pytest.importorskip("tensorflow")
-    from resnet_jax.data import augment
+def test_tf_style_views_are_the_streaming_pipelines():
+    """The streaming eval makes its views with `views.Views` ('tf' style) itself; that they
+    equal the tf.data views it had before is tests/data/test_augment.py's."""
+    from resnet_jax.data import elements
     img = np.random.default_rng(2).integers(0, 256, (37, 50, 3), np.uint8)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "PNG")
-    data = tf.constant(buf.getvalue())
     prep = preprocess.Preprocessing([0, 0, 0], 1, resize=36, crop=32, style="tf")
-    np.testing.assert_array_equal(views.Views(prep, "10crop")(img)[0],
-                                  augment.eval_views(data, "10crop", 32, 36).numpy())
-    for scale, ours in zip((32, 45), views.Views(prep, "multiscale", (32, 45))(img)):
-        np.testing.assert_array_equal(
-            ours, augment.eval_views(data, "multiscale", 32, 36, scale=scale).numpy())
+
+    class One:
+        def read(self, i):
+            return buf.getvalue(), 3
+
+        def name(self, i):
+            return "one.png"
+
+    for mode, scales in (("10crop", ()), ("multiscale", (32, 45))):
+        v = views.Views(prep, mode, scales)
+        got = elements.EvalElement(One(), v, "error")((0, True))
+        for ours, theirs in zip(v(img), got["image"], strict=True):
+            np.testing.assert_array_equal(ours, theirs)
 
 
 # ---- tfds: real datasets prepared here, offline -------------------------------------------
