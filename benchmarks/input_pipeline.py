@@ -122,6 +122,7 @@ def decoder_rates(blobs) -> dict:
     from PIL import Image
 
     from resnet_jax.data import augment
+    from resnet_jax.data.decode import decode_rgb
     cv2.setNumThreads(1)
 
     def window(h, w, i):
@@ -140,7 +141,7 @@ def decoder_rates(blobs) -> dict:
     def opencv(b, i):  # OpenCV decode (reduced where the window allows), OpenCV resize
         flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
                  4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-        h, w = augment.jpeg_header(b)
+        h, w = augment.jpeg_header(b) or decode_rgb(b).shape[:2]  # a grey photo
         y, x, ch, cw = window(h, w, i)
         f = augment.draft_factor((y, x, ch, cw), 224)
         img = cv2.imdecode(np.frombuffer(b, np.uint8), flags[f])

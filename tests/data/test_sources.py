@@ -210,3 +210,18 @@ def test_real_photographs_from_the_shared_tar(tmp_path):
     assert [b["image"].shape for b in ev] == [(4, 10, 64, 64, 3)] * 2
     assert sum(int(b["mask"].sum()) for b in ev) == 8
     p.close()
+
+
+def test_imagenette_recipe_is_the_papers_imagenet_pipeline(tmp_path):
+    from resnet_jax.config import load_config
+    c = load_config(f"configs/imagenette.py:data={tmp_path}")  # any path: nothing is read
+    d = c.data
+    assert (d.pipeline, d.source, d.train_augment, d.lighting_std, d.num_val_examples) == (
+        "streaming", "folder", "scale", 0.1, 947)
+    assert (d.image_size, d.eval_resize, c.model.depth, c.optim.boundaries) == (
+        224, 256, 18, (1500, 2250))
+    small = load_config("configs/imagenette.py:size=112,steps=100,crops=multiscale").data
+    assert (small.source, small.eval_resize, small.multiscale_sizes) == (
+        "tar", 128, (112, 128, 192, 240, 320))
+    with pytest.raises(ValueError, match="data.workers=-2 must be an integer >= -1"):
+        load_config("configs/imagenette.py", ["--config.data.workers=-2"])
