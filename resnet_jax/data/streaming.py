@@ -41,6 +41,15 @@ def num_workers(workers: int) -> int:
     return workers
 
 
+def ignore_stop_signals(worker_index: int = 0, worker_count: int = 1) -> None:
+    """In each grain worker: SIGTERM and SIGINT are the training process's to handle (a
+    preemption that signals every process must let the run save its checkpoint); grain stops
+    its workers itself (a flag, then SIGKILL) when the pipeline closes."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_iterator(ds, workers: int, buffer: int = 2):
     """grain iterator of a MapDataset: in this thread (workers=0: nothing read ahead) or in
     `workers` processes, each `buffer` elements ahead."""
@@ -52,7 +61,7 @@ def make_iterator(ds, workers: int, buffer: int = 2):
         flags.FLAGS.mark_as_parsed()
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
     return iter(it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=buffer)))
+        num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=ignore_stop_signals))
 
 
 def close_iterator(it) -> None:
@@ -104,7 +113,8 @@ class StreamingPipeline:
 
     def describe(self) -> str:
         """Where the images come from, in a few words."""
-        workers = f"{self.workers} worker processes" if self.workers else "decoded in-process"
+        workers = (f"{self.workers} worker process{'es' if self.workers > 1 else ''}"
+                   if self.workers else "decoded in-process")
         return (f"{self.splits.where} (streaming, grain, {workers}; evaluation: "
                 f"{self.splits.eval_split})")
 

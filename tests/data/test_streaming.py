@@ -245,6 +245,26 @@ def test_close_is_idempotent_joins_the_workers_and_a_later_chunk_says_so(tree):
         p.train_chunk(1, 1)
 
 
+def test_workers_leave_sigterm_to_the_training_process(tree):
+    """A preemption signals every process (systemd at a VM's shutdown, SLURM): the workers
+    must not die of it, or the run fails reading its next batch instead of saving."""
+    import multiprocessing
+    import os
+    import signal
+    cfg = stream_config(path=tree, workers=2)
+    ref = take(make(stream_config(path=tree)).train_batches(0), 6)
+    p = make(cfg)
+    first = p.train_chunk(0, 1)
+    children = [c.pid for c in multiprocessing.active_children()]
+    assert children
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+    rest = p.train_chunk(1, 5)  # more than the workers had made ahead
+    p.close()
+    np.testing.assert_array_equal(first["image"][0], ref[0]["image"])
+    np.testing.assert_array_equal(rest["image"][4], ref[5]["image"])
+
+
 def test_eval_split_missing_a_class_is_labelled_by_the_training_class_names(tmp_path, helpers):
     helpers.write_folder(str(tmp_path / "train"), ("a", "b", "c"), per_class=4, size=(40, 40))
     helpers.write_folder(str(tmp_path / "val"), ("a", "c"), per_class=2, size=(40, 40))
