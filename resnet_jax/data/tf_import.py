@@ -1,5 +1,5 @@
-"""TensorFlow and tensorflow-datasets, imported quietly (only `tf_import.tensorflow()` needs
-TensorFlow; no training or evaluation path calls it).
+"""tensorflow-datasets (and TensorFlow, where something imports it), imported quietly. No
+training or evaluation path needs TensorFlow.
 
 TensorFlow's C++ side logs INFO and WARNING lines (oneDNN banners, tf.data rendezvous
 aborts) to the console; a training run's console is for the run. Unless the user asked for
@@ -21,13 +21,6 @@ def quiet_native_logs() -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-
-def tensorflow():
-    """The `tensorflow` module, imported after `quiet_native_logs`."""
-    quiet_native_logs()
-    import tensorflow as tf
-    return tf
 
 
 def tensorflow_datasets():
