@@ -225,3 +225,22 @@ def test_imagenette_recipe_is_the_papers_imagenet_pipeline(tmp_path):
         "tar", 128, (112, 128, 192, 240, 320))
     with pytest.raises(ValueError, match="data.workers=-2 must be an integer >= -1"):
         load_config("configs/imagenette.py", ["--config.data.workers=-2"])
+
+
+def test_a_bad_source_stops_train_with_one_line_and_writes_nothing(array_record, tmp_path,
+                                                                   capsys):
+    from resnet_jax.cli import main
+    shard = os.path.join(array_record, "tiny_photos", "1.0.0",
+                         "tiny_photos-train.array_record-00000-of-00001")
+    os.remove(shard)
+    workdir = tmp_path / "run"
+    rc = main(["train", "--config", "configs/smoke.py", "--workdir", str(workdir),
+               "--config.data.pipeline=streaming", "--config.data.source=tfds",
+               "--config.data.name=tiny_photos", f"--config.data.data_dir={array_record}",
+               "--config.data.num_val_examples=0", "--config.data.train_augment=scale",
+               "--config.data.normalize=per_channel", "--config.data.eval_resize=20"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("resnet-jax train: error: tfds dataset 'tiny_photos' split "
+                             "'train': ArrayRecord file ") and shard in err[0]
+    assert not workdir.exists()
