@@ -83,7 +83,8 @@ def _tfds(spec: str, split: Optional[str], data_dir: Optional[str], builder_fn) 
     if not name:
         raise ValueError(f"--data {spec!r}: name a tfds dataset, e.g. tfds:cifar10")
     if builder_fn is None:
-        import tensorflow_datasets as tfds
+        from resnet_jax.data.tf_import import tensorflow_datasets
+        tfds = tensorflow_datasets()
         builder_fn = lambda n, d: tfds.builder(n, data_dir=d)  # noqa: E731
     try:
         builder = builder_fn(name, data_dir or None)
@@ -110,17 +111,38 @@ def _tfds(spec: str, split: Optional[str], data_dir: Optional[str], builder_fn) 
         count = None
 
     def examples():
-        import tensorflow_datasets as tfds
-        ds = builder.as_dataset(split=split, shuffle_files=False,
-                                decoders={"image": tfds.decode.SkipDecoding()})
-        rows = tfds.as_numpy(ds) if hasattr(ds, "element_spec") else ds
-        for i, ex in enumerate(rows):
+        for i, ex in enumerate(_tfds_rows(builder, spec, split)):
             label = ex[key]
             yield (f"{spec} {split} example {i}", ex["image"],
                    tuple(int(y) for y in label) if key == "real_label" else int(label))
 
     return Source(spec, "tfds", split, [str(n) for n in labels.names or []] or None,
                   int(labels.num_classes), examples, count, multilabel=key == "real_label")
+
+
+def _tfds_rows(builder, spec: str, split: str) -> Iterator[dict]:
+    """The examples of a tfds split, images left encoded: by index from ArrayRecord files
+    (`as_data_source`, no TensorFlow), else through tf.data from TFRecord files (which needs
+    TensorFlow: without it, one error saying how to convert the dataset)."""
+    from resnet_jax.data.tf_import import tensorflow_datasets
+    tfds = tensorflow_datasets()
+    skip = {"image": tfds.decode.SkipDecoding()}
+    formats = {getattr(f, "value", f) for f in builder.info.available_file_formats()}
+    if "array_record" in formats:
+        rows = builder.as_data_source(split=split, decoders=skip, file_format="array_record")
+        for i in range(len(rows)):
+            yield rows[i]
+        return
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ValueError(
+            f"--data {spec}: stored as {', '.join(sorted(formats))} in {builder.data_dir}, which "
+            "only TensorFlow reads, and TensorFlow is not installed; add an ArrayRecord copy "
+            f"once (no TensorFlow needed): resnet-jax prepare convert --name {builder.name} "
+            f"--data-dir {os.path.dirname(os.path.dirname(builder.data_dir))}, or pip install "
+            "'resnet-jax[tf]'")
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=skip)
+    yield from (tfds.as_numpy(ds) if hasattr(ds, "element_spec") else ds)
 
 
 def _folder(path: str, split: Optional[str]) -> Source:

@@ -68,6 +68,8 @@ def test_prepare_train_eval_and_sweep_without_tensorflow(tmp_path, helpers):
             f"--config.data.data_dir={tfds_dir}", "--config.train.eval_every_steps=2",
             *STREAMING, "--next",
             "eval", "--workdir", str(run), "--next",
+            "eval", "--workdir", str(run), "--data", "tfds:no_tf_photos", "--split",
+            "validation", "--json", "--next",
             "sweep", "configs/sweeps/smoke.py:steps=2", "--workdir", str(sweep), "--member", "0",
             *[f"--set={a[len('--config.'):]}" for a in STREAMING],
             "--set=data.source=tar", f"--set=data.path={tar}", "--set=data.workers=1"]
@@ -84,3 +86,5 @@ def test_prepare_train_eval_and_sweep_without_tensorflow(tmp_path, helpers):
     assert "Failed to import TensorFlow" not in out.stdout + out.stderr  # tfds' banner
     assert (run / "results.json").exists()
     assert "step 2: val loss" in out.stdout and "(6 examples)" in out.stdout
+    assert '"source": "tfds:no_tf_photos", "split": "validation"' in out.stdout  # eval --data
+    assert '"count": 6' in out.stdout

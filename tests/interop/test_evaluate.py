@@ -213,6 +213,22 @@ def test_real_labels_prediction_in_set_and_empty_sets_left_out(model_dir, tfds_d
            "(ReaL), top-5 error 25.00% (ReaL)" in capsys.readouterr().out
 
 
+def test_tfrecord_only_tfds_without_tensorflow_is_one_error(monkeypatch):
+    """eval --data tfds:NAME reads ArrayRecord with no TensorFlow (tests/data/
+    test_no_tensorflow.py); a TFRecord-only dataset there is one error saying how to convert."""
+    import importlib.util
+    builder = types.SimpleNamespace(
+        name="imagenet2012", data_dir="/d/tfds/imagenet2012/5.1.0",
+        info=types.SimpleNamespace(available_file_formats=lambda: ["tfrecord"]))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    with pytest.raises(ValueError, match="stored as tfrecord in .*TensorFlow is not installed; "
+                       "add an ArrayRecord copy once .*resnet-jax prepare convert --name "
+                       "imagenet2012 --data-dir /d/tfds,"):
+        next(eval_sources._tfds_rows(builder, "tfds:imagenet2012", "validation"))
+
+
 def test_tfds_labels_checked_against_the_model():
     def builder(names, splits=("test",)):
         label = types.SimpleNamespace(names=names, num_classes=len(names))
