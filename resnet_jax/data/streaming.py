@@ -64,6 +64,40 @@ def make_iterator(ds, workers: int, buffer: int = 2):
         num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=ignore_stop_signals))
 
 
+WORKER_DIED = "Worker process was terminated unexpectedly"  # grain's RuntimeError
+MAX_WORKER_RESTARTS = 3
+
+
+def read_on(open_at, start: int = 0) -> Iterator:
+    """The elements of `open_at(start)`, reopened at the element it stopped at when a grain
+    worker dies (`MAX_WORKER_RESTARTS` times in a row at most, then the error is raised).
+
+    A worker that a preemption's SIGTERM reaches while it starts up (before
+    `ignore_stop_signals` runs in it: seconds on a busy machine, at every evaluation) dies of
+    it; the run must still read on to its checkpoint. Elements are functions of their
+    position, so a reopened stream gives the same ones."""
+    at, restarts = start, 0
+    while True:
+        it = open_at(at)
+        try:
+            while True:
+                try:
+                    element = next(it)
+                except StopIteration:
+                    return
+                except RuntimeError as e:
+                    if WORKER_DIED not in str(e) or restarts >= MAX_WORKER_RESTARTS:
+                        raise
+                    restarts += 1
+                    log.warning("a data worker died (%s); reading on from element %d with "
+                                "new workers", str(e).splitlines()[0], at)
+                    break
+                at, restarts = at + 1, 0
+                yield element
+        finally:
+            close_iterator(it)
+
+
 def close_iterator(it) -> None:
     close = getattr(it, "close", None)
     if close is not None:
@@ -142,15 +176,12 @@ class StreamingPipeline:
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict]:
         """Endless per-process batches {'image': uint8 (b, S, S, 3), 'label': int32 (b,)}."""
-        it = make_iterator(self._train_dataset(start_step), self.workers)
         step = start_step
-        try:
-            while True:
-                batch = self._check(next(it), f"training step {step}")
-                step += 1
-                yield batch
-        finally:
-            close_iterator(it)
+        for batch in read_on(lambda at: make_iterator(self._train_dataset(at), self.workers),
+                             start_step):
+            batch = self._check(batch, f"training step {step}")
+            step += 1
+            yield batch
 
     def train_chunk(self, step: int, k: int) -> dict:
         """{'image': uint8 (k, b, S, S, 3), 'label': int32 (k, b)}: steps [step, step + k),
@@ -200,12 +231,8 @@ class StreamingPipeline:
         import grain
         element = EvalElement(self.splits.eval, self._views(scales), self.on_corrupt)
         ds = grain.MapDataset.source(self._eval_rows()).map(element).batch(self.eval_batch_size)
-        it = make_iterator(ds, self.workers)
-        try:
-            for batch in it:
-                yield self._check(batch, "evaluation")
-        finally:
-            close_iterator(it)
+        for batch in read_on(lambda at: make_iterator(ds[at:], self.workers), 0):
+            yield self._check(batch, "evaluation")
 
     def eval_batches(self) -> Iterator[dict]:
         """{'image': uint8 (b, V, H, W, 3), 'label': int32 (b,), 'mask': bool (b,)}: V = 1

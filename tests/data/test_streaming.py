@@ -245,24 +245,48 @@ def test_close_is_idempotent_joins_the_workers_and_a_later_chunk_says_so(tree):
         p.train_chunk(1, 1)
 
 
-def test_workers_leave_sigterm_to_the_training_process(tree):
+@pytest.mark.parametrize("reading", ["train", "eval"])
+def test_workers_leave_sigterm_to_the_training_process(tree, monkeypatch, reading):
     """A preemption signals every process (systemd at a VM's shutdown, SLURM): the workers
-    must not die of it, or the run fails reading its next batch instead of saving."""
+    must not die of it, or the run fails reading its next batch instead of saving. The first
+    workers are signalled the moment they are spawned (before `ignore_stop_signals` runs in
+    them: they die, the stream reads on with new ones from where it stopped), and all are
+    signalled again once the run is reading (they must ignore it)."""
     import multiprocessing
+    import multiprocessing.context
     import os
     import signal
-    cfg = stream_config(path=tree, workers=2)
+    start = multiprocessing.context.SpawnProcess.start
+    spawned = []
+
+    def start_then_sigterm(self):
+        start(self)
+        spawned.append(self.pid)
+        if len(spawned) <= 2:
+            os.kill(self.pid, signal.SIGTERM)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_then_sigterm)
+    if reading == "eval":
+        cfg = stream_config(path=tree, eval_crops="10crop")
+        ref = [b["image"] for b in make(cfg, eval_batch=2).eval_batches()]
+        p = make(stream_config(path=tree, eval_crops="10crop", workers=2), eval_batch=2)
+        got = [b["image"] for b in p.eval_batches()]
+        assert len(spawned) > 2 and len(got) == len(ref)
+        for a, b in zip(got, ref, strict=True):
+            np.testing.assert_array_equal(a, b)
+        return
     ref = take(make(stream_config(path=tree)).train_batches(0), 6)
-    p = make(cfg)
+    p = make(stream_config(path=tree, workers=2))
     first = p.train_chunk(0, 1)
     children = [c.pid for c in multiprocessing.active_children()]
-    assert children
+    assert len(spawned) > 2 and len(children) >= 2
     for pid in children:
         os.kill(pid, signal.SIGTERM)
     rest = p.train_chunk(1, 5)  # more than the workers had made ahead
     p.close()
     np.testing.assert_array_equal(first["image"][0], ref[0]["image"])
-    np.testing.assert_array_equal(rest["image"][4], ref[5]["image"])
+    for i in range(5):
+        np.testing.assert_array_equal(rest["image"][i], ref[i + 1]["image"])
 
 
 def test_eval_split_missing_a_class_is_labelled_by_the_training_class_names(tmp_path, helpers):
