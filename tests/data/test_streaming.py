@@ -54,9 +54,9 @@ def test_folder_train_batches_shapes_reproducible_and_resumable(tree):
     assert b["label"].dtype == np.int32 and set(b.keys()) == {"image", "label"}
     again = take(make(stream_config(path=tree)).train_batches(0), 5)
     resumed = take(make(stream_config(path=tree)).train_batches(2), 3)
-    for x, y in zip(run, again):
+    for x, y in zip(run, again, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
-    for x, y in zip(run[2:], resumed):
+    for x, y in zip(run[2:], resumed, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
     # Epoch 0 sees every training file once.
@@ -130,7 +130,7 @@ def test_tfds_mock_data_sharded_padded_and_reproducible():
         assert p.num_classes == 10 and p.num_train_examples == 20
         a = take(p.train_batches(0), 6)
         b = take(make(cfg, batch=4, eval_batch=6).train_batches(3), 3)
-        for x, y in zip(a[3:], b):
+        for x, y in zip(a[3:], b, strict=True):
             np.testing.assert_array_equal(x["image"], y["image"])
         assert a[0]["image"].shape == (4, SIZE, SIZE, 3)
         # mock_data serves every (sub)split in full, so only the plumbing is checkable here:
@@ -170,7 +170,7 @@ def test_streaming_run_dispatches_k_steps_like_one_and_evaluates_multiscale(tree
 
     one, params_one = run(1, "k1")
     two, params_two = run(2, "k2")
-    for a, b in zip(params_one, params_two):
+    for a, b in zip(params_one, params_two, strict=True):
         np.testing.assert_array_equal(a, b)
     assert one["final"] == two["final"] and one["steps"] == 4
     summary = loop.evaluate(*loop.restore_for_eval(str(tmp_path / "k1"))[:2])
@@ -186,7 +186,7 @@ def test_train_chunk_reads_on_and_reopens_where_asked(tree):
     first, second = p.train_chunk(0, 2), p.train_chunk(2, 3)
     assert first["image"].shape == (2, 8, SIZE, SIZE, 3) and second["label"].shape == (3, 8)
     got = [{k: c[k][i] for k in c} for c in (first, second) for i in range(len(c["label"]))]
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
     again = p.train_chunk(1, 1)

@@ -130,7 +130,8 @@ def test_tf_style_views_equal_the_streaming_pipelines():
     prep = preprocess.Preprocessing([0, 0, 0], 1, resize=36, crop=32, style="tf")
     np.testing.assert_array_equal(views.Views(prep, "10crop")(img)[0],
                                   augment.eval_views(data, "10crop", 32, 36).numpy())
-    for scale, ours in zip((32, 45), views.Views(prep, "multiscale", (32, 45))(img)):
+    for scale, ours in zip((32, 45), views.Views(prep, "multiscale", (32, 45))(img),
+                           strict=True):
         np.testing.assert_array_equal(
             ours, augment.eval_views(data, "multiscale", 32, 36, scale=scale).numpy())
 
