@@ -219,6 +219,23 @@ def _store(workdir: str):
     return _LocalStore(workdir)
 
 
+def _unusable(workdir: str, err: Exception) -> Exception:
+    """The error for a workdir the lease cannot be written to: a full or failing disk, or a
+    storage service that fails, is storage (exit code 4); a wrong path, a read-only or
+    forbidden folder or bucket is the user's to change (a ValueError, exit code 2)."""
+    if isinstance(err, OSError):
+        text = f"{err.strerror or err}" + (f" ({err.filename})" if err.filename else "")
+        user = err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+    elif type(err).__module__.startswith("google."):  # google.api_core / google.auth
+        text = f"{type(err).__name__}: {err}"
+        user = getattr(err, "code", None) in (400, 401, 403, 404) or "auth" in \
+            type(err).__module__
+    else:
+        raise err
+    message = f"--workdir {workdir} cannot be written: {text}"
+    return ValueError(message) if user else StorageError(message)
+
+
 def _ago(seconds: float) -> str:
     return f"{seconds:.0f} s ago" if seconds >= 0 else f"{-seconds:.0f} s in the future"
 
@@ -274,15 +291,9 @@ class Lease:
         except (WorkdirBusyError, ValueError, StorageError):
             self._undo()
             raise
-        except OSError as err:
+        except Exception as err:  # noqa: BLE001 - storage errors, told apart below
             self._undo()
-            text = (f"--workdir {self.shown} cannot be written: {err.strerror or err}"
-                    + (f" ({err.filename})" if err.filename else ""))
-            # A full or failing disk is storage (exit 4); a wrong path or a read-only or
-            # forbidden folder is the user's to change (exit 2).
-            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-                raise StorageError(text) from None
-            raise ValueError(text) from None
+            raise _unusable(self.shown, err) from None
         self._thread = threading.Thread(target=self._heartbeats, name="resnet-jax-lease",
                                         daemon=True)
         self._thread.start()
@@ -303,6 +314,10 @@ class Lease:
             top = numbers[-1] if numbers else -1
             if top >= 0:
                 verdict, holder = self._judge(top, watched)
+                if holder is not None and holder.token == self._token:
+                    # Ours: a create whose answer was lost and that was retried.
+                    self.number, self._last_renewal = top, self.monotonic()
+                    return
                 if verdict == "alive":
                     self._refuse(top, holder)
                 if verdict == "unreadable":
@@ -394,14 +409,18 @@ class Lease:
                                  "without writing anything more")
 
     def release(self) -> None:
-        """Stops the heartbeat and gives the lease back (a lost one is left to its taker)."""
+        """Stops the heartbeat and gives the lease back (of a lost one, only our own file)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self.number is not None and not self._lost:
+        if self.number is not None:
             with contextlib.suppress(Exception):
-                self._store.delete(self.number)
+                # A lost lease's file is garbage (a higher one exists), but a heartbeat racing
+                # the takeover may have written it again after the taker deleted it.
+                mine = Holder.parse(self._store.read(self.number) or "")
+                if not self._lost or (mine is not None and mine.token == self._token):
+                    self._store.delete(self.number)
         self.number = None
         self._undo()
 

@@ -125,7 +125,7 @@ def test_a_holder_taken_over_finds_out_and_leaves_the_new_lease_alone(tmp_path):
     with pytest.raises(lease_lib.LeaseLostError, match="taken over by host elsewhere, pid 1"):
         mine.check()
     mine.release()
-    assert _files(workdir) == ["lease.0.json", "lease.1.json"]  # the taker's is not touched
+    assert _files(workdir) == ["lease.1.json"]  # ours (garbage now) gone, the taker's kept
 
 
 def test_a_holder_that_cannot_renew_for_a_ttl_gives_up(tmp_path, monkeypatch):
@@ -214,4 +214,4 @@ def test_gs_lease(gcs_emulator):
     with pytest.raises(lease_lib.LeaseLostError, match="host h2, pid 2"):
         mine.check()
     mine.release()
-    assert gcs_emulator.names() == ["run/lease.4.json", "run/lease.5.json"]
+    assert gcs_emulator.names() == ["run/lease.5.json"]

@@ -469,7 +469,7 @@ class _SlowStream:
     the streaming pipeline reads and closes its stream: what the shutdown must not race."""
 
     def __init__(self, inner, delay_s):
-        self.inner, self.delay_s = inner, delay_s
+        self.inner, self.delay_s = inner, delay_s  # delay_s(step): seconds to read it
         self._stream, self._next = None, None
 
     def __getattr__(self, name):
@@ -477,7 +477,7 @@ class _SlowStream:
 
     def _steps(self, step):
         while True:
-            time.sleep(self.delay_s)
+            time.sleep(self.delay_s(step))
             yield self.inner.train_chunk(step, 1)
             step += 1
 
@@ -495,7 +495,7 @@ class _SlowStream:
             self._stream = None
 
 
-def _slow_source(monkeypatch, delay_s=0.3):
+def _slow_source(monkeypatch, delay_s=lambda step: 0.3):
     import resnet_jax.data as data_lib
     real = data_lib.make_pipeline
     monkeypatch.setattr(data_lib, "make_pipeline",
@@ -516,9 +516,12 @@ def test_a_nan_stop_with_a_slow_source_reports_its_own_error(tmp_path, monkeypat
 
 def test_a_preempted_run_with_a_slow_source_exits_0_and_resumes_bitwise(finished, tmp_path,
                                                                         monkeypatch, capsys):
+    """The producer thread is inside the source's slow read of step 6 while the run saves
+    step 5 and stops: it is joined before the source closes, so the run exits 0 (it exited 2
+    with "generator already executing", and a sweep recorded it as failed)."""
     full_dir, full = finished
     workdir = str(tmp_path / "w")
-    _slow_source(monkeypatch)
+    _slow_source(monkeypatch, lambda step: 3.0 if step >= 6 else 0.05)
     from resnet_jax.train import feed
     real_chunk = feed.Chunk
 
