@@ -57,10 +57,18 @@ def is_damage(err: BaseException) -> bool:
 
 
 def reason(err: BaseException) -> str:
-    """One line of an error (TensorStore's run to dozens of lines of spec)."""
+    """One line of an error (TensorStore's run to dozens of lines of spec). A long one keeps
+    its beginning and its innermost cause, where TensorStore puts the OS error ('... No
+    space left on device [os_error_code=28]')."""
     text = str(err).strip().split(" See full TensorStore details")[0]
     text = text.split(" [tensorstore_spec")[0]
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    line = text.splitlines()[0]
+    if len(line) > 200:
+        cause = line.rsplit('": ', 1)[-1]
+        line = f"{line[:100]} ... {cause if len(cause) < 120 else line[-100:]}"
+    return f"{type(err).__name__}: {line}"
 
 
 def with_retries(read: Callable[[], T], what: str, attempts: int, delay_s: float,

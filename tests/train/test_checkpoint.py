@@ -251,3 +251,17 @@ def test_gs_directory_without_google_cloud_storage_is_refused_at_once(monkeypatc
     with pytest.raises(ImportError, match=r"gs://bucket/run/checkpoints need google-cloud-stor"
                                           r".*pip install 'resnet-jax\[gcs\]'"):
         ckpt.Checkpointer("gs://bucket/run/checkpoints")
+
+
+def test_a_long_storage_error_keeps_its_cause():
+    """TensorStore's errors put the OS error last, after two long paths: the one line kept of
+    them used to end before it."""
+    from resnet_jax.train import checkpoint_reads
+    err = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/8.orbax-chec'
+                     'kpoint-tmp/state.orbax-checkpoint-tmp/_sharding": Failed writing: "/w/che'
+                     'ckpoints/8.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/_sharding.__lo'
+                     'ck": Failed to write 173 bytes to file 5: No space left on device '
+                     "[os_error_code='28']")
+    line = checkpoint_reads.reason(err)
+    assert line.startswith("ValueError: RESOURCE_EXHAUSTED: Error writing local file")
+    assert line.endswith("No space left on device [os_error_code='28']") and len(line) < 260
