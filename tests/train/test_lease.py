@@ -12,6 +12,7 @@ import pytest
 
 from resnet_jax.errors import WorkdirBusyError
 from resnet_jax.train import lease as lease_lib
+from resnet_jax.train import lease_stores
 
 
 class FakeClock:
@@ -135,7 +136,7 @@ def test_a_holder_that_cannot_renew_for_a_ttl_gives_up(tmp_path, monkeypatch):
 
     def unavailable(*args):
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(lease_lib._LocalStore, "numbers", unavailable)
+    monkeypatch.setattr(lease_stores.LocalStore, "numbers", unavailable)
     clock.sleep(30)
     mine.renew()
     mine.check()   # a hiccup: still held
@@ -180,7 +181,7 @@ def test_a_read_only_workdir_is_one_line_and_the_folders_made_are_removed(tmp_pa
                                                                          monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system", args[0])
-    monkeypatch.setattr(lease_lib._LocalStore, "create", read_only)
+    monkeypatch.setattr(lease_stores.LocalStore, "create", read_only)
     with pytest.raises(ValueError, match=r"cannot be written: Read-only file system"):
         _lease(tmp_path / "new" / "run").acquire()
     assert os.listdir(tmp_path) == []   # new/ and new/run made for the lease, removed again
@@ -196,7 +197,7 @@ def test_gs_lease(gcs_emulator):
     with pytest.raises(WorkdirBusyError, match=f"pid {os.getpid()}"):
         _lease(workdir).acquire()
     # Two contenders for the same number: only one create succeeds (ifGenerationMatch=0).
-    store = lease_lib._GcsStore(workdir)
+    store = lease_stores.GcsStore(workdir)
     assert not store.create(0, "{}")
     first.release()
     assert gcs_emulator.names() == []
