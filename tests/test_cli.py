@@ -90,7 +90,7 @@ def test_a_second_copy_sigterm_ctrl_c_then_resume_is_bitwise(tmp_path, capsys):
               str(workdir), *OVERRIDES]
     assert cli.main(second) == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"is in use by another run (host " in err[0], err
+    assert len(err) == 1 and "is in use by another run (host " in err[0], err
     assert f"pid {proc.pid}, since " in err[0]
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)

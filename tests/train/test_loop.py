@@ -131,7 +131,7 @@ def test_eval_of_the_validation_images_as_files_gives_the_same_numbers(finished,
     config = loop.read_config(workdir)
     pipeline = data_lib.make_pipeline(config.data, global_batch_size=32, eval_batch_size=32,
                                       seed=config.seed)
-    for i, (image, label) in enumerate(zip(*pipeline.eval_arrays)):
+    for i, (image, label) in enumerate(zip(*pipeline.eval_arrays, strict=True)):
         folder = tmp_path / "val" / "test" / pipeline.class_names[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i}.png")
