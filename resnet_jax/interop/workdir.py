@@ -29,7 +29,7 @@ def checkpoint_step(workdir: str, checkpoint: str = "newest") -> int:
     """The step of the workdir's newest or best (lowest validation error) checkpoint."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {list(CHECKPOINTS)}")
-    checkpoints = run_lib.checkpointer(workdir)
+    checkpoints = run_lib.checkpointer(workdir, read_only=True)
     try:
         latest = checkpoints.latest_meta()
         steps = checkpoints.all_steps()
@@ -51,11 +51,13 @@ def checkpoint_step(workdir: str, checkpoint: str = "newest") -> int:
 
 
 def restore(workdir: str, checkpoint: str = "newest") -> tuple[Any, Any, dict, int]:
-    """(config, module, {'params', 'batch_stats'}, step) of the workdir's newest or best
-    checkpoint (`train.run.load_trained`, the run's one restore)."""
-    step = checkpoint_step(workdir, checkpoint)
-    config, module, variables = run_lib.load_trained(workdir, step=step)
-    return config, module, variables, step
+    """(config, module, {'params', 'batch_stats'}, step) of the workdir's newest readable
+    checkpoint (past torn ones, as a resumed run) or of its best (that step, or an error
+    naming it) (`train.run.load_trained_step`, the run's one restore)."""
+    step = checkpoint_step(workdir, checkpoint) if checkpoint == "best" else None
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {list(CHECKPOINTS)}")
+    return run_lib.load_trained_step(workdir, step=step)
 
 
 def run_preprocessing(workdir: str, config: Any, say: Callable[[str], None] = _say,
@@ -94,7 +96,6 @@ def export_workdir(workdir: str, out: Optional[str] = None, checkpoint: str = "n
         say(f"{workdir}: {len(names)} class names for {module.num_classes} classes; "
             "numbering them instead")
         names = None
-    module = module.clone(bn_num_groups=1)
     loaded = LoadedModel.create(module, variables, prep, names, source={
         "kind": "workdir", "workdir": os.path.abspath(workdir) if "://" not in workdir
         else workdir, "checkpoint": checkpoint, "step": step})

@@ -4,6 +4,7 @@ stop on a NaN, and write results.json. The loop (`resnet_jax.train.loop`) decide
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Any, Callable, Optional
@@ -35,6 +36,15 @@ class Session:
     # Train metrics of the steps since the last log row: [(first step, {name: (k,) array})].
     # Saved with a checkpoint, so a run resumed between log rows logs the same rows.
     pending: list = dataclasses.field(default_factory=list)
+    lease: Any = None  # the workdir's (`lease.hold`); checked before anything is written
+
+
+def finite(entry: Optional[dict]) -> bool:
+    """An evaluation whose numbers are all finite: only such an evaluation can be the best
+    (a NaN loss from labels the model does not know would otherwise win on its top-1)."""
+    return entry is not None and all(
+        isinstance(entry.get(k), (int, float)) and math.isfinite(entry[k])
+        for k in ("top1_error", "top5_error", "loss"))
 
 
 def open_files(s: Session) -> None:
@@ -56,7 +66,9 @@ def save(s: Session, step: int, state, rng, evaluated: Optional[dict]) -> None:
                for first, m in s.pending]
     s.checkpoints.save(step, state, rng, {"model": s.run.meta, "best": s.best,
                                           "train_time_s": s.train_time_s, "pending": pending},
-                       metrics={"top1_error": evaluated["top1_error"]} if evaluated else None)
+                       # No metric, no candidate for the best checkpoint orbax keeps.
+                       metrics={"top1_error": evaluated["top1_error"]} if finite(evaluated)
+                       else None)
 
 
 def restored_pending(meta: dict) -> list:
@@ -66,10 +78,13 @@ def restored_pending(meta: dict) -> list:
 
 
 def finish(s: Session, state, eval_fn, step: int, final: dict | None) -> dict:
+    if s.checkpoints is not None:  # complete only once the last checkpoint is committed:
+        s.checkpoints.wait()       # a save that fails leaves no results.json
     if final is None:  # complete before this run, but results.json was never written
         summary = run_lib.evaluate(s.run, state, eval_fn)
         final = {"step": step, **{k: summary[k] for k in ("top1_error", "top5_error", "loss")}}
-        s.best = s.best or final
+        if s.best is None and finite(final):
+            s.best = final
     h, w, c = s.run.pipeline.image_shape
     results = {"model": s.run.meta["name"], "params": count_params(state.params),
                "macs": count_macs(s.run.model, (1, h, w, c)), "best": s.best,
@@ -110,12 +125,13 @@ def log_eval(s: Session, state, eval_fn, step: int) -> dict:
     summary = run_lib.evaluate(s.run, state, eval_fn)
     entry = {"step": step, "top1_error": summary["top1_error"],
              "top5_error": summary["top5_error"], "loss": summary["loss"]}
-    if s.best is None or entry["top1_error"] < s.best["top1_error"]:
+    if finite(entry) and (s.best is None or entry["top1_error"] < s.best["top1_error"]):
         s.best = entry
     s.writer.write({"step": step, "epoch": step / s.run.pipeline.steps_per_epoch, "split": "val",
                     "loss": summary["loss"], "top1_error": summary["top1_error"],
                     "top5_error": summary["top5_error"], "wall_time": time.time()})
     s.progress.message(f"step {step}: val loss {summary['loss']:.4f} top-1 error "
                        f"{summary['top1_error']:.2f}% top-5 error {summary['top5_error']:.2f}% "
-                       f"({summary['count']} examples)")
+                       f"({summary['count']} examples)" + (
+                           "" if finite(entry) else "; not finite, so never the best"))
     return entry

@@ -11,6 +11,7 @@ the config alone, so a resumed run reproduces the uninterrupted one bitwise.
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -23,6 +24,7 @@ from resnet_jax import files
 from resnet_jax.models import count_params
 from resnet_jax.train import actions, dispatch, feed
 from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import run as run_lib
 from resnet_jax.train.logging import MetricsWriter, Progress, Timer
 
@@ -34,11 +36,22 @@ restore_for_eval, load_trained = run_lib.restore_for_eval, run_lib.load_trained
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        on_step: Callable[[int], None] | None = None) -> dict:
     """Trains `config` in `workdir` (resuming from its checkpoints) and returns results.json's
-    content; on preemption (SIGTERM) it saves, stops and returns {'preempted': True, 'step'}.
-    A non-finite step stops the run with `metrics.NonFiniteError`, after nothing non-finite
-    was saved. `on_step(step)` (optional) is called after every dispatch. Says what it does
-    as it starts each phase (process 0, stdout).
+    content; on preemption (SIGTERM, or a first Ctrl-C) it saves, stops and returns
+    {'preempted': True, 'step'}. A non-finite step stops the run with
+    `metrics.NonFiniteError`, after nothing non-finite was saved. `on_step(step)` (optional)
+    is called after every dispatch. Says what it does as it starts each phase (process 0,
+    stdout).
+
+    The run holds the workdir's lease (`train.lease`) from before it reads anything: a second
+    run on the same workdir raises `lease.WorkdirBusyError` naming this one; a workdir that
+    cannot be written is a ValueError, before any data is loaded.
     """
+    with lease_lib.hold(workdir) as lease:
+        return _train_and_evaluate(config, workdir, on_step, lease)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        on_step: Callable[[int], None] | None, lease) -> dict:
     lead = jax.process_index() == 0
     say = (lambda text: print(text, flush=True)) if lead else (lambda text: None)
     d = config.data
@@ -70,10 +83,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             if restored is None and config.model.init_from else ""))
         done = files.read_json(work / "results.json")
         if step >= config.train.num_steps and done:
+            best = done.get("best")
             say(f"already complete: step {step} of {config.train.num_steps} in {work}; final "
-                f"val top-1 error {done['final']['top1_error']:.2f}% (best "
-                f"{done['best']['top1_error']:.2f}% at step {done['best']['step']}); "
-                f"results.json has the rest")
+                f"val top-1 error {done['final']['top1_error']:.2f}% (" + (
+                    f"best {best['top1_error']:.2f}% at step {best['step']}" if best else
+                    "no finite evaluation") + "); results.json has the rest")
             return done
         say(f"resuming from the checkpoint of step {step} of {config.train.num_steps} in "
             f"{work}" if step else f"starting a new run of {config.train.num_steps} steps in "
@@ -83,18 +97,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             enabled=lead, bar=config.train.progress)
         session = actions.Session(run, work, checkpoints, writer, progress, meta.get("best"),
                                   meta.get("train_time_s", 0.0), say,
-                                  actions.restored_pending(meta))
+                                  actions.restored_pending(meta), lease=lease)
         with ckpt_lib.PreemptionWatcher() as watcher:
             result = _train(session, state, rng, step, watcher, on_step)
         session.checkpoints.wait()
     finally:
-        if writer is not None:
-            writer.close()
         opened = session.checkpoints if session is not None else checkpoints
-        if opened is not None:
-            opened.close()
-        run.pipeline.close()
+        _close_all(writer and writer.close, opened and opened.close, run.pipeline.close)
     return result
+
+
+def _close_all(*closers) -> None:
+    """Calls every closer (None: skipped). On the way out of an error their own failures are
+    dropped (a full disk fails the save and then each flush: the save's is the error to
+    report); otherwise the first is raised once all ran."""
+    failing, first = sys.exc_info()[1] is not None, None
+    for close in closers:
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            first = first or err
+    if first is not None and not failing:
+        raise first
 
 
 def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
@@ -139,6 +165,8 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
                                             ("eval", t.eval_every_steps),
                                             ("save", t.checkpoint_every_steps))
                    if step % every == 0 or step == t.num_steps}
+            if due or stop:  # about to write: only while this run holds the workdir
+                s.lease.check()
             # Checked before anything is logged, evaluated or saved, else one dispatch late
             # (that flag is ready by now: no wait on the device).
             if ((due or stop) and not bool(ok)) or (previous_ok is not None
@@ -156,8 +184,8 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
                 on_step(step)
             if stop and step < t.num_steps:
                 s.checkpoints.wait()
-                s.progress.message(f"preempted (SIGTERM): saved the checkpoint of step {step};"
-                                   " run the same command again to resume")
+                s.progress.message(f"{watcher.why()}: saved the checkpoint of step {step}; "
+                                   "run the same command again to resume")
                 return {"preempted": True, "step": step}
     finally:
         chunks.close()
