@@ -2,7 +2,6 @@
 an evaluation split missing a class keeps the others' labels, a hidden folder is never a class,
 a class training does not know is refused by name. End to end through a training run: the
 reported validation error equals an independent count over the test images by class name."""
-import io
 import tarfile
 
 import jax
