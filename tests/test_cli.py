@@ -163,6 +163,25 @@ def test_a_second_ctrl_c_aborts_at_once():
                            "stopping (Ctrl-C again to abort at once, without saving)")
 
 
+def test_an_interrupted_command_exits_130_without_the_interpreters_teardown(monkeypatch):
+    """Ctrl-C before a run's loop: 130 through os._exit (the teardown under XLA's threads
+    segfaulted, exit 139, in about half of the interrupts during model compilation); every
+    other exit code through sys.exit."""
+    exits = []
+    monkeypatch.setattr(cli.os, "_exit", lambda code: exits.append(("os._exit", code)))
+    for code in (130, 0, 2):
+        monkeypatch.setattr(cli, "main", lambda code=code: code)
+        try:
+            cli.console()
+        except SystemExit as e:
+            exits.append(("sys.exit", e.code))
+    assert exits == [("os._exit", 130), ("sys.exit", 130), ("sys.exit", 0), ("sys.exit", 2)]
+    import configparser
+    scripts = configparser.ConfigParser()
+    scripts.read(ROOT / "setup.cfg")
+    assert "resnet_jax.cli:console" in scripts["options.entry_points"]["console_scripts"]
+
+
 def _no_data_load(monkeypatch):
     """Fails the test if a run gets as far as loading its data."""
     import resnet_jax.data as data_lib
