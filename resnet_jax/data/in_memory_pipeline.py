@@ -4,6 +4,7 @@ Built by `resnet_jax.data.make_pipeline` when `config.data.pipeline == 'in_memor
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Iterator
 
@@ -12,12 +13,19 @@ import numpy as np
 from resnet_jax.data import in_memory, order
 from resnet_jax.data.device_ops import make_device_preprocess
 
-def _load_split(cfg, split: str, seed: int) -> tuple:
+# The data is one for every run seed, as CIFAR's own images are: generated images are drawn
+# from this fixed seed (train; test from DATA_SEED + 1) and the 45k/5k split from 0, so the
+# run seed picks only the initialization, the order and the augmentation, and replica i of a
+# packed run (seed + i) sees the data of the solo run with that seed.
+DATA_SEED = 0
+
+
+def _load_split(cfg, split: str) -> tuple:
     """Load `split` ('train' or 'test') of the configured source -> arrays tuple."""
     if cfg.source == "synthetic":
         return in_memory.load_synthetic(cfg.synthetic_examples, cfg.image_size,
                                         cfg.num_classes or 10,
-                                        seed=seed + (0 if split == "train" else 1))
+                                        seed=DATA_SEED + (0 if split == "train" else 1))
     if cfg.source == "tar":
         if split != "train" and split not in in_memory.tar_splits(cfg.path):
             raise FileNotFoundError(split)
@@ -50,6 +58,8 @@ class InMemoryPipeline:
 
     Eval set: the seeded held-out `num_val_examples` of the training split (45k/5k for
     CIFAR-10); with num_val_examples=0 the source's `test` split (synthetic: a fresh seeded set).
+    The run `seed` draws the training order only; the data itself does not depend on it
+    (`DATA_SEED`).
     """
 
     def __init__(self, cfg, *, global_batch_size: int, eval_batch_size: int, seed: int,
@@ -59,7 +69,7 @@ class InMemoryPipeline:
         self.batch_size = order.per_process(global_batch_size, process_count, "global_batch_size")
         order.per_process(eval_batch_size, process_count, "eval_batch_size")
 
-        images, labels, self.class_names = _load_split(cfg, "train", seed)
+        images, labels, self.class_names = _load_split(cfg, "train")
         self._source = _describe_source(cfg)
         num_val = cfg.num_val_examples
         if num_val > 0:
@@ -68,7 +78,7 @@ class InMemoryPipeline:
         else:
             train = (images, labels)
             try:
-                val = _load_split(cfg, "test", seed)[:2]
+                val = _load_split(cfg, "test")[:2]
             except FileNotFoundError:
                 raise ValueError(f"data.num_val_examples=0 but data.source={cfg.source!r} "
                                  "has no 'test' split; set num_val_examples > 0") from None
@@ -89,6 +99,13 @@ class InMemoryPipeline:
         self.device_preprocess = make_device_preprocess(
             mean=self.mean, std=self.std,
             crop_flip_pad=4 if cfg.train_augment == "pad_crop_flip" else 0)
+
+    def with_seed(self, seed: int) -> "InMemoryPipeline":
+        """This pipeline with the training order of run seed `seed` (the arrays shared,
+        nothing loaded again): the order replica i of a packed run (seed + i) trains in."""
+        other = copy.copy(self)
+        other.seed = seed
+        return other
 
     def train_indices(self, start_step: int, num_steps: int) -> np.ndarray:
         """int32 (num_steps, b): this process's rows of each step's global batch."""
