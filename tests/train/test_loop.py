@@ -162,17 +162,35 @@ def test_missing_data_directory(tmp_path):
 
 
 def test_chunks_are_aligned_to_boundaries():
+    """Dispatches end at every eval and checkpoint step (their state is needed) and at the
+    end; a log step needs only the per-step metrics, so it cuts nothing."""
     train = load_config(SMOKE, ["--config.train.steps_per_dispatch=4",
                                 "--config.train.log_every_steps=3",
-                                "--config.train.num_steps=10"]).train
+                                "--config.train.checkpoint_every_steps=6",
+                                "--config.train.num_steps=11"]).train
     steps, step = [], 0
     while step < train.num_steps:
         k = feed.chunk_size(step, train)
         steps.append(k)
         step += k
-    assert steps == [3, 1, 2, 2, 1, 1]  # cut at 3, 4 (eval/ckpt), 6, 8, 9, 10
+    assert steps == [4, 2, 2, 3]  # cut at 4 (eval), 6 (checkpoint), 8 (eval), 11 (the end)
     # A run resumed at 6 dispatches exactly the rest of these chunks.
-    assert list(feed.schedule(6, train)) == [(6, 2), (8, 1), (9, 1)]
+    assert list(feed.schedule(6, train)) == [(6, 2), (8, 3)]
+
+
+def test_log_rows_inside_a_dispatch_are_those_of_single_steps(tmp_path):
+    """Logs every 3 steps in dispatches of 4: rows at 3, 6 (inside dispatches) and at the
+    evals, each the mean of its own steps, as a run of one step per dispatch logs them."""
+    over = ["--config.train.log_every_steps=3"]
+    rows = {}
+    for k in (4, 1):
+        workdir = str(tmp_path / f"k{k}")
+        loop.train_and_evaluate(
+            load_config(SMOKE, over + [f"--config.train.steps_per_dispatch={k}"]), workdir)
+        rows[k] = _comparable(read_metrics(workdir))
+    assert [(r["step"], r["split"]) for r in rows[4]] == [
+        (3, "train"), (4, "val"), (6, "train"), (8, "train"), (8, "val")]
+    assert rows[4] == rows[1]
 
 
 def _poison_step(monkeypatch, bad_step):

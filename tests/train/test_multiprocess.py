@@ -1,6 +1,7 @@
 """2 processes x 4 CPU devices (jax.distributed on localhost, gloo collectives) train exactly
 like 1 process x 8 devices: same losses, parameters and BN statistics after a few steps, and
-the same masked evaluation of a dataset that is not a multiple of the batch."""
+the same masked evaluation of a dataset that is not a multiple of the batch; for one net and
+for 2 replicas of it trained as one program."""
 import importlib.util
 import os
 import pathlib
@@ -41,7 +42,7 @@ def test_two_processes_match_one_process(tmp_path):
     outputs = []
     try:
         for p in procs:
-            outputs.append(p.communicate(timeout=120)[0])
+            outputs.append(p.communicate(timeout=300)[0])
     finally:
         for p in procs:
             if p.poll() is None:
@@ -49,11 +50,16 @@ def test_two_processes_match_one_process(tmp_path):
     for i, p in enumerate(procs):
         assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
 
-    reference = load_worker().run_steps(0, 1)  # this process: 8 devices (conftest)
+    worker = load_worker()   # this process: 8 devices (conftest)
+    reference = {**worker.run_steps(0, 1), **worker.run_steps(0, 1, replicas=2)}
     for i in range(nproc):
         got = dict(np.load(tmp_path / f"p{i}.npz"))
         assert sorted(got) == sorted(reference)
         for key, value in reference.items():
             np.testing.assert_allclose(got[key], value, rtol=2e-5, atol=2e-6, err_msg=key)
-    assert np.all(np.isfinite(reference["losses"]))
-    assert reference["eval_sums"][3] == 21  # each eval example counted once
+    assert np.all(np.isfinite(reference["r1_losses"])) and np.all(np.isfinite(
+        reference["r2_losses"]))
+    assert reference["r1_eval_sums"][3] == 21  # each eval example counted once
+    assert reference["r2_eval_sums"][3].tolist() == [21, 21]   # ... by each replica
+    assert reference["r2_losses"].shape == (3, 2)
+    assert not np.allclose(reference["r2_losses"][:, 0], reference["r2_losses"][:, 1])
