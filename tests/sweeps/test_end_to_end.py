@@ -47,7 +47,7 @@ def test_tiny_sweep_resumes_survives_a_failure_and_reports(tmp_path, assert_png)
     rows = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
     assert len(rows) == 2
     assert rows[0].startswith("| false | cifar_resnet8 | 2/2 |")
-    assert rows[1].startswith("| true | cifar_plain8 | 0/2 (2 failed) |")
+    assert rows[1].startswith("| true | - | 0/2 (2 failed) |")   # it never started
     assert "`plain=true,seed=1`: FAILED: RuntimeError: injected failure" in text
     assert_png(tmp_path / report.FIG6)
     assert_png(tmp_path / report.FIG7)
