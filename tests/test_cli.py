@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import cli
+from resnet_jax.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,10 +53,10 @@ def _env(cache):
                 PYTHONPATH=str(ROOT))
 
 
-def _train_cmd(workdir, steps):
+def _train_cmd(workdir, steps, replicas=1):
     return [sys.executable, "-m", "resnet_jax.cli", "train", "--config",
-            f"configs/smoke.py:steps={steps}", "--workdir", str(workdir), "--cpu-devices", "8",
-            *OVERRIDES]
+            f"configs/smoke.py:steps={steps},replicas={replicas}", "--workdir", str(workdir),
+            "--cpu-devices", "8", *OVERRIDES]
 
 
 def _wait_for_rows(workdir, proc, rows=2, timeout=240):
@@ -69,11 +70,12 @@ def _wait_for_rows(workdir, proc, rows=2, timeout=240):
 
 
 @pytest.mark.slow
-def test_sigterm_subprocess_resume_is_bitwise(tmp_path):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_sigterm_subprocess_resume_is_bitwise(tmp_path, replicas):
     from resnet_jax.config import load_config
     from resnet_jax.train import loop
     steps, workdir, cache = 40, tmp_path / "run", tmp_path / "cache"
-    proc = subprocess.Popen(_train_cmd(workdir, steps), cwd=ROOT, env=_env(cache),
+    proc = subprocess.Popen(_train_cmd(workdir, steps, replicas), cwd=ROOT, env=_env(cache),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_rows(workdir, proc)
     proc.send_signal(signal.SIGTERM)
@@ -81,12 +83,12 @@ def test_sigterm_subprocess_resume_is_bitwise(tmp_path):
     assert proc.returncode == 0, out
     assert "preempted (SIGTERM)" in out
     assert not (workdir / "results.json").exists()
-    resumed = subprocess.run(_train_cmd(workdir, steps), cwd=ROOT, env=_env(cache),
+    resumed = subprocess.run(_train_cmd(workdir, steps, replicas), cwd=ROOT, env=_env(cache),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from the checkpoint of step" in resumed.stdout
     # The uninterrupted run, in this process (also 8 CPU devices: the same programs).
-    config = load_config(f"configs/smoke.py:steps={steps}", OVERRIDES)
+    config = load_config(f"configs/smoke.py:steps={steps},replicas={replicas}", OVERRIDES)
     reference = tmp_path / "reference"
     old_cache = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", str(cache))  # reuse the subprocesses' programs
@@ -94,7 +96,11 @@ def test_sigterm_subprocess_resume_is_bitwise(tmp_path):
         loop.train_and_evaluate(config, str(reference))
     finally:
         jax.config.update("jax_compilation_cache_dir", old_cache)
-    a = jax.tree.leaves(jax.device_get(loop.load_trained(str(workdir))[2]))
-    b = jax.tree.leaves(jax.device_get(loop.load_trained(str(reference))[2]))
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
+    for i in (range(replicas) if replicas > 1 else (None,)):
+        a = jax.tree.leaves(jax.device_get(loop.load_trained(str(workdir), replica=i)[2]))
+        b = jax.tree.leaves(jax.device_get(loop.load_trained(str(reference), replica=i)[2]))
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    rows = [[{k: v for k, v in r.items() if k not in ("wall_time", "images_per_sec")}
+             for r in read_metrics(str(w))] for w in (workdir, reference)]
+    assert rows[0] == rows[1]

@@ -266,6 +266,7 @@ def finish(s: Session, state, eval_fn, step: int, final: Any) -> dict:
                  **({"non_finite_step": s.frozen[i]} if i in s.frozen else {})}
                 for i in range(s.n)]
         results.update(replicas=each, summary=replicas.summarize(each))
+        s.progress.message(replicas.summary_line(results["summary"]))
     results.update(train_time_s=s.train_time_s, steps=step)
     if jax.process_index() == 0:
         files.write_json(s.work / "results.json", results, sort_keys=True)

@@ -107,12 +107,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _final_line(results: dict) -> str:
     """The final and best validation errors of a results.json, in a few words."""
-    if "summary" not in results:
-        return (f"final val top-1 error {results['final']['top1_error']:.2f}% (best "
-                f"{results['best']['top1_error']:.2f}% at step {results['best']['step']})")
-    summary = results["summary"]
-    return (f"final val top-1 error (%) over {summary['runs']} of {summary['replicas']} "
-            f"replicas, best (mean ± std): {replicas.paper_form(summary.get('final', {}).get('top1_error'))}")
+    if "summary" in results:
+        return replicas.summary_line(results["summary"])
+    return (f"final val top-1 error {results['final']['top1_error']:.2f}% (best "
+            f"{results['best']['top1_error']:.2f}% at step {results['best']['step']})")
 
 
 def _log_steps(begin: int, end: int, train) -> list[int]:

@@ -98,3 +98,11 @@ def paper_form(stats: Optional[dict], digits: int = 2) -> str:
     if stats["n"] == 1:
         return f"{low:.{digits}f}"
     return f"{low:.{digits}f} ({mean:.{digits}f} ± {std:.{digits}f})"
+
+
+def summary_line(summary: dict) -> str:
+    """'4 of 5 replicas finished: final val top-1 error (%), best (mean ± std): 6.43 (6.61 ±
+    0.16)': results.json's `summary` in a few words."""
+    top1 = (summary.get("final") or {}).get("top1_error")
+    return (f"{summary['runs']} of {summary['replicas']} replicas finished: final val top-1 "
+            f"error (%), best (mean ± std): {paper_form(top1)}")

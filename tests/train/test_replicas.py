@@ -194,6 +194,8 @@ def test_summary_and_paper_form():
     assert top1["min"] == 6.43 and top1["mean"] == pytest.approx(6.61)
     assert top1["std"] == pytest.approx(np.std([6.43, 6.70, 6.61, 6.55, 6.76], ddof=1))
     assert replicas.paper_form(top1) == "6.43 (6.61 ± 0.13)"
+    assert replicas.summary_line(summary) == ("5 of 6 replicas finished: final val top-1 error "
+                                              "(%), best (mean ± std): 6.43 (6.61 ± 0.13)")
     with pytest.raises(ValueError, match=r"--replica 2 is out of range.*allowed: 0\.\.1"):
         replicas.check_index(2, 2, "the run")
     with pytest.raises(ValueError, match=r"pass --replica i with i in 0\.\.4"):
