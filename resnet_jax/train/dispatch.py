@@ -17,14 +17,21 @@ real count as data, and the steps past it are computed but not applied, so chunk
 length up to K run the one compiled scan (its trip count stays static: an XLA:GPU while loop
 with a data-dependent count reads its condition back to the host at every iteration).
 
-Replicas (`replicas=N` > 1): N nets trained as one program, `jax.vmap` over a leading replica
-axis of the state ((N, ...) leaves), of the base keys ((N,) keys) and of the data (each
-replica's own rows: chunk leaves (k, N, B, ...)); each replica is exactly `train_step` on its
-own state (vmap turns a convolution over N replicas into one grouped convolution: the same
-arithmetic, summed in another order, so a replica equals its solo run to float32 rounding,
-not bitwise). Metrics become (k, N), the NaN flag `ok` (N,): a replica that turns non-finite
-is frozen at its last finite state while the others train on. Every device holds every
-replica; each replica's batch is split over the mesh as with one.
+Replicas (`replicas=N` > 1): N nets in one run, their state stacked on a leading replica axis
+((N, ...) leaves), as are the base keys ((N,) keys), the NaN flag `ok` (N,) and the data (each
+replica's own rows: chunk leaves (k, N, B, ...)); metrics become (k, N). A replica that turns
+non-finite is frozen at its last finite state while the others train on. Every device holds
+every replica; each replica's batch is split over the mesh as with one. How the N steps run
+(`replica_mode`):
+- 'vmap': one program steps all N (`jax.vmap` of the guarded step): each kernel does the work
+  of N nets, what a GPU running a CIFAR net needs. vmap makes each convolution over the N
+  replicas one grouped convolution, the same arithmetic summed in another order, so a replica
+  equals its solo run to float32 rounding, not bitwise.
+- 'sequential': one compiled single-replica step, called for replica 0, 1, ... in turn on its
+  slice of the stacked state (a traced index, updated in place): bitwise the solo runs. XLA:CPU
+  computes grouped convolutions far slower than N plain ones (cifar_resnet20, batch 32: 5
+  replicas vmapped took x34 the time of one), so 'auto' takes it on CPU with the python loop,
+  and vmap elsewhere.
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ from resnet_jax import parallel
 from resnet_jax.train.step import Preprocess, TrainState, eval_step, select, train_step
 
 LOOPS = ("auto", "scan", "python")
+REPLICA_MODES = ("auto", "vmap", "sequential")
 
 
 class Padded(NamedTuple):
@@ -58,6 +66,23 @@ def loop_kind(loop: str, mesh: Mesh) -> str:
     if loop != "auto":
         return loop
     return "python" if mesh.devices.flat[0].platform == "cpu" else "scan"
+
+
+def replica_kind(mode: str, mesh: Mesh, loop: str = "auto") -> str:
+    """'vmap' or 'sequential' (see the module docstring); 'auto' is sequential where the
+    steps run as a python loop on CPU."""
+    if mode not in REPLICA_MODES:
+        raise ValueError(f"replica_mode={mode!r} is not allowed; choose one of "
+                         f"{list(REPLICA_MODES)}")
+    if mode != "auto":
+        return mode
+    cpu = mesh.devices.flat[0].platform == "cpu"
+    return "sequential" if cpu and loop_kind(loop, mesh) == "python" else "vmap"
+
+
+def _pick(tree: Any, i: Any) -> Any:
+    """Replica i (a traced index) of stacked leaves."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree)
 
 
 def _pad(host: dict, steps: int) -> dict:
@@ -108,7 +133,8 @@ def _guarded(step_fn: Callable, state: TrainState, x: Any, ok: jax.Array,
 def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, *,
                   resident: Optional[tuple] = None, preprocess: Optional[Preprocess] = None,
                   label_smoothing: float = 0.0, loop: str = "auto",
-                  donate: bool = True, replicas: int = 1) -> Callable:
+                  donate: bool = True, replicas: int = 1,
+                  replica_mode: str = "auto") -> Callable:
     """Compiled `fn(state, chunk, rng, ok=None, stop=None) -> (state, metrics)`: the k steps of
     a chunk.
 
@@ -122,6 +148,8 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
       donate: the state's buffers are donated (the input state must not be used again).
       replicas: N > 1 trains N nets at once (module docstring): state, rng and `ok` carry a
         leading replica axis, chunks (k, N, B, ...) leaves, metrics (k, N).
+      replica_mode: 'auto' | 'vmap' | 'sequential' (module docstring; 'sequential' needs the
+        python loop).
     `chunk` comes from `put_chunk(host, mesh, loop, replicas=...)`; `rng` is the run's base key
     (step s uses fold_in(rng, s)); the state lives replicated on the mesh (`create_train_state(..,
     mesh=mesh)`). Metrics are stacked over the k steps (over all K steps of a `Padded` chunk:
@@ -134,6 +162,10 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
     the whole chunk).
     """
     kind = loop_kind(loop, mesh)
+    mode = replica_kind(replica_mode, mesh, kind) if replicas > 1 else "vmap"
+    if mode == "sequential" and kind == "scan":
+        raise ValueError("replica_mode='sequential' steps the replicas one by one from the "
+                         "host: it needs loop='python'")
     rep, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     step = functools.partial(train_step, model=model, tx=tx, preprocess=preprocess,
                              label_smoothing=label_smoothing)
@@ -157,6 +189,14 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
     def python_step(state, x, rng, ok, arrays):
         return stepper(state, x, rng, ok, None, arrays)
 
+    def replica_step(state, i, x, rng, ok, arrays):
+        """Replica i's step on its slice of the stacked state, written back in place."""
+        new, metrics, ok_i = one(_pick(state, i), _pick(x, i), _pick(rng, i), ok[i], None,
+                                 arrays)
+        state = jax.tree.map(lambda a, b: jax.lax.dynamic_update_index_in_dim(a, b, i, 0),
+                             state, new)
+        return state, metrics, ok.at[i].set(ok_i)
+
     def scan_steps(state, xs, count, rng, ok, arrays):
         xs = jax.lax.with_sharding_constraint(xs, parallel.batch_sharding(mesh, 1 + lead))
         k = len(jax.tree.leaves(xs)[0])
@@ -172,8 +212,19 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
 
     donated = (0,) if donate else ()
     # jit compiles lazily: only the kind that is called is ever compiled.
-    compiled = jax.jit(python_step if kind == "python" else scan_steps, out_shardings=rep,
-                       donate_argnums=donated)
+    body = {"scan": scan_steps, "python": python_step}[kind]
+    if replicas > 1 and mode == "sequential":
+        body = replica_step
+    compiled = jax.jit(body, out_shardings=rep, donate_argnums=donated)
+
+    def python_call(state, x, rng, ok):
+        if body is not replica_step:
+            return compiled(state, x, rng, ok, arrays)
+        each = []
+        for i in range(replicas):
+            state, metrics, ok = compiled(state, np.int32(i), x, rng, ok, arrays)
+            each.append(metrics)
+        return state, jax.tree.map(lambda *m: jnp.stack(m), *each), ok
     true = []
 
     def fn(state: TrainState, chunk: Any, rng: Any, ok: Optional[jax.Array] = None,
@@ -192,7 +243,7 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
         for x in chunk:
             if out and stop is not None and stop():
                 break  # the steps done so far are the chunk
-            state, metrics, ok = compiled(state, x, rng, ok, arrays)
+            state, metrics, ok = python_call(state, x, rng, ok)
             out.append(metrics)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *out)
 
@@ -200,16 +251,25 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
 
 
 def make_eval_fn(model: nn.Module, mesh: Mesh, *, preprocess: Optional[Preprocess] = None,
-                 replicas: int = 1) -> Callable:
+                 replicas: int = 1, replica_mode: str = "auto") -> Callable:
     """Compiled `fn(state, batch) -> sums` (see `step.eval_step`); `batch` holds global arrays
     (`parallel.to_global` of each process's rows). Every process must call it the same number
     of times (the pipelines pad the last batches). With `replicas` N > 1 the state has a
-    leading replica axis, every replica scores the same batch, and each sum is (N,)."""
+    leading replica axis, every replica scores the same batch, and each sum is (N,) (vmapped,
+    or replica by replica with `replica_mode` as `make_train_fn`'s)."""
     step = functools.partial(eval_step, model=model, preprocess=preprocess)
-    if replicas > 1:
-        step = jax.vmap(step, in_axes=(0, None))
-    rep = parallel.replicated(mesh)
-    return jax.jit(step, in_shardings=(rep, parallel.batch_sharding(mesh)), out_shardings=rep)
+    rep, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    if replicas == 1 or replica_kind(replica_mode, mesh) == "vmap":
+        if replicas > 1:
+            step = jax.vmap(step, in_axes=(0, None))
+        return jax.jit(step, in_shardings=(rep, rows), out_shardings=rep)
+    compiled = jax.jit(lambda state, i, batch: step(_pick(state, i), batch),
+                       in_shardings=(rep, rep, rows), out_shardings=rep)
+
+    def fn(state, batch):
+        each = [compiled(state, np.int32(i), batch) for i in range(replicas)]
+        return jax.tree.map(lambda *s: jnp.stack(s), *each)
+    return fn
 
 
 def eval_sums(eval_fn: Callable, state: TrainState, batches: Any) -> dict:

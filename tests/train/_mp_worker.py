@@ -1,7 +1,7 @@
 """A few training steps, run either as one of N processes (`python _mp_worker.py PID N PORT OUT`,
 started by test_multiprocess.py) or in the test process itself (`run_steps`), so both sides train
-the same model on the same global batches: one net, and 2 replicas of it in one program
-(`train.replicas`: each its own init, batches and key).
+the same model on the same global batches: one net, and 2 replicas of it in one run
+(`train.replicas`: each its own init, batches and key), vmapped and one after the other.
 
 Each process feeds only its own rows of the global batch (`parallel.to_global`); BN statistics
 are per device, so the placement of every row on the right device matters.
@@ -12,9 +12,10 @@ import sys
 NUM_STEPS, GLOBAL_BATCH, HW = 3, 16, 8
 
 
-def run_steps(process_index: int, process_count: int, replicas: int = 1) -> dict:
+def run_steps(process_index: int, process_count: int, replicas: int = 1,
+              mode: str = "vmap") -> dict:
     """Train NUM_STEPS steps on all devices, then evaluate; returns host numpy params,
-    batch_stats, train losses and eval sums (keys prefixed `r<replicas>_`)."""
+    batch_stats, train losses and eval sums (keys prefixed `r<replicas><mode>_`)."""
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -37,7 +38,7 @@ def run_steps(process_index: int, process_count: int, replicas: int = 1) -> dict
     keys = [jax.random.key(i, impl="rbg") for i in range(replicas)]
     key = keys[0] if replicas == 1 else jnp.stack(keys)
     state = step.create_train_state(key, model, tx, (HW, HW, 3), mesh=mesh, replicas=replicas)
-    fn = dispatch.make_train_fn(model, tx, mesh, replicas=replicas)
+    fn = dispatch.make_train_fn(model, tx, mesh, replicas=replicas, replica_mode=mode)
     step_key = jax.random.key(1) if replicas == 1 else jnp.stack(
         [jax.random.key(1 + i) for i in range(replicas)])
     b = GLOBAL_BATCH // process_count
@@ -56,7 +57,8 @@ def run_steps(process_index: int, process_count: int, replicas: int = 1) -> dict
         losses.append(np.asarray(metrics["loss"][0]))
     # Eval over 21 examples in global batches of 8: every process runs the same number of
     # batches, the padded rows are masked out, and each example counts once.
-    eval_fn, n, eb = dispatch.make_eval_fn(model, mesh, replicas=replicas), 21, 8
+    eval_fn = dispatch.make_eval_fn(model, mesh, replicas=replicas, replica_mode=mode)
+    n, eb = 21, 8
     data = np.random.default_rng(99)
     images = data.normal(size=(n, HW, HW, 3)).astype(np.float32)
     labels = data.integers(0, 10, n).astype(np.int32)
@@ -75,7 +77,8 @@ def run_steps(process_index: int, process_count: int, replicas: int = 1) -> dict
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
             flat[name + jax.tree_util.keystr(path)] = np.asarray(leaf)  # fully replicated
     flat["losses"] = np.array(losses)
-    return {f"r{replicas}_{k}": v for k, v in flat.items()}
+    tag = f"r{replicas}" + (mode if replicas > 1 else "")
+    return {f"{tag}_{k}": v for k, v in flat.items()}
 
 
 def main(argv: list) -> int:
@@ -92,7 +95,8 @@ def main(argv: list) -> int:
                                shutdown_timeout_seconds=10)
     assert jax.process_count() == nproc and jax.device_count() == 8
     result = {**run_steps(jax.process_index(), jax.process_count()),
-              **run_steps(jax.process_index(), jax.process_count(), replicas=2)}
+              **run_steps(jax.process_index(), jax.process_count(), 2, "vmap"),
+              **run_steps(jax.process_index(), jax.process_count(), 2, "sequential")}
     np.savez(out, **result)
     jax.distributed.shutdown()
     return 0

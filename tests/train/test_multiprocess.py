@@ -51,15 +51,19 @@ def test_two_processes_match_one_process(tmp_path):
         assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
 
     worker = load_worker()   # this process: 8 devices (conftest)
-    reference = {**worker.run_steps(0, 1), **worker.run_steps(0, 1, replicas=2)}
+    reference = {**worker.run_steps(0, 1), **worker.run_steps(0, 1, 2, "vmap"),
+                 **worker.run_steps(0, 1, 2, "sequential")}
     for i in range(nproc):
         got = dict(np.load(tmp_path / f"p{i}.npz"))
         assert sorted(got) == sorted(reference)
         for key, value in reference.items():
             np.testing.assert_allclose(got[key], value, rtol=2e-5, atol=2e-6, err_msg=key)
-    assert np.all(np.isfinite(reference["r1_losses"])) and np.all(np.isfinite(
-        reference["r2_losses"]))
+    assert all(np.isfinite(reference[f"{t}_losses"]).all()
+               for t in ("r1", "r2vmap", "r2sequential"))
     assert reference["r1_eval_sums"][3] == 21  # each eval example counted once
-    assert reference["r2_eval_sums"][3].tolist() == [21, 21]   # ... by each replica
-    assert reference["r2_losses"].shape == (3, 2)
-    assert not np.allclose(reference["r2_losses"][:, 0], reference["r2_losses"][:, 1])
+    for t in ("r2vmap", "r2sequential"):
+        assert reference[f"{t}_eval_sums"][3].tolist() == [21, 21]   # ... by each replica
+        assert reference[f"{t}_losses"].shape == (3, 2)
+        assert not np.allclose(reference[f"{t}_losses"][:, 0], reference[f"{t}_losses"][:, 1])
+    np.testing.assert_allclose(reference["r2vmap_losses"], reference["r2sequential_losses"],
+                               rtol=1e-5)
