@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval_resize=int(prep["resize"] or size) if streaming else size, lighting_std=0.0,
         normalize="per_channel", eval_crops="center", multiscale_sizes=(size,),
         on_corrupt="error", shuffle_buffer=4096, synthetic_examples=1, num_classes=0,
-        prefetch=2))
+        prefetch=2, workers=-1))
 
     config.optim = ml_collections.ConfigDict(dict(
         name="sgd", lr=args["lr"], lr_scaling="none", base_batch_size=args["batch"],

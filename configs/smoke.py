@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_val_examples=64, train_augment="pad_crop_flip", image_size=16, eval_resize=16,
         lighting_std=0.0, normalize="per_pixel_mean", eval_crops="center",
         multiscale_sizes=(16,), on_corrupt="error", shuffle_buffer=0,
-        synthetic_examples=320, num_classes=0, prefetch=2))
+        synthetic_examples=320, num_classes=0, prefetch=2, workers=0))
 
     config.optim = ml_collections.ConfigDict(dict(
         name="sgd", lr=0.1, lr_scaling="none", base_batch_size=32, momentum=0.9,

@@ -41,6 +41,8 @@ COMMANDS = {
                "a training run (or model directory) as a model directory or torchvision file"),
     "predict": ("resnet_jax.interop.commands", "add_predict_arguments", "run_predict",
                 "top-5 classes of image files with a model directory"),
+    "prepare": ("resnet_jax.data.prepare", "add_arguments", "run",
+                "an image folder or tar, or a TFRecord tfds dataset, as tfds ArrayRecord"),
 }
 
 

@@ -16,7 +16,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "data": ("pipeline", "source", "name", "path", "data_dir", "num_val_examples",
              "train_augment", "image_size", "eval_resize", "lighting_std", "normalize",
              "eval_crops", "multiscale_sizes", "on_corrupt", "shuffle_buffer",
-             "synthetic_examples", "num_classes", "prefetch"),
+             "synthetic_examples", "num_classes", "prefetch", "workers"),
     "optim": ("name", "lr", "lr_scaling", "base_batch_size", "momentum", "nesterov",
               "weight_decay", "decay_bn_and_bias", "schedule", "schedule_unit", "boundaries",
               "decay_factor", "warmup", "warmup_length", "warmup_lr", "label_smoothing"),
@@ -49,7 +49,7 @@ PIPELINE_ENUMS: dict[str, dict[str, tuple[Any, ...]]] = {
     "in_memory": {"data.source": ("synthetic", "tar", "folder", "tfds"),
                   "data.train_augment": ("pad_crop_flip", "none"),
                   "data.eval_crops": ("center",)},
-    "streaming": {"data.source": ("tfds", "folder"),
+    "streaming": {"data.source": ("tfds", "folder", "tar"),
                   "data.train_augment": ("scale", "inception", "none")},
 }
 
@@ -75,6 +75,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.synthetic_examples": (lambda v: v > 0, "> 0"),
     "data.num_classes": (lambda v: v >= 0, ">= 0 (0: from the data)"),
     "data.eval_resize": (lambda v: v > 0, "> 0"),
+    "data.workers": (lambda v: isinstance(v, int) and v >= -1,
+                     "an integer >= -1 (-1: one per CPU core; 0: decode in this process)"),
 }
 
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
@@ -83,7 +85,7 @@ IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
 # behaviour: `config.from_json` fills them in, so an older workdir still evaluates and resumes.
 ADDED_FIELDS: dict[str, Any] = {"model.scan_blocks": False, "data.num_classes": 0,
                                 "data.prefetch": 2, "model.init_from": "",
-                                "train.replicas": 1}
+                                "train.replicas": 1, "data.workers": -1}
 
 
 def check_choice(field: str, value: Any, allowed: tuple | None = None) -> None:

@@ -64,7 +64,8 @@ def test_a_corrupt_image_is_one_line_naming_it_and_nothing_is_written(tmp_path):
     workdir = tmp_path / "run"
     out = _cli("train", "--config", "configs/smoke.py", "--workdir", str(workdir),
                "--config.data.pipeline=streaming", "--config.data.source=folder",
-               f"--config.data.path={tmp_path / 'data'}", "--config.data.train_augment=scale",
+               f"--config.data.path={tmp_path / 'data'}", "--config.data.num_val_examples=0",
+               "--config.data.train_augment=scale",
                "--config.data.image_size=16", "--config.data.eval_resize=20",
                "--config.data.normalize=per_channel", "--config.train.batch_size=8",
                "--config.train.eval_batch_size=8", cache=tmp_path / "cache")

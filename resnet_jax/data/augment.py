@@ -1,151 +1,151 @@
-"""TensorFlow image ops for the streaming path: decode, train augmentations, eval views.
+"""Training augmentations of one encoded image, on the host (numpy, simplejpeg, OpenCV): the
+paper's scale augmentation, the Inception crop and the centre crop, each a pure function of
+the image and its own random generator (`example_rng(seed, epoch, index)`).
 
-Only the streaming pipeline imports this module (TensorFlow is not needed elsewhere).
-All random ops are stateless: `seed` is an int32/int64 tensor of shape (2,), so the
-augmentation of an example depends only on (run seed, its position in the stream).
-Outputs are uint8 on the 0-255 scale; normalization and PCA lighting run on the device.
-
-Decoding: JPEGs decode only the window they need (`decode_and_crop_jpeg`, crop fused into
-the decode); other formats (PNG saved as .jpg, GIF, BMP) use `decode_image` and are cropped
-after. Grayscale and CMYK JPEGs come out RGB (`channels=3`).
+Every view is a window of the original image resized to size x size (bilinear, half-pixel
+centres, no antialiasing: tf.image.resize's convention) and maybe flipped, so only the window
+is resampled. Decoding was chosen by measurement (benchmarks/input_pipeline.py, the decoder
+table): simplejpeg decodes a colour (YCbCr) JPEG with libjpeg-turbo's fast IDCT and
+upsampling, at 1/2, 1/4 or 1/8 scale when the window stays at least size pixels there (the
+`draft` of Pillow); OpenCV resizes (5-10x Pillow's resize). Everything else (grayscale, CMYK
+and PNG-in-JPEG files, PNG, 16-bit, corrupt files) goes through `decode.decode_rgb`, the one
+decode of the project, so odd files give exactly its RGB; an undecodable file raises its
+`CorruptImageError` naming the file. PCA lighting and normalization run on the device
+(`device_ops`). Evaluation views are `resnet_jax.interop.views` (shared with `eval --data`).
 """
 from __future__ import annotations
 
-import tensorflow as tf
+import math
+from typing import Callable, Tuple
 
-TEN_CROP_ORDER = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
+import numpy as np
 
+from resnet_jax.data.decode import decode_rgb
 
-def image_shape(image_bytes: tf.Tensor) -> tf.Tensor:
-    """int32 [height, width] of an encoded image (JPEG: from the header, no decode)."""
-    return tf.cond(
-        tf.io.is_jpeg(image_bytes),
-        lambda: tf.image.extract_jpeg_shape(image_bytes)[:2],
-        lambda: tf.shape(decode_full(image_bytes))[:2])
+Window = Tuple[int, int, int, int]  # y, x, height, width in original pixels
+TRAIN_AUGMENTS = ("scale", "inception", "none")
 
 
-def decode_full(image_bytes: tf.Tensor) -> tf.Tensor:
-    """uint8 (H, W, 3) from any supported format."""
-    img = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    img.set_shape([None, None, 3])
-    return img
+def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of example `index` in epoch `epoch`: its augmentation depends on nothing
+    else (not the process, the worker or where the run restarted)."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, index, 0xA9])
 
 
-def decode_window(image_bytes: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
-    """uint8 (h, w, 3): the window [y, x, h, w] of the image, decoding JPEGs only there."""
-    def jpeg():
-        # INTEGER_FAST: the faster IDCT; differences are below JPEG noise for training crops.
-        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3,
-                                             dct_method="INTEGER_FAST")
-
-    def other():
-        y, x, h, w = tf.unstack(window)
-        return decode_full(image_bytes)[y:y + h, x:x + w]
-
-    img = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
-    img.set_shape([None, None, 3])
-    return img
+def scale_window(h: int, w: int, rng: np.random.Generator, size: int = 224,
+                 min_side: int = 256, max_side: int = 480) -> Window:
+    """Paper Sec. 3.4: the shorter side s ~ U{min_side..max_side} and a uniform size x size
+    crop of the image resized to shorter side s, as the window it covers in the original."""
+    s = int(rng.integers(min_side, max_side + 1))
+    scale = s / min(h, w)
+    new_h, new_w = max(round(h * scale), size), max(round(w * scale), size)
+    oy, ox = int(rng.integers(0, new_h - size + 1)), int(rng.integers(0, new_w - size + 1))
+    crop = max(round(size / scale), 1)
+    y, x = math.floor(oy / scale), math.floor(ox / scale)
+    return y, x, min(crop, h - y), min(crop, w - x)
 
 
-def _resize_uint8(img: tf.Tensor, size) -> tf.Tensor:
-    out = tf.image.resize(img, size, method="bilinear", antialias=False)
-    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+def inception_window(h: int, w: int, rng: np.random.Generator,
+                     area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3),
+                     attempts: int = 10) -> Window:
+    """Inception random-resized crop: area fraction ~ U(area_range), log aspect ratio uniform
+    in aspect_range; the first of `attempts` draws that fits, else the whole image."""
+    log_lo, log_hi = math.log(aspect_range[0]), math.log(aspect_range[1])
+    for _ in range(attempts):
+        area = h * w * rng.uniform(*area_range)
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    return 0, 0, h, w
 
 
-def _random_flip(img: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    flip = tf.random.stateless_uniform([], seed) < 0.5
-    return tf.cond(flip, lambda: tf.image.flip_left_right(img), lambda: img)
+def center_window(h: int, w: int, size: int, resize: int) -> Window:
+    """The centre size x size crop of the image resized to shorter side `resize`."""
+    crop = min(max(round(size * min(h, w) / resize), 1), h, w)
+    return (h - crop) // 2, (w - crop) // 2, crop, crop
 
 
-def scale_crop_window(shape: tf.Tensor, seed: tf.Tensor, size: int = 224,
-                      min_side: int = 256, max_side: int = 480):
-    """The paper's scale augmentation, as a window of the original image.
+def jpeg_header(data: bytes):
+    """(height, width) of a colour JPEG that the fast path decodes, else None (every other
+    file, and any header simplejpeg cannot read, goes through `decode_rgb`)."""
+    import simplejpeg
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except (ValueError, TypeError):
+        return None
+    return (h, w) if colorspace == "YCbCr" else None
 
-    Draws the shorter side s ~ U{min_side..max_side}, and a uniform size x size crop of the
-    image resized to shorter side s. Returns (s int32, window int32 [y, x, h, w] in original
-    pixels): resizing that window to size x size equals cropping the resized image, so the
-    JPEG decode can skip everything outside it.
+
+def draft_factor(window: Window, size: int) -> int:
+    """The largest of 1, 2, 4, 8 that keeps the window at least `size` pixels each way."""
+    f = 1
+    while f < 8 and min(window[2], window[3]) >= 2 * f * size:
+        f *= 2
+    return f
+
+
+def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """uint8 (h, w, 3) bilinear resize (half-pixel centres, no antialiasing)."""
+    import cv2
+    if img.shape[:2] == (h, w):
+        return np.ascontiguousarray(img)
+    return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def crop_resize(data: bytes, name: str, window_of: Callable[[int, int], Window],
+                size: int) -> np.ndarray:
+    """uint8 (size, size, 3): the window `window_of(h, w)` of the encoded image, resized.
+    Colour JPEGs decode at the coarsest scale the window allows; others through
+    `decode_rgb` (CorruptImageError naming `name` when nothing can decode it)."""
+    import simplejpeg
+    shape = jpeg_header(data)
+    img = window = None
+    if shape is not None:
+        window = window_of(*shape)  # drawn once: a fallback decode below reuses it
+        f = draft_factor(window, size)
+        try:
+            # Fast IDCT as tf.data had (INTEGER_FAST); fancy chroma upsampling kept: the fast
+            # one shifts saturated colours by several levels for ~5% of the time.
+            img = simplejpeg.decode_jpeg(data, fastdct=True, min_factor=f)
+        except ValueError:
+            img = None  # a damaged JPEG: decode_rgb names it (or reads what it can)
+        if img is not None and img.shape[:2] != shape:
+            sy, sx = img.shape[0] / shape[0], img.shape[1] / shape[1]
+            y, x, ch, cw = window
+            y0, x0 = int(y * sy), int(x * sx)
+            window = (y0, x0, max(1, min(round(ch * sy), img.shape[0] - y0)),
+                      max(1, min(round(cw * sx), img.shape[1] - x0)))
+    if img is None:
+        img = decode_rgb(data, name)
+        if window is None or img.shape[:2] != shape:
+            window = window_of(*img.shape[:2])
+    y, x, ch, cw = window
+    return resize(img[y:y + ch, x:x + cw], size, size)
+
+
+def flip(img: np.ndarray) -> np.ndarray:
+    """Left-right mirror, contiguous."""
+    import cv2
+    return cv2.flip(img, 1)
+
+
+def train_view(data: bytes, name: str, augment: str, rng: np.random.Generator,
+               size: int = 224, eval_resize: int = 256) -> np.ndarray:
+    """uint8 (size, size, 3) training view of one encoded image.
+
+    augment 'scale': `scale_window` (shorter side in [256, 480] x size / 224) + flip
+    (p = 1/2); 'inception': `inception_window` + flip;
+    'none': the centre crop of the evaluation (`center_window`), no flip, no randomness.
     """
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    s = tf.random.stateless_uniform([], seed, min_side, max_side + 1, dtype=tf.int32)
-    scale = tf.cast(s, tf.float32) / tf.minimum(h, w)
-    new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), size)
-    new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), size)
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    oy = tf.random.stateless_uniform([], seeds[0], 0, new_h - size + 1, dtype=tf.int32)
-    ox = tf.random.stateless_uniform([], seeds[1], 0, new_w - size + 1, dtype=tf.int32)
-    crop = size / scale
-    y0 = tf.cast(tf.floor(tf.cast(oy, tf.float32) / scale), tf.int32)
-    x0 = tf.cast(tf.floor(tf.cast(ox, tf.float32) / scale), tf.int32)
-    ch = tf.minimum(tf.maximum(tf.cast(tf.round(crop), tf.int32), 1), shape[0] - y0)
-    cw = tf.minimum(tf.maximum(tf.cast(tf.round(crop), tf.int32), 1), shape[1] - x0)
-    return s, tf.stack([y0, x0, ch, cw])
-
-
-def scale_augment(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224,
-                  min_side: int = 256, max_side: int = 480) -> tf.Tensor:
-    """Paper Sec. 3.4: shorter side in [min_side, max_side], random size crop, flip -> uint8."""
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    _, window = scale_crop_window(image_shape(image_bytes), seeds[0], size, min_side, max_side)
-    img = _resize_uint8(decode_window(image_bytes, window), [size, size])
-    return _random_flip(img, seeds[1])
-
-
-def inception_crop(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224,
-                   area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)) -> tf.Tensor:
-    """Inception random-resized crop (area 8-100%, aspect 3/4-4/3), decode fused, flip."""
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    shape = image_shape(image_bytes)
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.concat([shape, [3]], 0), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seeds[0],
-        min_object_covered=0.0, aspect_ratio_range=aspect_range, area_range=area_range,
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
-    window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
-    img = _resize_uint8(decode_window(image_bytes, window), [size, size])
-    return _random_flip(img, seeds[1])
-
-
-def resize_shorter(img: tf.Tensor, side: int) -> tf.Tensor:
-    """Resize (H, W, 3) so that min(H, W) == side, keeping the aspect ratio -> uint8."""
-    h, w = tf.cast(tf.shape(img)[0], tf.float32), tf.cast(tf.shape(img)[1], tf.float32)
-    scale = side / tf.minimum(h, w)
-    new = [tf.maximum(tf.cast(tf.round(h * scale), tf.int32), side),
-           tf.maximum(tf.cast(tf.round(w * scale), tf.int32), side)]
-    return _resize_uint8(img, new)
-
-
-def center_crop(img: tf.Tensor, size: int) -> tf.Tensor:
-    """The centre size x size window of an image at least that large."""
-    h, w = tf.shape(img)[0], tf.shape(img)[1]
-    y, x = (h - size) // 2, (w - size) // 2
-    return img[y:y + size, x:x + size]
-
-
-def ten_crop(img: tf.Tensor, size: int) -> tf.Tensor:
-    """(10, size, size, 3): 4 corners + centre (TEN_CROP_ORDER), then the same 5 flipped."""
-    h, w = tf.shape(img)[0], tf.shape(img)[1]
-    crops = [img[:size, :size], img[:size, w - size:], img[h - size:, :size],
-             img[h - size:, w - size:], center_crop(img, size)]
-    crops = tf.stack(crops)
-    return tf.concat([crops, tf.reverse(crops, axis=[2])], 0)
-
-
-def eval_views(image_bytes: tf.Tensor, mode: str, size: int = 224, resize: int = 256,
-               scale: int = 0) -> tf.Tensor:
-    """uint8 (V, H, W, 3) views of one image for evaluation.
-
-    mode 'center': resize shorter side to `resize`, centre size crop (V=1).
-    mode '10crop': the same resize, then `ten_crop` (V=10).
-    mode 'multiscale': resize shorter side to `scale`, centre scale x scale square and its
-    flip (V=2, H=W=scale); the fully-convolutional model scores each scale, the caller
-    averages over scales.
-    """
-    img = decode_full(image_bytes)
-    if mode == "center":
-        return center_crop(resize_shorter(img, resize), size)[None]
-    if mode == "10crop":
-        return ten_crop(resize_shorter(img, resize), size)
-    if mode == "multiscale":
-        sq = center_crop(resize_shorter(img, scale), scale)
-        return tf.stack([sq, tf.image.flip_left_right(sq)])
-    raise ValueError(f"data.eval_crops={mode!r}; allowed: ('center', '10crop', 'multiscale')")
+    if augment == "none":
+        return crop_resize(data, name, lambda h, w: center_window(h, w, size, eval_resize), size)
+    if augment == "scale":  # [256, 480] for a 224 crop, in proportion for other sizes
+        lo, hi = round(256 * size / 224), round(480 * size / 224)
+        window_of = lambda h, w: scale_window(h, w, rng, size, lo, hi)  # noqa: E731
+    elif augment == "inception":
+        window_of = lambda h, w: inception_window(h, w, rng)  # noqa: E731
+    else:
+        raise ValueError(f"data.train_augment={augment!r}; allowed: {', '.join(TRAIN_AUGMENTS)}")
+    out = crop_resize(data, name, window_of, size)
+    return flip(out) if rng.random() < 0.5 else out

@@ -25,6 +25,7 @@ from resnet_jax.data.decode import is_image_name
 log = logging.getLogger(__name__)
 
 HIDDEN = ("__MACOSX",)  # folders that archivers add, not hidden by a leading dot
+EVAL_SPLIT_NAMES = ("val", "validation", "test")  # an image tree's evaluation split: the first
 
 
 def is_hidden(name: str) -> bool:
@@ -44,6 +45,12 @@ def path_parts(name: str) -> Optional[list[str]]:
     if not parts or any(is_hidden(p) for p in parts) or not is_image_name(parts[-1]):
         return None
     return parts
+
+
+def eval_split(available: Iterable[str]) -> Optional[str]:
+    """The evaluation split among a tree's split folders: the first of EVAL_SPLIT_NAMES."""
+    have = set(available)
+    return next((name for name in EVAL_SPLIT_NAMES if name in have), None)
 
 
 def visible_dirs(root: str) -> list[str]:

@@ -1,7 +1,9 @@
 """In-memory datasets (CIFAR-size): a whole split as uint8 numpy arrays. No TensorFlow needed.
 
 Loaders return `(images uint8 (N, H, W, 3), labels int32 (N,), class_names list[str])`.
-Label i is the i-th class name in sorted order (CIFAR-10: airplane=0 ... truck=9).
+Label i is the i-th class name in sorted order (CIFAR-10: airplane=0 ... truck=9); with
+`class_names` (an evaluation split: the training split's names) labels index those names, by
+name (`resnet_jax.data.folders`: hidden and empty folders are never classes).
 The augmentation (pad-4 crop + flip) runs on the device: see `pad_crop_flip`.
 """
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Optional
 
 import numpy as np
 
-from resnet_jax.data.decode import CorruptImageError, check_on_corrupt, decode_rgb, is_image_name
+from resnet_jax.data import folders
+from resnet_jax.data.decode import CorruptImageError, check_on_corrupt, decode_rgb
 from resnet_jax.data.device_ops import pad_crop_flip  # noqa: F401  (public here by contract)
 from resnet_jax.data.tf_import import quiet_native_logs
 
@@ -23,12 +26,10 @@ Arrays = tuple  # (images, labels, class_names)
 
 
 def _stack(items: list, on_corrupt: str, where: str) -> Arrays:
-    """items: sorted list of (path, class_name, bytes) -> decoded arrays; skipped count logged.
-    `where` names the source in the error when nothing could be read."""
+    """items: sorted list of (path, class_name, bytes) -> decoded arrays labelled by the sorted
+    classes of the decoded images; skipped count logged. `where` names the source in errors."""
     check_on_corrupt(on_corrupt)
-    class_names = sorted({c for _, c, _ in items})
-    class_id = {c: i for i, c in enumerate(class_names)}
-    images, labels, skipped = [], [], []
+    images, classes, skipped = [], [], []
     for path, cls, data in items:
         try:
             img = decode_rgb(data, path)
@@ -41,7 +42,7 @@ def _stack(items: list, on_corrupt: str, where: str) -> Arrays:
             raise ValueError(f"image {path!r} has shape {img.shape}, expected {images[0].shape}: "
                              "in-memory datasets need one image size")
         images.append(img)
-        labels.append(class_id[cls])
+        classes.append(cls)
     if skipped:
         log.warning("skipped %d unreadable images (data.on_corrupt='skip'), first: %s",
                     len(skipped), skipped[0])
@@ -49,34 +50,43 @@ def _stack(items: list, on_corrupt: str, where: str) -> Arrays:
         found = f"{len(skipped)} unreadable" if skipped else "none"
         raise ValueError(f"no readable images in {where} ({found}); expected "
                          "<class>/<image> (or <split>/<class>/<image>) with .jpg/.png/... files")
-    return np.stack(images), np.asarray(labels, np.int32), class_names
+    class_names = sorted(set(classes))
+    class_id = {c: i for i, c in enumerate(class_names)}
+    return (np.stack(images), np.asarray([class_id[c] for c in classes], np.int32),
+            class_names)
 
 
-def load_image_folder(path: str, on_corrupt: str = "error") -> Arrays:
-    """Load `path/<class>/<image>` (sorted) into memory with Pillow."""
-    if not os.path.isdir(path):
-        raise ValueError(f"data.path={path!r} is not a directory")
+def relabel(arrays: Arrays, class_names: Optional[list], where: str) -> Arrays:
+    """`arrays` labelled by `class_names` (the training split's), mapped by name; a class
+    those names lack is refused naming it (`folders.label_index`). None: unchanged."""
+    images, labels, own = arrays
+    if class_names is None:
+        return arrays
+    index = folders.label_index(own, class_names, where)
+    remap = np.asarray([index[c] for c in own], np.int32)
+    return images, remap[labels], list(class_names)
+
+
+def load_image_folder(path: str, on_corrupt: str = "error",
+                      class_names: Optional[list] = None) -> Arrays:
+    """Load `path/<class>/<image>` (sorted) into memory with Pillow; labels index
+    `class_names` when given (an evaluation split), else the folder's own sorted classes."""
     items = []
-    for cls in sorted(os.listdir(path)):
-        cdir = os.path.join(path, cls)
-        if not os.path.isdir(cdir):
-            continue
-        for name in sorted(os.listdir(cdir)):
-            if is_image_name(name):
-                with open(os.path.join(cdir, name), "rb") as f:
-                    items.append((os.path.join(cdir, name), cls, f.read()))
-    return _stack(items, on_corrupt, f"folder {path!r}")
+    for cls, paths in folders.scan_folder(path).items():
+        for file in paths:
+            with open(file, "rb") as f:
+                items.append((file, cls, f.read()))
+    return relabel(_stack(items, on_corrupt, f"folder {path!r}"), class_names, path)
 
 
 def _read_tar(path: str, split: Optional[str]) -> list:
-    """(member path, class, bytes) for `[top/]split/<class>/<img>` (or `<class>/<img>`)."""
+    """(member path, class, bytes) for `[top/]split/<class>/<img>` (or `<class>/<img>`);
+    hidden entries are left out (`folders.path_parts`)."""
     items = []
     with tarfile.open(path, "r:*") as tar:
         for m in tar:
-            if not m.isfile() or not is_image_name(m.name):
-                continue
-            parts = [p for p in m.name.split("/") if p not in ("", ".")]
-            if len(parts) < 2:
+            parts = folders.path_parts(m.name) if m.isfile() else None
+            if parts is None or len(parts) < 2:
                 continue
             if split is not None and len(parts) >= 3 and split not in parts[:-2]:
                 continue
@@ -86,9 +96,11 @@ def _read_tar(path: str, split: Optional[str]) -> list:
 
 
 def tar_splits(path: str) -> set:
-    """The split folder names in a tar (`train`, `test`, ...), from its directory entries."""
+    """The split folder names in a tar (`train`, `test`, ...): the folder above the class
+    folder of each visible image file (`[top/]split/<class>/<image>`)."""
     with tarfile.open(path, "r:*") as tar:
-        return {m.name.strip("./").split("/")[0] for m in tar if m.name.count("/") >= 2}
+        parts = (folders.path_parts(m.name) for m in tar if m.isfile())
+        return {p[-3] for p in parts if p is not None and len(p) >= 3}
 
 
 def default_cache_dir() -> str:
@@ -100,26 +112,30 @@ def tar_cache(path: str, split: Optional[str], cache_dir: Optional[str] = None,
     """The folder holding a tar split's decoded arrays: keyed by the tar's name, size and
     mtime, the split and `on_corrupt`."""
     st = os.stat(path)
-    key = f"{os.path.basename(path)}-{st.st_size}-{st.st_mtime_ns}-{split}-{on_corrupt}"
+    # v2: hidden entries (`.ipynb_checkpoints`, `__MACOSX`) are no longer classes.
+    key = f"{os.path.basename(path)}-{st.st_size}-{st.st_mtime_ns}-{split}-{on_corrupt}-v2"
     return os.path.join(cache_dir or default_cache_dir(), key)
 
 
 def load_tar(path: str, split: Optional[str] = "train", cache_dir: Optional[str] = None,
-             on_corrupt: str = "error") -> Arrays:
+             on_corrupt: str = "error", class_names: Optional[list] = None) -> Arrays:
     """Load a tar(.gz) of an image folder; decoded arrays are cached as .npy in `cache_dir`.
 
     The cache key is the tar's name, size and mtime plus the split, so a changed file is
     decoded again; the second load reads only the .npy files (memory-mapped-free, fast).
+    Labels index `class_names` when given (an evaluation split), else the split's own
+    sorted classes (what the cache holds).
     """
+    where = f"{path} (split {split!r})"
     if not os.path.isfile(path):
         raise ValueError(f"data.path={path!r} is not a file")
     cdir = tar_cache(path, split, cache_dir, on_corrupt)
     files = [os.path.join(cdir, f) for f in ("images.npy", "labels.npy", "classes.json")]
     if all(os.path.exists(f) for f in files):
         with open(files[2]) as f:
-            return np.load(files[0]), np.load(files[1]), json.load(f)
-    images, labels, classes = _stack(_read_tar(path, split), on_corrupt,
-                                     f"tar {path!r} (split {split!r})")
+            return relabel((np.load(files[0]), np.load(files[1]), json.load(f)), class_names,
+                           where)
+    images, labels, classes = _stack(_read_tar(path, split), on_corrupt, f"tar {where}")
     os.makedirs(cdir, exist_ok=True)
     tmp = f".tmp{os.getpid()}"
     np.save(files[0] + tmp, images, allow_pickle=False)  # np.save adds .npy to the name
@@ -130,7 +146,7 @@ def load_tar(path: str, split: Optional[str] = "train", cache_dir: Optional[str]
     os.replace(files[0] + tmp + ".npy", files[0])
     os.replace(files[1] + tmp + ".npy", files[1])
     os.replace(files[2] + tmp, files[2])
-    return images, labels, classes
+    return relabel((images, labels, classes), class_names, where)
 
 
 def load_tfds(name: str, split: str, data_dir: Optional[str] = None) -> Arrays:

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from resnet_jax.data import in_memory, order
+from resnet_jax.data import folders, in_memory, order
 from resnet_jax.data.device_ops import make_device_preprocess
 
 # The data is one for every run seed, as CIFAR's own images are: generated images are drawn
@@ -20,24 +20,33 @@ from resnet_jax.data.device_ops import make_device_preprocess
 DATA_SEED = 0
 
 
-def _load_split(cfg, split: str) -> tuple:
-    """Load `split` ('train' or 'test') of the configured source -> arrays tuple."""
+def _load_split(cfg, split: str, class_names: list | None = None) -> tuple:
+    """Load the training split ('train') or the evaluation split ('eval': tfds's 'test', an
+    image tree's val | validation | test, the first there) of the configured source ->
+    arrays; evaluation labels follow the training `class_names`, by name. FileNotFoundError:
+    the source has no evaluation split."""
     if cfg.source == "synthetic":
         return in_memory.load_synthetic(cfg.synthetic_examples, cfg.image_size,
                                         cfg.num_classes or 10,
                                         seed=DATA_SEED + (0 if split == "train" else 1))
     if cfg.source == "tar":
-        if split != "train" and split not in in_memory.tar_splits(cfg.path):
-            raise FileNotFoundError(split)
-        return in_memory.load_tar(cfg.path, split, cfg.data_dir, cfg.on_corrupt)
+        if split != "train":
+            split = folders.eval_split(in_memory.tar_splits(cfg.path))
+            if split is None:
+                raise FileNotFoundError(cfg.path)
+        return in_memory.load_tar(cfg.path, split, cfg.data_dir, cfg.on_corrupt, class_names)
     if cfg.source == "folder":
-        root = os.path.join(cfg.path, split)
-        if not os.path.isdir(root):
-            if split != "train":
-                raise FileNotFoundError(split)
-            root = cfg.path  # a folder of classes with no split level is the training split
-        return in_memory.load_image_folder(root, cfg.on_corrupt)
-    return in_memory.load_tfds(cfg.name, split, cfg.data_dir)
+        if split != "train":
+            split = folders.eval_split(folders.visible_dirs(cfg.path))
+            if split is None:
+                raise FileNotFoundError(cfg.path)
+            return in_memory.load_image_folder(os.path.join(cfg.path, split), cfg.on_corrupt,
+                                               class_names)
+        root = os.path.join(cfg.path, "train")
+        # a folder of classes with no split level is the training split
+        return in_memory.load_image_folder(root if os.path.isdir(root) else cfg.path,
+                                           cfg.on_corrupt)
+    return in_memory.load_tfds(cfg.name, "train" if split == "train" else "test", cfg.data_dir)
 
 
 def _describe_source(cfg) -> str:
@@ -57,9 +66,10 @@ class InMemoryPipeline:
     `train_arrays`, `eval_arrays`, `train_batches(step)` (host batches, for your own loop).
 
     Eval set: the seeded held-out `num_val_examples` of the training split (45k/5k for
-    CIFAR-10); with num_val_examples=0 the source's `test` split (synthetic: a fresh seeded set).
-    The run `seed` draws the training order only; the data itself does not depend on it
-    (`DATA_SEED`).
+    CIFAR-10); with num_val_examples=0 the source's evaluation split (tfds: `test`; a folder
+    or tar: `val`, `validation` or `test`, labelled by the training class names; synthetic: a
+    fresh seeded set). The run `seed` draws the training order only; the data itself does not
+    depend on it (`DATA_SEED`).
     """
 
     def __init__(self, cfg, *, global_batch_size: int, eval_batch_size: int, seed: int,
@@ -78,10 +88,12 @@ class InMemoryPipeline:
         else:
             train = (images, labels)
             try:
-                val = _load_split(cfg, "test")[:2]
+                val = _load_split(cfg, "eval", self.class_names)[:2]
             except FileNotFoundError:
                 raise ValueError(f"data.num_val_examples=0 but data.source={cfg.source!r} "
-                                 "has no 'test' split; set num_val_examples > 0") from None
+                                 f"has no evaluation split (one of "
+                                 f"{', '.join(folders.EVAL_SPLIT_NAMES)}); set "
+                                 "num_val_examples > 0") from None
         size = cfg.image_size
         if train[0].shape[1:3] != (size, size):
             raise ValueError(f"data.image_size={size} but the images are {train[0].shape[1:3]}")

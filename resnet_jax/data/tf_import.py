@@ -1,4 +1,5 @@
-"""TensorFlow for the data pipelines, imported quietly.
+"""tensorflow-datasets (and TensorFlow, where something imports it), imported quietly. No
+training or evaluation path needs TensorFlow.
 
 TensorFlow's C++ side logs INFO and WARNING lines (oneDNN banners, tf.data rendezvous
 aborts) to the console; a training run's console is for the run. Unless the user asked for
@@ -22,8 +23,17 @@ def quiet_native_logs() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
-def tensorflow():
-    """The `tensorflow` module, imported after `quiet_native_logs`."""
+def tensorflow_datasets():
+    """The `tensorflow_datasets` module, which needs no TensorFlow to read ArrayRecord datasets
+    (`tfds.data_source`) or to write them; without TensorFlow installed, tfds prints a banner
+    saying so when it first looks for it: kept off the console (nothing here needs it)."""
+    import contextlib
+    import io
+    import sys
+
     quiet_native_logs()
-    import tensorflow as tf
-    return tf
+    if "tensorflow_datasets" in sys.modules:
+        return sys.modules["tensorflow_datasets"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        import tensorflow_datasets as tfds
+    return tfds

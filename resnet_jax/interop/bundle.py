@@ -121,9 +121,14 @@ class LoadedModel:
         images)` (one (H, W, 3) image, an (N, H, W, 3) batch, or a list of either size)."""
         return prep_lib.apply(self.preprocessing, images)
 
-    def save(self, directory: str) -> None:
-        """Write the model directory (creating it; files of an older save are replaced)."""
+    def save(self, directory: str, overwrite: bool = False) -> None:
+        """Write the model directory, creating it. An existing non-empty `directory` is
+        refused unless `overwrite`, which first removes the model directory's files there and
+        its `eval/` results (they scored the old model); other files are left alone."""
         from safetensors.numpy import save_file
+        check_out(directory, overwrite)
+        if overwrite:
+            _remove_model_files(directory)
         os.makedirs(directory, exist_ok=True)
         flat = {k: np.ascontiguousarray(np.asarray(v, np.float32))
                 for k, v in flatten(self.variables).items()}
@@ -136,6 +141,34 @@ class LoadedModel:
         with open(os.path.join(directory, MODEL_FILE), "w") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
+
+
+# What a model directory holds: replaced as a whole by `save(..., overwrite=True)`.
+MODEL_DIR_ENTRIES = (MODEL_FILE, VARIABLES_FILE, prep_lib.FILE, prep_lib.CLASS_NAMES_FILE,
+                     "eval")
+
+
+def check_out(directory: str, overwrite: bool = False) -> None:
+    """Refuses (ValueError, before anything heavy) to write a model directory where a file is,
+    or into a non-empty folder unless `overwrite`."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{directory} is a file, not a folder for a model directory")
+    entries = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    if entries and not overwrite:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise ValueError(f"{directory} is not empty ({shown}); pass --overwrite to replace the "
+                         "model directory there (its eval/ results go too), or choose a new "
+                         "--out")
+
+
+def _remove_model_files(directory: str) -> None:
+    import shutil
+    for name in MODEL_DIR_ENTRIES:
+        path = os.path.join(directory, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def usual_permissions(path: str) -> None:

@@ -21,7 +21,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the weights come from (same key layout for ResNet-18..152)")
     parser.add_argument("--model", required=True,
                         help="resnet18 | resnet34 | resnet50 | resnet101 | resnet152")
-    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--out", required=True, help="model directory to write (new or empty)")
+    _add_overwrite(parser)
     parser.add_argument("--width", type=int,
                         help="first-stage width if not the standard 64 (a narrowed net)")
     parser.add_argument("--num-classes", type=int,
@@ -35,14 +36,33 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resize filter (timm's a1/a2/a3 weights: bicubic)")
 
 
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what --out holds (a model directory's files and its "
+                             "eval/ results; else a non-empty --out is refused)")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuses an --out that is taken before anything is read or computed."""
+    import os
+    from resnet_jax.interop import bundle
+    if getattr(args, "to", "model") == "torchvision":
+        if os.path.exists(args.out) and not args.overwrite:
+            raise ValueError(f"--out {args.out} exists; pass --overwrite to replace it")
+        return
+    bundle.check_out(args.out, args.overwrite)
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from resnet_jax.interop import torch_import
+    _check_out(args)
     overrides = {k: v for k, v in (("width", args.width), ("num_classes", args.num_classes))
                  if v is not None}
     names = _read_names(args.class_names) if args.class_names else None
     prep = prep_lib.torchvision_preprocessing(args.resize, args.crop, args.interpolation)
-    loaded = torch_import.convert(args.file, args.model, args.source, args.out, names, prep,
+    loaded = torch_import.convert(args.file, args.model, args.source, None, names, prep,
                                   **overrides)
+    loaded.save(args.out, overwrite=args.overwrite)
     _summary(loaded, args.out, f"{args.source} weights {args.file}")
     return 0
 
@@ -52,7 +72,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--workdir", help="a training run (resnet-jax train)")
     src.add_argument("--model", help="a model directory (convert / export)")
     parser.add_argument("--out", required=True,
-                        help="model directory, or a .safetensors file with --to torchvision")
+                        help="model directory (new or empty), or a .safetensors file with --to "
+                             "torchvision")
+    _add_overwrite(parser)
     parser.add_argument("--checkpoint", choices=("newest", "best"), default="newest",
                         help="with --workdir: the newest checkpoint or the best (lowest "
                              "validation error)")
@@ -68,6 +90,7 @@ def run_export(args: argparse.Namespace) -> int:
     from resnet_jax.interop import bundle, torch_import
     if args.replica is not None and not args.workdir:
         raise ValueError("--replica applies to --workdir only")
+    _check_out(args)
     if args.workdir:
         from resnet_jax.interop import workdir
         loaded = workdir.export_workdir(args.workdir, None, args.checkpoint,
@@ -82,7 +105,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"{loaded.name} from {what} -> {args.out} (torchvision state dict, "
               f"{len(state)} tensors)")
         return 0
-    loaded.save(args.out)
+    loaded.save(args.out, overwrite=args.overwrite)
     _summary(loaded, args.out, what)
     return 0
 

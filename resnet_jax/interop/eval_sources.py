@@ -1,14 +1,16 @@
 """Where `resnet-jax eval --data` reads a labelled split: tfds, an image-folder tar, a folder.
 
     source = open_source("tfds:cifar10", "test")      # or "test.tar.gz", "imagenet/" ...
-    notes = check_classes(loaded.class_names, source)  # raises ValueError on a mismatch
+    source, notes = fit_classes(loaded.class_names, source)  # ValueError on a mismatch
     for name, image, label in source.examples(): ...
 
 `image` is encoded bytes (tar members; tfds images are read undecoded), a file path (folders)
 or a uint8 array; the caller decodes it (Pillow). `label` is an int, or for ReaL
 (`tfds:imagenet2012_real`) a tuple of ints: every label a rater accepted (may be empty).
-Folder and tar labels are the indices of the sorted class folder names; tfds labels are the
-dataset's own (ImageNet's are the standard synset order torchvision uses).
+Folders and tars (`resnet_jax.data.folders`: hidden and empty folders are never classes) are
+labelled by the sorted class folder names, then `fit_classes` maps them to the model's labels
+by name (a split may lack some of the model's classes); tfds labels are the dataset's own
+(ImageNet's are the standard synset order torchvision uses).
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import re
 import tarfile
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from resnet_jax.data.decode import is_image_name
+import numpy as np
+
+from resnet_jax.data import folders
 
 SPLIT_ORDER = ("validation", "val", "test")  # the default split: the first one there
 SOURCES_HELP = ("tfds:NAME (e.g. tfds:cifar10), a .tar/.tar.gz of split/<class>/<image>, or "
@@ -79,7 +83,8 @@ def _tfds(spec: str, split: Optional[str], data_dir: Optional[str], builder_fn) 
     if not name:
         raise ValueError(f"--data {spec!r}: name a tfds dataset, e.g. tfds:cifar10")
     if builder_fn is None:
-        import tensorflow_datasets as tfds
+        from resnet_jax.data.tf_import import tensorflow_datasets
+        tfds = tensorflow_datasets()
         builder_fn = lambda n, d: tfds.builder(n, data_dir=d)  # noqa: E731
     try:
         builder = builder_fn(name, data_dir or None)
@@ -106,11 +111,7 @@ def _tfds(spec: str, split: Optional[str], data_dir: Optional[str], builder_fn) 
         count = None
 
     def examples():
-        import tensorflow_datasets as tfds
-        ds = builder.as_dataset(split=split, shuffle_files=False,
-                                decoders={"image": tfds.decode.SkipDecoding()})
-        rows = tfds.as_numpy(ds) if hasattr(ds, "element_spec") else ds
-        for i, ex in enumerate(rows):
+        for i, ex in enumerate(_tfds_rows(builder, spec, split)):
             label = ex[key]
             yield (f"{spec} {split} example {i}", ex["image"],
                    tuple(int(y) for y in label) if key == "real_label" else int(label))
@@ -119,12 +120,36 @@ def _tfds(spec: str, split: Optional[str], data_dir: Optional[str], builder_fn) 
                   int(labels.num_classes), examples, count, multilabel=key == "real_label")
 
 
+def _tfds_rows(builder, spec: str, split: str) -> Iterator[dict]:
+    """The examples of a tfds split, images left encoded: by index from ArrayRecord files
+    (`as_data_source`, no TensorFlow), else through tf.data from TFRecord files (which needs
+    TensorFlow: without it, one error saying how to convert the dataset)."""
+    from resnet_jax.data.tf_import import tensorflow_datasets
+    tfds = tensorflow_datasets()
+    skip = {"image": tfds.decode.SkipDecoding()}
+    formats = {getattr(f, "value", f) for f in builder.info.available_file_formats()}
+    if "array_record" in formats:
+        rows = builder.as_data_source(split=split, decoders=skip, file_format="array_record")
+        for i in range(len(rows)):
+            yield rows[i]
+        return
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ValueError(
+            f"--data {spec}: stored as {', '.join(sorted(formats))} in {builder.data_dir}, which "
+            "only TensorFlow reads, and TensorFlow is not installed; add an ArrayRecord copy "
+            f"once (no TensorFlow needed): resnet-jax prepare convert --name {builder.name} "
+            f"--data-dir {os.path.dirname(os.path.dirname(builder.data_dir))}, or pip install "
+            "'resnet-jax[tf]'")
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=skip)
+    yield from (tfds.as_numpy(ds) if hasattr(ds, "element_spec") else ds)
+
+
 def _folder(path: str, split: Optional[str]) -> Source:
-    from resnet_jax.data.sources import list_image_folder
-    subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    subdirs = folders.visible_dirs(path)
     if not subdirs:
         raise ValueError(f"--data {path}: no folders in it; expected {SOURCES_HELP}")
-    flat = any(is_image_name(f) and os.path.isfile(os.path.join(path, d, f))
+    flat = any(folders.is_image_file(f) and os.path.isfile(os.path.join(path, d, f))
                for d in subdirs for f in os.listdir(os.path.join(path, d)))
     if flat:  # <folder>/<class>/<image>
         if split is not None:
@@ -134,7 +159,7 @@ def _folder(path: str, split: Optional[str]) -> Source:
     else:
         split = choose_split(split, subdirs, f"--data {path}")
         root = os.path.join(path, split)
-    paths, labels, classes = list_image_folder(root)
+    paths, labels, classes = folders.list_image_folder(root)
 
     def examples():
         for p, y in zip(paths, labels):
@@ -145,9 +170,8 @@ def _folder(path: str, split: Optional[str]) -> Source:
 
 def _tar(path: str, split: Optional[str]) -> Source:
     with tarfile.open(path, "r:*") as tar:
-        members = [(m.name, [p for p in m.name.split("/") if p not in ("", ".")])
-                   for m in tar.getmembers() if m.isfile() and is_image_name(m.name)]
-    members = [(n, parts) for n, parts in members if len(parts) >= 2]
+        members = [(m.name, folders.path_parts(m.name)) for m in tar.getmembers() if m.isfile()]
+    members = [(n, parts) for n, parts in members if parts is not None and len(parts) >= 2]
     splits = {parts[-3] for _, parts in members if len(parts) >= 3}
     if not splits:  # <class>/<image>
         if split is not None:
@@ -198,9 +222,37 @@ def class_difference(model: Sequence[str], data: Sequence[str], where: str) -> s
             f"only in the model: {_short(only_model)}; only in the data: {_short(only_data)}")
 
 
-def check_classes(model_names: Sequence[str], source: Source) -> list[str]:
-    """Refuses (ValueError) a source whose labels do not mean the model's classes; returns
-    notes for what could not be checked."""
+def _relabelled(source: Source, model_names: Sequence[str], labels: np.ndarray) -> Source:
+    """`source` with label i of its own classes turned into `labels[i]` of the model's."""
+    own = source.examples
+
+    def examples():
+        for name, image, label in own():
+            yield name, image, int(labels[label])
+
+    return dataclasses.replace(source, class_names=list(model_names),
+                               num_classes=len(model_names), examples=examples)
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1k synsets (WordNet ids) in label order (sorted; tfds's and
+    torchvision's order, the order of `bundle.imagenet_class_names`)."""
+    import importlib.resources
+    text = importlib.resources.files("resnet_jax.interop").joinpath(
+        "imagenet_synsets.txt").read_text(encoding="utf-8")
+    return text.split()
+
+
+def fit_classes(model_names: Sequence[str], source: Source) -> tuple[Source, list[str]]:
+    """(`source` labelled as the model labels, notes for what could not be checked); a
+    ValueError when its classes do not mean the model's.
+
+    tfds: the dataset's labels, checked by count (and by name where both have readable
+    names). Folders and tars, by class name: a folder named like one of the model's classes
+    gets that class's label (a split may lack classes: said in a note); a model without class
+    names (0..N-1) takes the sorted folders as its classes when the counts agree; ImageNet
+    synset folders (n01440764, ...) map to an ImageNet model's classes through the standard
+    synset order, any subset of them (Imagenette's 10, say)."""
     model_names, where = list(model_names), f"--data {source.spec}"
     data_names = source.class_names
     if source.kind == "tfds":
@@ -210,16 +262,25 @@ def check_classes(model_names: Sequence[str], source: Source) -> list[str]:
         readable = lambda ns: ns and not _numbered(ns) and not _synsets(ns)  # noqa: E731
         if readable(data_names) and readable(model_names) and data_names != model_names:
             raise ValueError(class_difference(model_names, data_names, where))
-        return []
-    # Folders and tars: label i is the i-th sorted class folder.
+        return source, []
     if data_names == model_names:
-        return []
+        return source, []
+    index = {n: i for i, n in enumerate(model_names)}
+    notes = []
     if _numbered(model_names) and len(model_names) == len(data_names):
-        return [f"the model has no class names (0..{len(model_names) - 1}); assuming they are "
-                f"the sorted class folders of {where}"]
-    if _synsets(data_names) and len(data_names) == len(model_names) == 1000:
+        return source, [f"the model has no class names (0..{len(model_names) - 1}); assuming "
+                        f"they are the sorted class folders of {where}"]
+    if _synsets(data_names) and len(model_names) == 1000:
         from resnet_jax.interop.bundle import imagenet_class_names
-        if model_names == imagenet_class_names():  # sorted synsets = the standard order
-            return []
-    raise ValueError(class_difference(model_names, data_names, where) +
-                     " (labels follow the sorted class folder names)")
+        if model_names == imagenet_class_names():
+            if len(data_names) == 1000 and not set(data_names) <= set(imagenet_synsets()):
+                return source, []  # sorted synsets of another list: the standard order
+            index = {n: i for i, n in enumerate(imagenet_synsets())}
+    if not set(data_names) <= set(index):
+        raise ValueError(class_difference(model_names, data_names, where) +
+                         " (folders are matched to the model's classes by name)")
+    if len(data_names) < len(model_names):
+        notes.append(f"{where} has images of {len(data_names)} of the model's "
+                     f"{len(model_names)} classes; the others are scored but never correct")
+    labels = np.asarray([index[n] for n in data_names], np.int64)
+    return _relabelled(source, model_names, labels), notes

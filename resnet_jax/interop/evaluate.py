@@ -76,7 +76,8 @@ def evaluate(*, workdir: Optional[str] = None, model: Optional[str] = None,
         data_dir = run_lib.read_config(workdir).data.data_dir or None
     source = eval_sources.open_source(data, split, data_dir, tfds_builder)
     loaded, record = load_model(workdir, model, checkpoint, replica)
-    for note in eval_sources.check_classes(loaded.class_names, source):
+    source, notes = eval_sources.fit_classes(loaded.class_names, source)
+    for note in notes:
         say(f"note: {note}")
     crops = crops or "center"
     if crops == "multiscale" and not scales:

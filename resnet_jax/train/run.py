@@ -129,19 +129,20 @@ def fresh_state(run: Run) -> tuple[step_lib.TrainState, jax.Array]:
 
 def pretrained(run: Run, state: step_lib.TrainState, directory: str) -> step_lib.TrainState:
     """`state` with the params and batch_stats of the model directory `directory` (from
-    `resnet-jax convert` or `export`): every layer must match, except the classifier (`fc`)
-    when the number of classes differs, which keeps its fresh initialization (fine-tuning).
-    The optimizer state starts afresh."""
+    `resnet-jax convert` or `export`): every layer must match, except the classifier (`fc`),
+    which keeps its fresh initialization whenever the model's class names are not the data's
+    (fine-tuning on other classes, even as many of them). The optimizer state starts afresh."""
     from resnet_jax.interop import bundle
     from resnet_jax.interop.tree import check_shapes, flatten, unflatten
-    loaded = bundle.load(directory).variables
+    model_dir = bundle.load(directory)
+    loaded = model_dir.variables
     if run.config.model.scan_blocks:
         loaded = stack_blocks(loaded, run.model.stage_sizes)
     fresh = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     ours, theirs = flatten(fresh), flatten(loaded)
-    head = {k for k in ours if k.startswith("params/fc/")}
-    if any(k in theirs and theirs[k].shape != ours[k].shape for k in head):
-        theirs.update({k: ours[k] for k in head})  # a new classifier for the new classes
+    data_names = [str(n) for n in getattr(run.pipeline, "class_names", None) or []]
+    if list(model_dir.class_names) != data_names:  # a new classifier for the new classes
+        theirs.update({k: v for k, v in ours.items() if k.startswith("params/fc/")})
     check_shapes({k: v.shape for k, v in ours.items()}, {k: v.shape for k, v in theirs.items()},
                  f"model.init_from={directory!r} does not fit {run.meta['name']} "
                  f"(width {run.config.model.width}, shortcut {run.config.model.shortcut})")

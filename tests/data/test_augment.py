@@ -1,86 +1,145 @@
-"""TF augmentation ops: scale-aug ranges, Inception crop, 10-crop windows, odd JPEGs."""
+"""Host augmentations (numpy, simplejpeg, OpenCV): scale-augmentation ranges, Inception crop,
+flips, the reduced-size JPEG decode, odd files decoding exactly as `decode_rgb`, corrupt and
+truncated files named; the numpy evaluation views against the tf.data ones they replace."""
+import importlib.util
 import io
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-tf = pytest.importorskip("tensorflow")
-augment = pytest.importorskip("resnet_jax.data.augment")
+from resnet_jax.data import augment
+from resnet_jax.data.decode import CorruptImageError, decode_rgb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def jpeg_bytes(arr, fmt="JPEG"):
+def jpeg_bytes(arr, quality=95, fmt="JPEG"):
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, fmt, quality=95)
-    return tf.constant(buf.getvalue())
+    Image.fromarray(arr).save(buf, fmt, quality=quality)
+    return buf.getvalue()
+
+
+def photo(h, w, seed=0):
+    """Smooth random colours (JPEG-friendly, so decoders agree closely)."""
+    small = np.random.default_rng(seed).integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC))
 
 
 def test_scale_window_shorter_side_in_256_480_and_crop_224():
-    shape = tf.constant([375, 500])
     sides = []
-    for i in range(200):
-        s, win = augment.scale_crop_window(shape, tf.constant([3, i], tf.int64))
-        s, (y, x, h, w) = int(s), win.numpy()
+    for i in range(300):
+        rng = np.random.default_rng(i)
+        s = int(np.random.default_rng(i).integers(256, 481))  # the window's first draw
+        y, x, h, w = augment.scale_window(375, 500, rng)
         sides.append(s)
-        assert 256 <= s <= 480
-        # The window is what a 224 crop of the resized image covers in original pixels.
+        # The window is what a 224 crop of the image resized to shorter side s covers.
         assert abs(h - 224 * 375 / s) <= 1.0 and abs(w - 224 * 375 / s) <= 1.0
         assert y >= 0 and x >= 0 and y + h <= 375 and x + w <= 500
-    assert min(sides) < 280 and max(sides) > 456  # the whole range is used
+    assert min(sides) < 270 and max(sides) > 466  # the whole range is used
 
 
-def test_scale_augment_output_and_flip_rate():
-    # Left half dark, right half bright: a flip swaps the bright side.
+def test_inception_window_area_and_aspect_and_fallback():
+    areas, aspects = [], []
+    for i in range(300):
+        y, x, h, w = augment.inception_window(375, 500, np.random.default_rng(i))
+        assert 0 <= y and y + h <= 375 and 0 <= x and x + w <= 500
+        areas.append(h * w / (375 * 500))
+        aspects.append(w / h)
+    assert 0.07 < min(areas) < 0.2 and max(areas) > 0.7
+    assert min(aspects) > 0.74 and max(aspects) < 1.35
+    # A 1x100 strip fits no crop of aspect 3/4..4/3: the whole image.
+    assert augment.inception_window(1, 100, np.random.default_rng(0)) == (0, 0, 1, 100)
+
+
+def test_train_view_shapes_determinism_and_flip_rate():
     arr = np.zeros((300, 400, 3), np.uint8)
-    arr[:, 200:] = 255
+    arr[:, 200:] = 255  # a flip swaps the bright side
     data = jpeg_bytes(arr)
     flips = 0
     for i in range(100):
-        out = augment.scale_augment(data, tf.constant([1, i], tf.int64)).numpy()
+        out = augment.train_view(data, "x", "scale", augment.example_rng(0, 0, i))
+        again = augment.train_view(data, "x", "scale", augment.example_rng(0, 0, i))
+        np.testing.assert_array_equal(out, again)
         assert out.shape == (224, 224, 3) and out.dtype == np.uint8
         flips += out[:, :20].mean() > out[:, -20:].mean()
     assert 30 < flips < 70  # about half the crops are flipped
+    a = augment.train_view(data, "x", "inception", augment.example_rng(0, 0, 5))
+    b = augment.train_view(data, "x", "inception", augment.example_rng(0, 1, 5))
+    assert a.shape == (224, 224, 3) and not np.array_equal(a, b)  # another epoch, another crop
+    none = augment.train_view(data, "x", "none", None, size=64, eval_resize=80)
+    assert none.shape == (64, 64, 3)
 
 
-def test_inception_crop_shape_and_determinism():
-    arr = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+def test_a_window_of_the_whole_image_at_its_size_is_the_decode():
+    """No resampling when the window is the image at the output size: what remains is the
+    decode. A colour JPEG (fast path) is within JPEG noise of Pillow's decode."""
+    arr = photo(96, 96)
     data = jpeg_bytes(arr)
-    a = augment.inception_crop(data, tf.constant([0, 5], tf.int64)).numpy()
-    b = augment.inception_crop(data, tf.constant([0, 5], tf.int64)).numpy()
-    c = augment.inception_crop(data, tf.constant([0, 6], tf.int64)).numpy()
-    assert a.shape == (224, 224, 3) and a.dtype == np.uint8
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
+    out = augment.crop_resize(data, "x", lambda h, w: (0, 0, h, w), 96)
+    assert np.abs(out.astype(int) - decode_rgb(data).astype(int)).mean() < 1.5
 
 
-def test_ten_crop_returns_exact_windows():
-    img = tf.constant(np.arange(6 * 8 * 3, dtype=np.int32).reshape(6, 8, 3))
-    crops = augment.ten_crop(img, 4).numpy()
-    x = img.numpy()
-    want = [x[:4, :4], x[:4, 4:], x[2:, :4], x[2:, 4:], x[1:5, 2:6]]
-    assert crops.shape == (10, 4, 4, 3)
-    for i, w in enumerate(want):
-        np.testing.assert_array_equal(crops[i], w)
-        np.testing.assert_array_equal(crops[5 + i], w[:, ::-1])
+def test_odd_files_give_exactly_the_rgb_of_decode_rgb(helpers):
+    """Grayscale, CMYK, PNG-in-.jpg, RGBA and 16-bit files take `decode_rgb`'s path."""
+    blobs = dict(helpers.odd_images(size=(48, 40)))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 48), 40000, np.uint16)).save(buf, "PNG")
+    blobs["gray16.png"] = buf.getvalue()
+    for name, blob in blobs.items():
+        out = augment.crop_resize(blob, name, lambda h, w: (0, 0, h, w), 40)
+        want = decode_rgb(blob, name)[:, :40]  # (40, 48) image, window of its 40 x 40 left
+        np.testing.assert_array_equal(
+            augment.crop_resize(blob, name, lambda h, w: (0, 0, 40, 40), 40), want, name)
+        assert out.shape == (40, 40, 3), name
+    cmyk = augment.crop_resize(blobs["cmyk.jpg"], "c", lambda h, w: (0, 0, 40, 40), 40)
+    assert cmyk[..., 0].mean() > 200 and cmyk[..., 1:].mean() < 60
 
 
-def test_eval_views_center_and_multiscale_shapes():
-    data = jpeg_bytes(np.full((300, 400, 3), 90, np.uint8))
-    assert augment.eval_views(data, "center", 224, 256).shape == (1, 224, 224, 3)
-    assert augment.eval_views(data, "10crop", 224, 256).shape == (10, 224, 224, 3)
-    ms = augment.eval_views(data, "multiscale", scale=384).numpy()
-    assert ms.shape == (2, 384, 384, 3)
-    np.testing.assert_array_equal(ms[1], ms[0][:, ::-1])
-    with pytest.raises(ValueError, match="eval_crops"):
-        augment.eval_views(data, "5crop")
+def test_reduced_size_decode_where_the_window_allows():
+    assert augment.draft_factor((0, 0, 900, 1000), 224) == 4
+    assert augment.draft_factor((0, 0, 447, 1000), 224) == 1
+    assert augment.draft_factor((0, 0, 448, 448), 224) == 2
+    assert augment.draft_factor((0, 0, 4000, 4000), 224) == 8
+    # A 1024 window decoded at 1/4 is close to the full decode resized.
+    big = photo(1024, 1024, seed=3)
+    data = jpeg_bytes(big)
+    fast = augment.crop_resize(data, "x", lambda h, w: (0, 0, h, w), 224)
+    full = augment.resize(decode_rgb(data), 224, 224)
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
 
 
-def test_odd_files_decode_to_rgb(helpers):
-    for name, blob in helpers.odd_images(size=(300, 260)).items():
-        data = tf.constant(blob)
-        full = augment.decode_full(data).numpy()
-        assert full.shape == (260, 300, 3), name
-        out = augment.scale_augment(data, tf.constant([0, 1], tf.int64)).numpy()
-        assert out.shape == (224, 224, 3), name
-        if name == "cmyk.jpg":
-            assert full[..., 0].mean() > 200 and full[..., 1:].mean() < 60
+@pytest.mark.parametrize("blob", [b"\xff\xd8\xff\xe0 not a jpeg", b"", b"GIF89a broken"])
+def test_corrupt_files_are_named(blob):
+    with pytest.raises(CorruptImageError, match="bad/file.jpg"):
+        augment.train_view(blob, "bad/file.jpg", "scale", augment.example_rng(0, 0, 0))
+
+
+def test_a_truncated_jpeg_is_named_not_decoded_grey():
+    data = jpeg_bytes(photo(300, 400))
+    with pytest.raises(CorruptImageError, match="cut.jpg"):
+        augment.train_view(data[:len(data) // 2], "cut.jpg", "scale",
+                           augment.example_rng(0, 0, 0))
+
+
+def test_numpy_eval_views_equal_the_tf_data_views_they_replace():
+    """The streaming eval's views (`interop.views`, 'tf' style) are bitwise those of the
+    tf.data pipeline before grain (benchmarks/tf_reference.py), so evaluations keep their
+    numbers."""
+    tf = pytest.importorskip("tensorflow")
+    spec = importlib.util.spec_from_file_location(
+        "tf_reference", os.path.join(ROOT, "benchmarks", "tf_reference.py"))
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    from resnet_jax.interop import preprocess, views
+    img = np.random.default_rng(2).integers(0, 256, (37, 50, 3), np.uint8)
+    data = tf.constant(jpeg_bytes(img, fmt="PNG"))
+    prep = preprocess.Preprocessing([0, 0, 0], 1, resize=36, crop=32, style="tf")
+    np.testing.assert_array_equal(views.Views(prep, "center")(img)[0],
+                                  ref.eval_views(data, "center", 32, 36).numpy())
+    np.testing.assert_array_equal(views.Views(prep, "10crop")(img)[0],
+                                  ref.eval_views(data, "10crop", 32, 36).numpy())
+    for scale, ours in zip((32, 45), views.Views(prep, "multiscale", (32, 45))(img)):
+        np.testing.assert_array_equal(ours, ref.eval_views(data, "multiscale", scale=scale)
+                                      .numpy())

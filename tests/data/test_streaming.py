@@ -16,7 +16,7 @@ def stream_config(**over):
         num_val_examples=0, train_augment="scale", image_size=SIZE, eval_resize=40,
         lighting_std=0.1, normalize="per_channel", eval_crops="center",
         multiscale_sizes=(32, 48), on_corrupt="error", shuffle_buffer=64,
-        synthetic_examples=1, num_classes=0, prefetch=2))
+        synthetic_examples=1, num_classes=0, prefetch=2, workers=0))
     cfg.update(over)
     return cfg
 
@@ -122,55 +122,44 @@ def test_device_preprocess_applies_imagenet_normalization_and_lighting(tree):
     assert 0 < np.abs(tr - ev).max() < 0.5  # lighting shifts colours by a few grey levels
 
 
-def test_tfds_mock_data_sharded_padded_and_reproducible():
-    tfds = pytest.importorskip("tensorflow_datasets")
-    cfg = stream_config(source="tfds", name="imagenette", eval_crops="center")
-    with tfds.testing.mock_data(num_examples=20):
-        p = make(cfg, batch=4, eval_batch=6)
-        assert p.num_classes == 10 and p.num_train_examples == 20
-        a = take(p.train_batches(0), 6)
-        b = take(make(cfg, batch=4, eval_batch=6).train_batches(3), 3)
-        for x, y in zip(a[3:], b):
-            np.testing.assert_array_equal(x["image"], y["image"])
-        assert a[0]["image"].shape == (4, SIZE, SIZE, 3)
-        # mock_data serves every (sub)split in full, so only the plumbing is checkable here:
-        # distinct even shards per process, each fully read, padded to a common batch count.
-        counts, shards = [], []
-        for pi in range(2):
-            q = make(cfg, batch=4, eval_batch=6, pi=pi, pc=2)
-            ev = list(q.eval_batches())
-            counts.append(len(ev))
-            shards.append((q.train_shard, q.eval_shard))
-            assert sum(int(e["mask"].sum()) for e in ev) == q.tfds_eval_shard_sizes()[pi]
-            assert ev[0]["image"].shape == (3, 1, SIZE, SIZE, 3)
-            assert not ev[-1]["mask"][-1]  # 20 examples in batches of 3: the last row is padding
-        assert counts[0] == counts[1] == 7  # ceil(20 / 3), the same everywhere
-        assert shards[0][0] != shards[1][0] and shards[0][1] != shards[1][1]
+def test_streaming_run_stopped_by_sigterm_and_resumed_equals_one_uninterrupted(tree, tmp_path):
+    """The loop's streaming path: batches prefetched to the devices; a run of 2 steps per
+    dispatch stopped by SIGTERM after step 2 and resumed (a new pipeline opened where it stopped)
+    ends with the parameters of an uninterrupted run of 1 step per dispatch, bitwise; and
+    multi-scale eval covers each example once."""
+    import os
+    import signal
 
-
-def test_streaming_run_dispatches_k_steps_like_one_and_evaluates_multiscale(tree, tmp_path):
-    """The loop's streaming path: batches prefetched to the devices, k steps per dispatch give
-    the parameters of one step per dispatch, and multi-scale eval covers each example once."""
     import jax
 
     from resnet_jax.config import load_config
     from resnet_jax.train import loop
 
-    def run(k, name):
-        cfg = load_config("configs/smoke.py:steps=4", [
+    def config(k):
+        return load_config("configs/smoke.py:steps=4", [
             "--config.data.pipeline=streaming", "--config.data.source=folder",
-            f"--config.data.path={tree}", "--config.data.image_size=16",
+            f"--config.data.path={tree}", "--config.data.num_val_examples=0",
+            "--config.data.image_size=16",
             "--config.data.eval_resize=20", "--config.data.normalize=per_channel",
             "--config.data.train_augment=inception", "--config.data.eval_crops=multiscale",
             "--config.data.multiscale_sizes=(16, 24)", "--config.data.prefetch=1",
             "--config.train.batch_size=8", "--config.train.eval_batch_size=8",
             f"--config.train.steps_per_dispatch={k}", "--config.train.log_every_steps=4"])
-        results = loop.train_and_evaluate(cfg, str(tmp_path / name))
-        return results, jax.tree.leaves(jax.device_get(loop.load_trained(str(tmp_path / name))[2]))
 
-    one, params_one = run(1, "k1")
-    two, params_two = run(2, "k2")
-    for a, b in zip(params_one, params_two):
+    def params(name):
+        return jax.tree.leaves(jax.device_get(loop.load_trained(str(tmp_path / name))[2]))
+
+    one = loop.train_and_evaluate(config(1), str(tmp_path / "k1"))
+
+    def preempt(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = loop.train_and_evaluate(config(2), str(tmp_path / "k2"), on_step=preempt)
+    # On CPU the signal also ends the next dispatch between its steps: a resume mid-chunk.
+    assert stopped["preempted"] and 2 <= stopped["step"] < 4
+    two = loop.train_and_evaluate(config(2), str(tmp_path / "k2"))
+    for a, b in zip(params("k1"), params("k2"), strict=True):
         np.testing.assert_array_equal(a, b)
     assert one["final"] == two["final"] and one["steps"] == 4
     summary = loop.evaluate(*loop.restore_for_eval(str(tmp_path / "k1"))[:2])
@@ -192,3 +181,158 @@ def test_train_chunk_reads_on_and_reopens_where_asked(tree):
     again = p.train_chunk(1, 1)
     np.testing.assert_array_equal(again["image"][0], ref[1]["image"])
     p.close()
+
+
+# ---- issue 17: the batch of a step is a function of (seed, step) and the data --------------
+
+class CountingRecords:
+    """Records that note every index read (in-process pipelines only)."""
+
+    def __init__(self, records):
+        self.records, self.reads = records, []
+
+    def __len__(self):
+        return len(self.records)
+
+    def name(self, i):
+        return self.records.name(i)
+
+    def read(self, i):
+        self.reads.append(int(i))
+        return self.records.read(i)
+
+
+def test_a_resume_deep_in_an_epoch_reads_only_its_own_chunk(tree):
+    p = make(stream_config(path=tree), batch=4)  # 6 steps per epoch
+    counting = CountingRecords(p.splits.train)
+    p.splits.train = counting
+    chunk = p.train_chunk(10, 2)  # epoch 1, its 5th and 6th steps
+    assert len(counting.reads) == 2 * 4  # one chunk's examples, nothing before them
+    want = p.plan.permutation(1)[4 * 4:6 * 4]
+    assert sorted(counting.reads) == sorted(want.tolist())
+    ref = take(make(stream_config(path=tree), batch=4).train_batches(0), 12)
+    for i in range(2):
+        np.testing.assert_array_equal(chunk["image"][i], ref[10 + i]["image"])
+    p.close()
+
+
+def test_worker_processes_and_process_count_do_not_change_the_batches(tree):
+    """2 worker processes == in-process, and 2 processes' rows == the 1-process global batch,
+    with the scale augmentation, across an epoch boundary."""
+    cfg = stream_config(path=tree, train_augment="scale")
+    ref = take(make(cfg).train_batches(1), 4)
+    workers = make(stream_config(path=tree, train_augment="scale", workers=2))
+    got = [workers.train_chunk(1, 2), workers.train_chunk(3, 2)]
+    workers.close()
+    for s in range(4):
+        np.testing.assert_array_equal(got[s // 2]["image"][s % 2], ref[s]["image"])
+        np.testing.assert_array_equal(got[s // 2]["label"][s % 2], ref[s]["label"])
+    parts = [take(make(cfg, pi=i, pc=2).train_batches(1), 4) for i in range(2)]
+    for s in range(4):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(
+                np.concatenate([parts[0][s][key], parts[1][s][key]]), ref[s][key])
+
+
+def test_close_is_idempotent_joins_the_workers_and_a_later_chunk_says_so(tree):
+    import multiprocessing
+    p = make(stream_config(path=tree, workers=2))
+    p.train_chunk(0, 1)
+    p.close()
+    p.close()
+    assert not [c for c in multiprocessing.active_children() if c.is_alive()]
+    with pytest.raises(RuntimeError, match=r"train_chunk\(1, 1\) after close"):
+        p.train_chunk(1, 1)
+
+
+@pytest.mark.parametrize("reading", ["train", "eval"])
+def test_workers_leave_sigterm_to_the_training_process(tree, monkeypatch, reading):
+    """A preemption signals every process (systemd at a VM's shutdown, SLURM): the workers
+    must not die of it, or the run fails reading its next batch instead of saving. The first
+    workers are signalled the moment they are spawned (before `ignore_stop_signals` runs in
+    them: they die, the stream reads on with new ones from where it stopped), and all are
+    signalled again once the run is reading (they must ignore it)."""
+    import multiprocessing
+    import multiprocessing.context
+    import os
+    import signal
+    start = multiprocessing.context.SpawnProcess.start
+    spawned = []
+
+    def start_then_sigterm(self):
+        start(self)
+        spawned.append(self.pid)
+        if len(spawned) <= 2:
+            os.kill(self.pid, signal.SIGTERM)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_then_sigterm)
+    if reading == "eval":
+        cfg = stream_config(path=tree, eval_crops="10crop")
+        ref = [b["image"] for b in make(cfg, eval_batch=2).eval_batches()]
+        p = make(stream_config(path=tree, eval_crops="10crop", workers=2), eval_batch=2)
+        got = [b["image"] for b in p.eval_batches()]
+        assert len(spawned) > 2 and len(got) == len(ref)
+        for a, b in zip(got, ref, strict=True):
+            np.testing.assert_array_equal(a, b)
+        return
+    ref = take(make(stream_config(path=tree)).train_batches(0), 6)
+    p = make(stream_config(path=tree, workers=2))
+    first = p.train_chunk(0, 1)
+    children = [c.pid for c in multiprocessing.active_children()]
+    assert len(spawned) > 2 and len(children) >= 2
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+    rest = p.train_chunk(1, 5)  # more than the workers had made ahead
+    p.close()
+    np.testing.assert_array_equal(first["image"][0], ref[0]["image"])
+    for i in range(5):
+        np.testing.assert_array_equal(rest["image"][i], ref[i + 1]["image"])
+
+
+def test_eval_split_missing_a_class_is_labelled_by_the_training_class_names(tmp_path, helpers):
+    helpers.write_folder(str(tmp_path / "train"), ("a", "b", "c"), per_class=4, size=(40, 40))
+    helpers.write_folder(str(tmp_path / "val"), ("a", "c"), per_class=2, size=(40, 40))
+    p = make(stream_config(path=str(tmp_path), train_augment="none"), batch=4, eval_batch=4)
+    assert p.class_names == ["a", "b", "c"]
+    labels = np.concatenate([b["label"][b["mask"]] for b in p.eval_batches()])
+    assert sorted(labels.tolist()) == [0, 0, 2, 2]  # 'c' is class 2 of training, not 1
+
+
+def test_eval_views_are_those_of_eval_data(tree):
+    """The streaming eval is `interop.views` (what `resnet-jax eval --data` uses) on the same
+    decode: every view of every image, bitwise."""
+    from resnet_jax.interop import preprocess, views
+    p = make(stream_config(path=tree, eval_crops="10crop"), eval_batch=4)
+    prep = preprocess.Preprocessing(np.zeros(3), 1.0, resize=40, crop=SIZE, style="tf")
+    v = views.Views(prep, "10crop")
+    batch = next(p.eval_batches())
+    for row in range(4):
+        data, label = p.splits.eval.read(row)
+        np.testing.assert_array_equal(batch["image"][row], v.of("x", data)[0])
+        assert batch["label"][row] == label
+
+
+def test_corrupt_eval_image_is_named_or_skipped_and_masked(tmp_path, helpers):
+    helpers.write_folder(str(tmp_path / "train"), ("a", "b"), per_class=4, size=(40, 40))
+    helpers.write_folder(str(tmp_path / "val"), ("a", "b"), per_class=2, size=(40, 40))
+    bad = tmp_path / "val" / "b" / "0001.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated
+    with pytest.raises(CorruptImageError, match=r"0001.jpg' \(evaluation; set data.on_corrupt"):
+        list(make(stream_config(path=str(tmp_path))).eval_batches())
+    p = make(stream_config(path=str(tmp_path), on_corrupt="skip"))
+    assert sum(int(b["mask"].sum()) for b in p.eval_batches()) == 3 and p.num_skipped == 1
+
+
+def test_skip_replaces_a_corrupt_training_image_by_the_next_of_its_epoch(tmp_path, helpers):
+    """With on_corrupt='skip' the batch of a step is still a function of the step: a resumed
+    pipeline gives the same batches as one that read on."""
+    helpers.write_folder(str(tmp_path / "train"), ("a", "b"), per_class=4, size=(40, 40))
+    helpers.write_folder(str(tmp_path / "val"), ("a",), per_class=1, size=(40, 40))
+    (tmp_path / "train" / "b" / "0002.jpg").write_bytes(b"not an image at all")
+    cfg = stream_config(path=str(tmp_path), on_corrupt="skip")
+    p = make(cfg, batch=4)
+    run = take(p.train_batches(0), 4)
+    assert p.num_skipped == 2  # the file once per epoch
+    resumed = take(make(cfg, batch=4).train_batches(3), 1)
+    np.testing.assert_array_equal(resumed[0]["image"], run[3]["image"])
+    assert all(len(b["label"]) == 4 for b in run)

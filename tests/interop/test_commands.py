@@ -96,3 +96,40 @@ def test_export_model_dir_to_torchvision(model_dir, tmp_path, capsys):
     back, original = load_file(str(out)), load_file(R18)
     assert sorted(back) == sorted(original)
     assert all(np.array_equal(back[k], original[k]) for k in original)
+
+
+def test_out_that_is_taken_is_refused_unless_overwrite(model_dir, tmp_path, capsys):
+    """convert / export wrote over a model directory without a word and kept its old eval/
+    results (which scored the old model): refused, before the weights are read; --overwrite
+    replaces the model directory's files and eval/, and nothing else."""
+    out = tmp_path / "out"
+    assert cli.main(["export", "--model", str(model_dir), "--out", str(out)]) == 0
+    (out / "eval").mkdir()
+    (out / "eval" / "old.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    for cmd in (["export", "--model", str(model_dir)],
+                ["convert", "--from", "torchvision", R18, "--model", "resnet18", "--width", "3"],
+                ["convert", "--from", "timm", str(tmp_path / "missing.safetensors"),
+                 "--model", "resnet18"]):  # refused before the file is even looked at
+        assert cli.main([*cmd, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"{out} is not empty (class_names.txt, eval, model.json, notes.txt, ...); " \
+               "pass --overwrite" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert cli.main(["convert", "--from", "torchvision", R18, "--model", "resnet18",
+                     "--width", "3", "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "class_names.txt", "model.json", "notes.txt", "preprocessing.json",
+        "variables.safetensors"]
+    assert resnet_jax.load(str(out)).preprocessing.resize == 256  # the new one
+    assert cli.main(["export", "--model", str(model_dir), "--out", str(out / "notes.txt")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    tv = tmp_path / "tv.safetensors"
+    tv.write_bytes(b"keep")
+    args = ["export", "--model", str(model_dir), "--to", "torchvision", "--out", str(tv)]
+    assert cli.main(args) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+    assert tv.read_bytes() == b"keep"
+    assert cli.main([*args, "--overwrite"]) == 0 and tv.stat().st_size > 1000

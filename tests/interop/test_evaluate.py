@@ -1,7 +1,7 @@
 """`resnet-jax eval --data`: a model directory (the torch fixture, converted) scored on tiny
 generated folders, tars and real tfds datasets built here offline, against the same numbers
 computed by hand; 10-crop and multi-scale views against a direct construction (and the
-streaming pipeline's TF views); the ReaL rule; every error as one line."""
+streaming pipeline's views); the ReaL rule; every error as one line."""
 import io
 import json
 import re
@@ -120,19 +120,27 @@ def test_ten_crop_and_multiscale_views_are_the_papers(model_dir):
     assert r["loss"] == pytest.approx(-np.log(mean[3]), rel=1e-5) and r["count"] == 1
 
 
-def test_tf_style_views_equal_the_streaming_pipelines():
-    tf = pytest.importorskip("tensorflow")
-    from resnet_jax.data import augment
+def test_tf_style_views_are_the_streaming_pipelines():
+    """The streaming eval makes its views with `views.Views` ('tf' style) itself; that they
+    equal the tf.data views it had before is tests/data/test_augment.py's."""
+    from resnet_jax.data import elements
     img = np.random.default_rng(2).integers(0, 256, (37, 50, 3), np.uint8)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "PNG")
-    data = tf.constant(buf.getvalue())
     prep = preprocess.Preprocessing([0, 0, 0], 1, resize=36, crop=32, style="tf")
-    np.testing.assert_array_equal(views.Views(prep, "10crop")(img)[0],
-                                  augment.eval_views(data, "10crop", 32, 36).numpy())
-    for scale, ours in zip((32, 45), views.Views(prep, "multiscale", (32, 45))(img)):
-        np.testing.assert_array_equal(
-            ours, augment.eval_views(data, "multiscale", 32, 36, scale=scale).numpy())
+
+    class One:
+        def read(self, i):
+            return buf.getvalue(), 3
+
+        def name(self, i):
+            return "one.png"
+
+    for mode, scales in (("10crop", ()), ("multiscale", (32, 45))):
+        v = views.Views(prep, mode, scales)
+        got = elements.EvalElement(One(), v, "error")((0, True))
+        for ours, theirs in zip(v(img), got["image"], strict=True):
+            np.testing.assert_array_equal(ours, theirs)
 
 
 # ---- tfds: real datasets prepared here, offline -------------------------------------------
@@ -205,6 +213,22 @@ def test_real_labels_prediction_in_set_and_empty_sets_left_out(model_dir, tfds_d
            "(ReaL), top-5 error 25.00% (ReaL)" in capsys.readouterr().out
 
 
+def test_tfrecord_only_tfds_without_tensorflow_is_one_error(monkeypatch):
+    """eval --data tfds:NAME reads ArrayRecord with no TensorFlow (tests/data/
+    test_no_tensorflow.py); a TFRecord-only dataset there is one error saying how to convert."""
+    import importlib.util
+    builder = types.SimpleNamespace(
+        name="imagenet2012", data_dir="/d/tfds/imagenet2012/5.1.0",
+        info=types.SimpleNamespace(available_file_formats=lambda: ["tfrecord"]))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    with pytest.raises(ValueError, match="stored as tfrecord in .*TensorFlow is not installed; "
+                       "add an ArrayRecord copy once .*resnet-jax prepare convert --name "
+                       "imagenet2012 --data-dir /d/tfds,"):
+        next(eval_sources._tfds_rows(builder, "tfds:imagenet2012", "validation"))
+
+
 def test_tfds_labels_checked_against_the_model():
     def builder(names, splits=("test",)):
         label = types.SimpleNamespace(names=names, num_classes=len(names))
@@ -215,37 +239,70 @@ def test_tfds_labels_checked_against_the_model():
     source = eval_sources.open_source("tfds:x", None, None, builder(NAMES[::-1]))
     with pytest.raises(ValueError, match="same 10 in another order: label 0 is 'airplane' "
                                          "for the model, 'truck' for the data"):
-        eval_sources.check_classes(NAMES, source)
+        eval_sources.fit_classes(NAMES, source)
     for names in ([f"n{i:08d}" for i in range(10)], [str(i) for i in range(10)]):
         source = eval_sources.open_source("tfds:x", None, None, builder(names))
-        assert eval_sources.check_classes(NAMES, source) == []  # synsets / numbers: count only
+        assert eval_sources.fit_classes(NAMES, source)[1] == []  # synsets / numbers: count only
     source = eval_sources.open_source("tfds:x", None, None, builder(NAMES[:9]))
     with pytest.raises(ValueError, match="the model has 10 classes, --data tfds:x has 9"):
-        eval_sources.check_classes(NAMES, source)
+        eval_sources.fit_classes(NAMES, source)
     with pytest.raises(ValueError, match="no split 'test'; splits there: train, validation"):
         eval_sources.open_source("tfds:x", "test", None, builder(NAMES, ("train", "validation")))
     assert eval_sources.open_source("tfds:x", None, None, builder(NAMES, (
         "train", "validation", "test"))).split == "validation"
 
 
-def test_folder_labels_are_sorted_folder_names():
+def test_folder_labels_follow_the_model_class_names():
     def folder(names):
-        return eval_sources.Source("f", "folder", "val", names, len(names), iter)
-    synsets = [f"n{i:08d}" for i in range(1000)]  # an ImageNet val/<synset>/ folder
-    assert eval_sources.check_classes(bundle.imagenet_class_names(), folder(synsets)) == []
+        rows = [(f"{n}/0.jpg", None, i) for i, n in enumerate(names)]
+        return eval_sources.Source("f", "folder", "val", names, len(names), lambda: iter(rows))
+
+    def labels(source):
+        return [y for _, _, y in source.examples()]
+
+    fake = [f"n{i:08d}" for i in range(1000)]  # another synset list, sorted: the same order
+    assert eval_sources.fit_classes(bundle.imagenet_class_names(), folder(fake))[1] == []
     with pytest.raises(ValueError, match="only in the model: \\['tench'"):
-        eval_sources.check_classes(bundle.imagenet_class_names(), folder(synsets[:999]))
-    notes = eval_sources.check_classes([str(i) for i in range(10)], folder(NAMES))
-    assert len(notes) == 1 and "no class names" in notes[0]
-    assert eval_sources.check_classes(NAMES, folder(NAMES)) == []
+        eval_sources.fit_classes(bundle.imagenet_class_names(), folder(fake[:999]))
+    # ImageNet synsets, any subset (Imagenette's 10): the standard synset order.
+    synsets = eval_sources.imagenet_synsets()
+    assert len(synsets) == 1000 and synsets == sorted(synsets) and synsets[0] == "n01440764"
+    sub = [synsets[0], synsets[217], synsets[999]]
+    source, notes = eval_sources.fit_classes(bundle.imagenet_class_names(), folder(sub))
+    assert labels(source) == [0, 217, 999] and "3 of the model's 1000 classes" in notes[0]
+    # By name: a split missing 'airplane' keeps the other labels (they were shifted by one).
+    source, notes = eval_sources.fit_classes(NAMES, folder(NAMES[1:]))
+    assert labels(source) == list(range(1, 10)) and source.num_classes == 10
+    with pytest.raises(ValueError, match="only in the data: \\['zebra'\\]"):
+        eval_sources.fit_classes(NAMES, folder(NAMES[1:] + ["zebra"]))
+    source, notes = eval_sources.fit_classes([str(i) for i in range(10)], folder(NAMES))
+    assert len(notes) == 1 and "no class names" in notes[0] and labels(source) == list(range(10))
+    assert eval_sources.fit_classes(NAMES, folder(NAMES))[1] == []
+
+
+def test_hidden_folders_are_not_classes_of_eval_data(model_dir, tmp_path, capsys):
+    """A `.ipynb_checkpoints` folder in val/ was a class (a label past the model's last); a
+    split missing classes is scored by name."""
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    for cls in NAMES[3:5] + [".ipynb_checkpoints"]:
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        Image.fromarray(_image(rng, 0)).save(tmp_path / "val" / cls / "0.png")
+    (tmp_path / "val" / "__MACOSX").mkdir()
+    r = _eval_json(capsys, "--model", str(model_dir), "--data", str(tmp_path))
+    assert r["count"] == 2 and r["split"] == "val"
+    m = bundle.load(str(model_dir))
+    images = [np.asarray(Image.open(tmp_path / "val" / c / "0.png")) for c in NAMES[3:5]]
+    logp = _log_probs(m, images)
+    assert r["top1_error"] == pytest.approx(_by_hand(logp, [3, 4])[0])
 
 
 # ---- errors: one line each --------------------------------------------------------------
 
 def test_errors_are_one_line(model_dir, files, tfds_dir, tmp_path, capsys):
     root, _ = files
-    (root / "extra" / "test" / "cat").mkdir(parents=True)
-    Image.fromarray(_image(np.random.default_rng(0), 0)).save(root / "extra/test/cat/a.png")
+    (root / "extra" / "test" / "zebra").mkdir(parents=True)  # a class the model lacks
+    Image.fromarray(_image(np.random.default_rng(0), 0)).save(root / "extra/test/zebra/a.png")
     bad = tmp_path / "bad.tar"
     with tarfile.open(bad, "w") as tar:  # all classes, and one file that does not decode
         tar.add(root / "flat", arcname="test")
@@ -261,7 +318,8 @@ def test_errors_are_one_line(model_dir, files, tfds_dir, tmp_path, capsys):
          "not prepared in .*point --data at a local copy: --data path.tar.gz"),
         ([*model, "--data", str(root / "extra")],
          "the model's 10 class names do not match the 1 of --data .*only in the model: "
-         "\\['airplane', .*only in the data: \\[\\]"),
+         "\\['airplane', .*only in the data: \\['zebra'\\] .folders are matched to the model's "
+         "classes by name"),
         ([*model, "--data", str(bad)], "cannot decode image .*bad.tar:test/cat/broken.jpg"),
         (["--data", str(root / "flat")], "give a model: --workdir W .* or --model DIR"),
         ([*model, "--workdir", str(tmp_path)], "give --workdir or --model, not both"),
