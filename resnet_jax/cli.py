@@ -3,15 +3,22 @@ an `add_arguments(parser)` and a `run(args) -> int` function (docs/ARCHITECTURE.
 modules are imported only when their command runs, so `describe` does not load the trainer.
 
 Arguments argparse does not know are handed to the command as `args.extra` (train takes the
-`--config.a.b=value` overrides from there); a `ValueError` is printed as one line, exit code 2.
+`--config.a.b=value` overrides from there). Failures a user can act on are one line on stderr
+with an exit code per kind (`resnet_jax.errors`, README "When something fails"): 1 a NaN
+stopped training, 2 bad input (`ValueError`), 3 the workdir is in use by another run, 4
+storage (a save or a run file failed, `OSError`), 130 interrupted. Anything else is a bug: a
+traceback (RESNET_JAX_TRACEBACK=1 shows one for those too).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from typing import Sequence
 
+from resnet_jax import errors
 from resnet_jax.data.tf_import import quiet_native_logs
 
 DESCRIPTION = ("Deep Residual Learning (He et al., 2015) in JAX/Flax: train, evaluate, sweep "
@@ -59,10 +66,23 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+class _OrbaxErrorsFilter(logging.Filter):
+    """Drops orbax's own ERROR records (a failed save logs each of its threads' tracebacks,
+    dozens of lines): the failure reaches the caller, which reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or "orbax" not in record.pathname
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Before JAX or TensorFlow load: their C++ INFO/WARNING lines stay off the console.
     quiet_native_logs()
+    if not os.environ.get("RESNET_JAX_TRACEBACK"):
+        from absl import logging as absl_logging  # its logger finds orbax as the caller
+        absl_logger = absl_logging.get_absl_logger()
+        if not any(isinstance(f, _OrbaxErrorsFilter) for f in absl_logger.filters):
+            absl_logger.addFilter(_OrbaxErrorsFilter())
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args, extra = parser.parse_known_args(argv)
@@ -72,9 +92,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(getattr(importlib.import_module(module), run)(args) or 0)
-    except ValueError as err:
+    except KeyboardInterrupt:
+        print(f"\nresnet-jax {args.command}: interrupted (Ctrl-C); nothing was saved",
+              file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
+    except (ValueError, FloatingPointError, errors.WorkdirBusyError, errors.StorageError,
+            OSError) as err:
+        if os.environ.get("RESNET_JAX_TRACEBACK"):
+            raise
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
+
+
+def exit_code(err: BaseException) -> int:
+    """The exit code of a failure (module docstring)."""
+    if isinstance(err, FloatingPointError):
+        return errors.EXIT_NON_FINITE
+    if isinstance(err, errors.WorkdirBusyError):
+        return errors.EXIT_BUSY
+    if isinstance(err, (errors.StorageError, OSError)):
+        return errors.EXIT_STORAGE
+    return errors.EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

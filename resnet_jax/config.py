@@ -104,10 +104,29 @@ def load_module(path: str, label: str = "--config"):
         raise ValueError(f"{label}: file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_resnet_jax_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a recipe's own bug: one line naming its line
+        raise recipe_error(path, label, err) from None
     if not hasattr(module, "get_config"):
         raise ValueError(f"{label}: {path!r} has no get_config(arg) function")
     return module
+
+
+def recipe_error(path: str, label: str, err: BaseException) -> ValueError:
+    """One line for an error raised while a recipe file runs: its file and line, the error."""
+    if isinstance(err, SyntaxError):
+        return ValueError(f"{label}: {path}:{err.lineno}: syntax error: {err.msg}")
+    line = None
+    tb = err.__traceback__
+    while tb is not None:  # the innermost frame in the recipe itself
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f"{path}:{line}" if line else path
+    return ValueError(f"{label}: {where}: {type(err).__name__}: {err}")
 
 
 def _split_override(override: str) -> tuple[str, str]:
@@ -240,7 +259,12 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     """Loads 'path.py[:arg]', applies overrides, validates, and returns a locked ConfigDict."""
     path, _, arg = spec.partition(":")
     module = load_module(path)
-    config = module.get_config(arg) if arg else module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except ValueError:
+        raise  # the recipe's own refusal (a bad argument), already one line
+    except Exception as err:  # noqa: BLE001
+        raise recipe_error(path, "--config", err) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(f"--config: {path}:get_config returned {type(config).__name__}, "
                          "expected ml_collections.ConfigDict")

@@ -62,6 +62,8 @@ def _conforming(handler):
         name = params.get("dest_object_id") or params.get("object_id")
         if name is None and "name" in request.query and "upload_id" not in request.query:
             name = request.query["name"][0]  # an upload names its object in the query
+        if name is None and request.query.get("uploadType") == ["multipart"]:
+            name = (request.data or {}).get("meta", {}).get("name")  # ... or in its metadata
         failed = _precondition(request, storage, name) if "bucket_name" in params else None
         if failed is not None:
             response.status = failed

@@ -69,20 +69,48 @@ def _wait_for_rows(workdir, proc, rows=2, timeout=240):
     raise AssertionError(f"no metrics rows in time; rc={proc.poll()}")
 
 
+def _rows(workdir) -> int:
+    path = Path(workdir) / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_sigterm_subprocess_resume_is_bitwise(tmp_path, replicas):
+def test_a_second_copy_sigterm_ctrl_c_then_resume_is_bitwise(tmp_path, capsys, replicas):
+    """Through the CLI, one workdir: a second copy of a running `train` is refused in one
+    line naming the first (exit 3; both used to run, every metrics row twice); SIGTERM saves
+    and exits 0; so does a Ctrl-C (it was a KeyboardInterrupt traceback, exit 130, nothing
+    saved); the last run ends with the parameters and metrics rows of an uninterrupted one
+    (one net, and 2 replicas as one program)."""
     from resnet_jax.config import load_config
     from resnet_jax.train import loop
     steps, workdir, cache = 40, tmp_path / "run", tmp_path / "cache"
     proc = subprocess.Popen(_train_cmd(workdir, steps, replicas), cwd=ROOT, env=_env(cache),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_rows(workdir, proc)
+    second = ["train", "--config", f"configs/smoke.py:steps={steps},replicas={replicas}",
+              "--workdir", str(workdir), *OVERRIDES]
+    assert cli.main(second) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is in use by another run (host " in err[0], err
+    assert f"pid {proc.pid}, since " in err[0]
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "preempted (SIGTERM)" in out
     assert not (workdir / "results.json").exists()
+    rows = _rows(workdir)
+
+    proc = subprocess.Popen(_train_cmd(workdir, steps, replicas), cwd=ROOT, env=_env(cache),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_rows(workdir, proc, rows=rows + 1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "Ctrl-C: saving a checkpoint at the next step boundary" in out
+    assert "interrupted (Ctrl-C): saved the checkpoint of step" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+
     resumed = subprocess.run(_train_cmd(workdir, steps, replicas), cwd=ROOT, env=_env(cache),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -99,8 +127,123 @@ def test_sigterm_subprocess_resume_is_bitwise(tmp_path, replicas):
     for i in (range(replicas) if replicas > 1 else (None,)):
         a = jax.tree.leaves(jax.device_get(loop.load_trained(str(workdir), replica=i)[2]))
         b = jax.tree.leaves(jax.device_get(loop.load_trained(str(reference), replica=i)[2]))
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
     rows = [[{k: v for k, v in r.items() if k not in ("wall_time", "images_per_sec")}
              for r in read_metrics(str(w))] for w in (workdir, reference)]
     assert rows[0] == rows[1]
+
+
+WATCHER = """
+import sys, time
+from resnet_jax.train.checkpoint import PreemptionWatcher
+with PreemptionWatcher() as watcher:
+    print("ready", flush=True)
+    while not watcher.should_stop(0):
+        time.sleep(0.01)
+    print("saving", flush=True)
+    time.sleep(60)   # a save that takes long
+print("saved", flush=True)
+"""
+
+
+def test_a_second_ctrl_c_aborts_at_once():
+    """The first Ctrl-C asks for a save at the next step boundary; a second one, while that
+    save runs, ends the process at once (by SIGINT), without waiting for it."""
+    proc = subprocess.Popen([sys.executable, "-c", WATCHER], cwd=ROOT, env=_env(ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "saving"
+    started = time.time()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGINT and time.time() - started < 10
+    out, err = proc.communicate()
+    assert "saved" not in out and "Traceback" not in err
+    assert err.strip() == ("Ctrl-C: saving a checkpoint at the next step boundary, then "
+                           "stopping (Ctrl-C again to abort at once, without saving)")
+
+
+def _no_data_load(monkeypatch):
+    """Fails the test if a run gets as far as loading its data."""
+    import resnet_jax.data as data_lib
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the data was loaded before the error")
+    monkeypatch.setattr(data_lib, "make_pipeline", loaded)
+
+
+def test_a_config_with_a_syntax_error_is_one_line(tmp_path, capsys):
+    recipe = tmp_path / "bad.py"
+    recipe.write_text("import ml_collections\n\ndef get_config(arg=None)\n    return None\n")
+    assert cli.main(["train", "--config", str(recipe), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"resnet-jax train: error: --config: {recipe}:3: syntax error: expected ':'"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_recipe_that_fails_is_one_line_naming_its_line(tmp_path, capsys):
+    recipe = tmp_path / "broken.py"
+    recipe.write_text("def get_config(arg=None):\n    return undefined_name\n")
+    assert cli.main(["train", "--config", str(recipe), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"resnet-jax train: error: --config: {recipe}:2: NameError: name "
+                   "'undefined_name' is not defined"]
+
+
+def test_a_file_where_the_workdir_folder_should_be_is_one_line_before_the_data(
+        tmp_path, capsys, monkeypatch):
+    (tmp_path / "README.md").write_text("hello")
+    _no_data_load(monkeypatch)
+    workdir = tmp_path / "README.md" / "run"
+    assert cli.main(["train", "--config", "configs/smoke.py", "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"resnet-jax train: error: --workdir {workdir} cannot be written: a file "
+                   f"where a folder is expected ({tmp_path / 'README.md'})"]
+
+
+def _read_only(monkeypatch, root):
+    """`root` read-only: by its mode for a normal user; for root (who writes anyway) the
+    error a read-only mount gives, from every file and folder Python creates under it."""
+    if os.geteuid() != 0:
+        os.chmod(root, 0o555)
+        return
+    import errno
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def guard(path):
+        if os.path.abspath(path).startswith(str(root)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            guard(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        guard(path)
+        return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_a_read_only_workdir_is_one_line_before_the_data(tmp_path, capsys, monkeypatch,
+                                                        exists):
+    root = tmp_path / "ro"
+    root.mkdir()
+    workdir = root / "run"
+    if exists:
+        workdir.mkdir()
+    _read_only(monkeypatch, root)
+    _no_data_load(monkeypatch)
+    try:
+        rc = cli.main(["train", "--config", "configs/smoke.py", "--workdir", str(workdir)])
+    finally:
+        os.chmod(root, 0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"resnet-jax train: error: --workdir {workdir} cannot be "
+                             "written: ")
+    assert "Read-only file system" in err[0] or "Permission denied" in err[0]

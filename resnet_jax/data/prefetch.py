@@ -3,6 +3,11 @@
 `prefetch(batches, put, size=2)` applies `put` (e.g. `parallel.to_global(batch, mesh)`, which
 starts the host-to-device copies) `size` batches ahead of the consumer, so the compiled step
 never waits on a transfer. Errors from the producer are re-raised in the consumer.
+
+Shutdown: closing the iterator (or leaving a `for` over it) stops the producer and joins its
+thread before it returns, so the caller may then close what `batches` reads from: the
+producer is never inside `next(batches)` (or `put`) at that point. A producer in the middle
+of a slow read finishes that read first.
 """
 from __future__ import annotations
 
@@ -12,27 +17,44 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
+_POLL_S = 0.05  # how often a producer waiting on a full queue looks whether it must stop
 
 
 def prefetch(batches: Iterable, put: Callable[[object], T], size: int = 2) -> Iterator[T]:
-    """Yield put(b) for b in batches, computed up to `size` items ahead in a daemon thread."""
+    """Yield put(b) for b in batches, computed up to `size` items ahead in a thread; the
+    thread is stopped and joined when the iterator ends, fails or is closed."""
     if size < 1:
         raise ValueError(f"prefetch size={size}; allowed: >= 1")
     q: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
 
+    def hand_over(item) -> bool:
+        """Puts `item` on the queue unless told to stop first; False if it stopped."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
-            for b in batches:
-                if stop.is_set():
+            source = iter(batches)
+            while not stop.is_set():
+                try:
+                    b = next(source)
+                except StopIteration:
+                    break
+                if stop.is_set() or not hand_over(put(b)):
                     return
-                q.put(put(b))
         except BaseException as e:  # hand the failure to the consumer
-            q.put(e)
+            hand_over(e)
             return
-        q.put(_DONE)
+        hand_over(_DONE)
 
-    threading.Thread(target=produce, daemon=True).start()
+    producer = threading.Thread(target=produce, name="resnet-jax-prefetch", daemon=True)
+    producer.start()
     try:
         while True:
             item = q.get()
@@ -42,10 +64,11 @@ def prefetch(batches: Iterable, put: Callable[[object], T], size: int = 2) -> It
                 raise item
             yield item
     finally:
-        # A consumer that stops early: free a producer blocked on a full queue so it can see
-        # `stop` and end (it holds device buffers).
+        # Stop the producer and wait for it: it may be inside `next(batches)` or `put`, and
+        # the caller closes their source next ("generator already executing" otherwise).
         stop.set()
-        while True:
+        producer.join()
+        while True:  # drop what it made ahead (device buffers)
             try:
                 q.get_nowait()
             except queue.Empty:

@@ -168,9 +168,11 @@ def score(loaded: Any, source: eval_sources.Source, views: views_lib.Views, *,
     num_classes = loaded.model.num_classes
     sums = np.zeros(3)  # top-1 correct, top-5 correct, loss
     count, left_out = 0, [0]
-    for stacks, labels, names in _host_batches(source, views, batch, workers, left_out):
-        images = parallel.to_global({"image": stacks}, mesh)["image"]
-        logp = np.asarray(forward(variables, images, norms))[:len(labels)]
+    for stacks, slots, labels, names in _host_batches(source, views, batch, workers,
+                                                       left_out):
+        placed = parallel.to_global({"image": stacks, "slot": slots}, mesh)
+        logp, where = forward(variables, placed["image"], norms, placed["slot"])
+        logp = in_batch_order(np.asarray(logp), np.asarray(where))[:len(labels)]
         _check_labels(labels, names, num_classes, source)
         sums += correct(logp, labels, source.multilabel)
         count += len(labels)
@@ -196,15 +198,27 @@ def _progress(total: Optional[int]) -> Callable[[int], None]:
     return show
 
 
+def in_batch_order(logp: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Rows of the gathered global batch put back in the order of the examples: row i of
+    `logp` is example `slots[i]` of the batch (-1: padding). The global batch's row order is
+    the mesh's device order, which need not follow the processes (`jax.make_mesh` orders TPU
+    devices physically), so each row travels with its own slot."""
+    out = np.full_like(logp, np.nan)
+    real = slots >= 0
+    out[slots[real]] = logp[real]
+    return out
+
+
 def _forward(model: Any, mesh: Any):
-    """jit on the mesh: (variables, uint8 view stacks, ((mean, std), ...)) -> (B, C) log of
-    the probabilities averaged over all views (as `train.step.eval_step`)."""
+    """jit on the mesh: (variables, uint8 view stacks, ((mean, std), ...), slots) -> ((B, C)
+    log of the probabilities averaged over all views (as `train.step.eval_step`), slots),
+    both gathered to every process in the same row order."""
     import jax
     import jax.numpy as jnp
     from resnet_jax import parallel
     from resnet_jax.data.device_ops import normalize
 
-    def forward(variables, stacks, norms):
+    def forward(variables, stacks, norms, slots):
         per_view = []
         for images, (mean, std) in zip(stacks, norms):
             b, v = images.shape[:2]
@@ -212,18 +226,18 @@ def _forward(model: Any, mesh: Any):
             logits = model.apply(variables, x, train=False).astype(jnp.float32)
             per_view.append(jax.nn.log_softmax(logits).reshape(b, v, -1))
         logp = jnp.concatenate(per_view, axis=1)
-        return jax.nn.logsumexp(logp, axis=1) - jnp.log(float(logp.shape[1]))
+        return jax.nn.logsumexp(logp, axis=1) - jnp.log(float(logp.shape[1])), slots
 
-    rep = parallel.replicated(mesh)
-    return jax.jit(forward, in_shardings=(rep, parallel.batch_sharding(mesh), rep),
-                   out_shardings=rep)
+    rep, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(forward, in_shardings=(rep, rows, rep, rows), out_shardings=(rep, rep))
 
 
 def _host_batches(source, views, batch: int, workers: Optional[int], left_out: list,
                   ahead: int = 2) -> Iterator[tuple]:
-    """(stacks: tuple of uint8 (b, V, H, W, 3), labels, names) per global batch of `batch`
-    examples; this process decodes its rows [p*b, (p+1)*b) in a thread pool, `ahead` batches
-    ahead; padding rows are zeros. Examples with an empty label set are counted in
+    """(stacks: tuple of uint8 (b, V, H, W, 3), slots: int32 (b,), labels, names) per global
+    batch of `batch` examples; this process decodes its rows [p*b, (p+1)*b) in a thread pool,
+    `ahead` batches ahead; slots are those rows' positions among the batch's examples (-1:
+    padding, whose rows are zeros). Examples with an empty label set are counted in
     left_out[0] and skipped."""
     import jax
     p, b = jax.process_index(), batch // jax.process_count()
@@ -257,7 +271,10 @@ def _host_batches(source, views, batch: int, workers: Optional[int], left_out: l
                 for r, row in enumerate(rows):
                     stack[r] = row[i]
                 stacks.append(stack)
-            yield tuple(stacks), [y for _, _, y in items], [n for n, _, _ in items]
+            slots = np.full(b, -1, np.int32)
+            slots[:len(rows)] = np.arange(p * b, p * b + len(rows), dtype=np.int32)
+            yield (tuple(stacks), slots, [y for _, _, y in items],
+                   [n for n, _, _ in items])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

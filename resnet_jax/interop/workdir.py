@@ -32,7 +32,7 @@ def checkpoint_step(workdir: str, checkpoint: str = "newest",
     replicas, the best of `replica` (each replica's best is kept)."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {list(CHECKPOINTS)}")
-    checkpoints = run_lib.checkpointer(workdir)
+    checkpoints = run_lib.checkpointer(workdir, read_only=True)
     try:
         latest = checkpoints.latest_meta()
         steps = checkpoints.all_steps()
@@ -57,14 +57,16 @@ def checkpoint_step(workdir: str, checkpoint: str = "newest",
 
 def restore(workdir: str, checkpoint: str = "newest", replica: Optional[int] = None,
             ) -> tuple[Any, Any, dict, int]:
-    """(config, module, {'params', 'batch_stats'}, step) of the workdir's newest or best
-    checkpoint (`train.run.load_trained`, the run's one restore); `replica`: which of a run's
-    replicas (needed when it trained several)."""
+    """(config, module, {'params', 'batch_stats'}, step) of the workdir's newest readable
+    checkpoint (past torn ones, as a resumed run) or of its best (that step, or an error
+    naming it) (`train.run.load_trained_step`, the run's one restore); `replica`: which of a
+    run's replicas (needed when it trained several)."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {list(CHECKPOINTS)}")
     replicas.check_index(replica, replicas.count(run_lib.read_config(workdir)),
                          f"--workdir {workdir}")
-    step = checkpoint_step(workdir, checkpoint, replica)
-    config, module, variables = run_lib.load_trained(workdir, step=step, replica=replica)
-    return config, module, variables, step
+    step = checkpoint_step(workdir, checkpoint, replica) if checkpoint == "best" else None
+    return run_lib.load_trained_step(workdir, step=step, replica=replica)
 
 
 def run_preprocessing(workdir: str, config: Any, say: Callable[[str], None] = _say,
@@ -105,7 +107,6 @@ def export_workdir(workdir: str, out: Optional[str] = None, checkpoint: str = "n
         say(f"{workdir}: {len(names)} class names for {module.num_classes} classes; "
             "numbering them instead")
         names = None
-    module = module.clone(bn_num_groups=1)
     loaded = LoadedModel.create(module, variables, prep, names, source={
         "kind": "workdir", "workdir": os.path.abspath(workdir) if "://" not in workdir
         else workdir, "checkpoint": checkpoint, "step": step,

@@ -55,6 +55,15 @@ class Session:
     def live(self, step: int) -> list[int]:
         """The replicas that trained up to `step` (frozen ones only before their bad step)."""
         return [i for i in range(self.n) if self.frozen.get(i, step + 1) > step]
+    lease: Any = None  # the workdir's (`lease.hold`); checked before anything is written
+
+
+def finite(entry: Optional[dict]) -> bool:
+    """An evaluation whose numbers are all finite: only such an evaluation can be the best
+    (a NaN loss from labels the model does not know would otherwise win on its top-1)."""
+    return entry is not None and all(
+        isinstance(entry.get(k), (int, float)) and math.isfinite(entry[k])
+        for k in ("top1_error", "top5_error", "loss"))
 
 
 def open_files(s: Session) -> None:
@@ -81,10 +90,12 @@ def _best_metric(evaluated: Any) -> Optional[dict]:
     """What the checkpointer ranks a save by (None: it was not evaluated)."""
     if not evaluated:
         return None
+    # No metric, no candidate for the best checkpoint orbax keeps.
     if isinstance(evaluated, dict):
-        return {"top1_error": evaluated["top1_error"]}
-    # inf: a frozen replica's evaluation never makes a checkpoint its best.
-    return {"top1_error": [e["top1_error"] if e else math.inf for e in evaluated]}
+        return {"top1_error": evaluated["top1_error"]} if finite(evaluated) else None
+    # inf: a frozen replica's evaluation, or a non-finite one, never makes a checkpoint its
+    # best.
+    return {"top1_error": [e["top1_error"] if finite(e) else math.inf for e in evaluated]}
 
 
 def save(s: Session, step: int, state, rng, evaluated: Any) -> None:
@@ -218,18 +229,20 @@ def log_eval(s: Session, state, eval_fn, step: int) -> Any:
     epoch = step / s.run.pipeline.steps_per_epoch
     if s.n == 1:
         entry = _entry(step, summaries[0])
-        if s.best is None or entry["top1_error"] < s.best["top1_error"]:
+        if finite(entry) and (s.best is None or entry["top1_error"] < s.best["top1_error"]):
             s.best = entry
         _write_val(s, step, epoch, summaries[0], {})
         s.progress.message(f"step {step}: val loss {entry['loss']:.4f} top-1 error "
                            f"{entry['top1_error']:.2f}% top-5 error {entry['top5_error']:.2f}% "
-                           f"({summaries[0]['count']} examples)")
+                           f"({summaries[0]['count']} examples)" + (
+                               "" if finite(entry) else "; not finite, so never the best"))
         return entry
     live = s.live(step)
     best = list(s.best) if s.best else [None] * s.n
     entries = [_entry(step, summaries[i]) if i in live else None for i in range(s.n)]
     for i in live:
-        if best[i] is None or entries[i]["top1_error"] < best[i]["top1_error"]:
+        if finite(entries[i]) and (best[i] is None
+                                   or entries[i]["top1_error"] < best[i]["top1_error"]):
             best[i] = entries[i]
         _write_val(s, step, epoch, summaries[i], {"replica": i})
     s.best = best
@@ -249,11 +262,18 @@ def _write_val(s: Session, step: int, epoch: float, summary: dict, tag: dict) ->
 
 def finish(s: Session, state, eval_fn, step: int, final: Any) -> dict:
     """results.json (process 0 writes it) and its content."""
+    if s.checkpoints is not None:  # complete only once the last checkpoint is committed:
+        s.checkpoints.wait()       # a save that fails leaves no results.json
     if final is None:  # complete before this run, but results.json was never written
         final = [_entry(step, x) for x in run_lib.evaluate_all(s.run, state, eval_fn)]
-        final = final[0] if s.n == 1 else [e if i in s.live(step) else None
-                                           for i, e in enumerate(final)]
-        s.best = s.best or final
+        if s.n == 1:
+            final = final[0]
+            if s.best is None and finite(final):
+                s.best = final
+        else:
+            final = [e if i in s.live(step) else None for i, e in enumerate(final)]
+            best = list(s.best) if s.best else [None] * s.n
+            s.best = [b if b is not None or not finite(e) else e for b, e in zip(best, final)]
     h, w, c = s.run.pipeline.image_shape
     results = {"model": s.run.meta["name"], "params": count_params(state.params) // s.n,
                "macs": count_macs(s.run.model, (1, h, w, c))}

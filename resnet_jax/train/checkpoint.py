@@ -13,8 +13,9 @@ cannot be read when a run resumes (a torn file) is renamed `<step>.unreadable`, 
 and the run resumes from the one before it and saves that step again.
 
 Preemption: `PreemptionWatcher.should_stop(i)` is checked at step boundaries. In one process a
-SIGTERM handler sets a flag. With `jax.distributed` initialized, JAX's coordination service
-owns SIGTERM and `reached_preemption_sync_point` makes every host stop at the same boundary.
+SIGTERM handler (and a first Ctrl-C) sets a flag. With `jax.distributed` initialized, JAX's
+coordination service owns SIGTERM and `reached_preemption_sync_point` makes every host stop
+at the same boundary.
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from resnet_jax.errors import StorageError
+from resnet_jax.train import checkpoint_reads as reads
+from resnet_jax.train.checkpoint_reads import CheckpointReadError, Outcome
+
 log = logging.getLogger(__name__)
 
 
@@ -39,8 +44,13 @@ class CheckpointMismatchError(ValueError):
     """The workdir holds checkpoints of another model than the config asks for."""
 
 
-class CheckpointSaveError(RuntimeError):
-    """A save failed (e.g. disk full); the previous checkpoints are untouched."""
+class CheckpointSaveError(StorageError):
+    """A save failed (e.g. disk full); the checkpoints committed before it are left as they
+    were."""
+
+
+class NoReadableCheckpointError(StorageError):
+    """Checkpoints exist but none of them (or not the one asked for) reads back."""
 
 
 class Restored(NamedTuple):
@@ -76,13 +86,24 @@ class Checkpointer:
       async_save: write in a background thread (the train loop goes on meanwhile).
       replicas: N > 1 keeps the best checkpoint of each replica (`save`'s metrics then hold a
         list of N errors, inf for a replica without a finite evaluation).
+      read_only: for readers (eval, export, loading): nothing is created, cleaned up or
+        saved. orbax's cleanup of unfinished saves at start would otherwise delete the save
+        a training run on the same workdir is writing now; only the run holding the
+        workdir's lease opens it writable.
+      read_attempts, retry_delay_s: a read that fails for a reason other than damage is
+        tried this many times, the delay doubling (`checkpoint_reads.with_retries`).
     """
 
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
-                 replicas: int = 1):
+                 replicas: int = 1, read_only: bool = False, read_attempts: int = 3,
+                 retry_delay_s: float = 2.0):
         # orbax refuses relative paths (and only in its save thread): `--workdir runs/x`.
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         _check_remote_support(self.directory)
+        self.read_attempts, self.retry_delay_s = read_attempts, retry_delay_s
+        self._in_flight: int | None = None  # the step of the newest save started
+        # A failed write leaves TensorStore's late errors behind too (see `_restore_state`).
+        _silence_failed_read_noise()
         # reverse=True sorts by decreasing error; BestN keeps the tail: the lowest error.
         best = [ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=True, n=1,
                                               keep_checkpoints_without_metrics=False)
@@ -90,8 +111,8 @@ class Checkpointer:
         policy = ocp.checkpoint_managers.AnyPreservationPolicy(
             [ocp.checkpoint_managers.LatestN(n=keep), *best])
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=async_save, create=True,
-            cleanup_tmp_directories=True)
+            preservation_policy=policy, enable_async_checkpointing=async_save,
+            create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
 
@@ -102,95 +123,132 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, rng: jax.Array, meta: dict,
              metrics: dict | None = None) -> None:
-        """Starts an (async) save of step `step`. Raises CheckpointSaveError if this or an
-        earlier async save failed; the checkpoints committed before it stay restorable."""
+        """Starts an (async) save of step `step`. Raises CheckpointSaveError if this or the
+        previous (async) save failed, naming that step; the checkpoints committed before it
+        stay as they were."""
+        self._raise_if_failed()
         items = {"state": state, "rng": _key_data(rng)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(items),
                                   meta=ocp.args.JsonSave(dict(meta, step=int(step))))
         try:
-            self.manager.check_for_errors()
             self.manager.save(int(step), args=args, metrics=metrics, force=True)
-        except Exception as err:  # orbax re-raises the background thread's error here
+        except Exception as err:
             raise CheckpointSaveError(self._save_failed(step, err)) from err
+        self._in_flight = int(step)
 
-    def _save_failed(self, step: int, err: Exception) -> str:
-        previous = [s for s in self._committed() if s < step]
-        kept = f"the checkpoint of step {previous[-1]} is intact" if previous else \
-            "no earlier checkpoint exists"
-        return (f"checkpoint save near step {step} in {self.directory} failed "
-                f"({type(err).__name__}: {err}); {kept}")
-
-    def _committed(self) -> list[int]:
-        try:
-            return self.all_steps()
-        except Exception:  # noqa: BLE001 - only used to word an error message
-            return []
-
-    def wait(self) -> None:
-        """Blocks until pending saves are committed; raises CheckpointSaveError on failure."""
+    def _raise_if_failed(self) -> None:
+        """Waits for the save in flight; raises CheckpointSaveError naming it if it failed."""
         try:
             self.manager.wait_until_finished()
             self.manager.check_for_errors()
-        except Exception as err:
-            raise CheckpointSaveError(self._save_failed(1 << 62, err)) from err
+        except Exception as err:  # orbax re-raises the background thread's error here
+            raise CheckpointSaveError(self._save_failed(self._in_flight, err)) from err
+
+    def _save_failed(self, step: int | None, err: Exception) -> str:
+        which = f"of step {step}" if step is not None else "in flight"
+        return (f"saving the checkpoint {which} in {self.directory} failed ({reads.reason(err)})"
+                f"; {self._readable_before(step)}")
+
+    def _readable_before(self, step: int | None) -> str:
+        """What a rerun would resume from, checked (its meta reads back), for an error message."""
+        try:
+            committed = [s for s in self.all_steps() if step is None or s < step]
+        except Exception:  # noqa: BLE001 - only used to word an error message
+            return "the earlier checkpoints could not be listed"
+        for candidate in reversed(committed):
+            try:
+                self.read_meta(candidate)
+            except Exception:  # noqa: BLE001
+                continue
+            return (f"the newest earlier checkpoint, step {candidate}, reads back: running the "
+                    "same command again resumes from it")
+        return "no earlier checkpoint reads back: running the same command again starts over"
+
+    def wait(self) -> None:
+        """Blocks until pending saves are committed; raises CheckpointSaveError on failure."""
+        self._raise_if_failed()
 
     def close(self) -> None:
         self.manager.close()
 
+    def _step_dir(self, step: int) -> epath.Path:
+        return epath.Path(self.directory) / str(step)
+
     def read_meta(self, step: int) -> dict:
-        """The JSON meta item of `step`."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored["meta"])
+        """The JSON meta item of `step` (read by this process alone: no collective)."""
+        return dict(ocp.JsonCheckpointHandler().restore(
+            self._step_dir(step) / "meta", args=ocp.args.JsonRestore()))
 
     def latest_meta(self) -> dict | None:
         """The meta of the newest checkpoint whose meta reads (None if there is none); cheap,
-        so a run can refuse a workdir of another model before building anything big."""
+        so a run can refuse a workdir of another model before building anything big. Damaged
+        metas are passed over; other failures are retried, then raised."""
         for step in reversed(self.all_steps()):
             try:
-                return self.read_meta(step)
-            except Exception:  # noqa: BLE001 - unreadable: restore_latest will warn about it
-                continue
+                return self._read(lambda s=step: self.read_meta(s), step)
+            except Exception as err:  # noqa: BLE001
+                if not (reads.is_damage(err) or self._missing_files(step)):
+                    raise CheckpointReadError(self._read_failed(step, err)) from err
         return None
+
+    def _read(self, read: Callable[[], Any], step: int) -> Any:
+        return reads.with_retries(
+            read, f"the checkpoint of step {step} in {self.directory}", self.read_attempts,
+            self.retry_delay_s, lambda err: reads.is_damage(err) or bool(self._missing_files(step)))
+
+    def _read_failed(self, step: int, err: BaseException) -> str:
+        return (f"cannot read the checkpoint of step {step} in {self.directory} "
+                f"({reads.reason(err)}; {self.read_attempts} attempt(s)); nothing was moved or "
+                "skipped: the error may pass (storage, memory), so run the same command again")
 
     def restore_latest(self, state: Any, rng: jax.Array,
                        check_meta: Callable[[dict], None] | None = None, *,
                        set_aside: bool = True, step: int | None = None) -> Restored | None:
         """Restores the newest readable checkpoint onto the shardings of `state` and `rng`.
 
-        A checkpoint that fails to read (truncated, corrupt) is skipped with a one-line
-        warning and the one before it is tried. With `set_aside` (training), each skipped step
-        directory is renamed `<step>.unreadable` (kept for inspection, never deleted), so the
-        run can save that step again; without it (eval, loading) nothing is changed.
+        A checkpoint whose files are torn or missing (`checkpoint_reads.is_damage`) is skipped
+        with a one-line warning and the one before it is tried. With `set_aside` (training),
+        each skipped step directory is renamed `<step>.unreadable` (kept for inspection, never
+        deleted), so the run can save that step again; without it (eval, loading) nothing is
+        changed. Any other failure is retried (`read_attempts`), then raised as
+        CheckpointReadError, moving nothing. With several processes the steps tried and every
+        decision are the same on all of them (`checkpoint_reads.agree`).
         `check_meta(meta)` may raise (e.g. CheckpointMismatchError); that error propagates.
         `step`: that checkpoint only (no fallback). `state` and `rng` may be abstract
         (`jax.ShapeDtypeStruct`s with shardings). Returns a `Restored`, or None if there is
         no checkpoint.
         """
-        steps = [s for s in self.all_steps() if step is None or s == step]
+        steps = reads.same_steps(self.all_steps())
+        steps = [s for s in steps if step is None or s == step]
         typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
         target = {"state": _abstract(state), "rng": _abstract(_key_data(rng))}
         unreadable, found = [], None
         for candidate in reversed(steps):
-            try:
-                meta = self.read_meta(candidate)
-            except Exception as err:  # noqa: BLE001 - any read failure means unusable
-                unreadable.append((candidate, err))
+            outcome, value = self._try(candidate, target, check_meta)
+            agreed, who = reads.agree(outcome)
+            if agreed == Outcome.OK:
+                restored, meta = value
+                new_rng = jax.random.wrap_key_data(restored["rng"]) if typed else \
+                    restored["rng"]
+                found = Restored(restored["state"], new_rng, int(meta["step"]), meta)
+                break
+            if agreed == Outcome.DAMAGED:
+                unreadable.append((candidate, value if outcome == Outcome.DAMAGED else
+                                   f"process {who} cannot read it"))
                 continue
-            if check_meta is not None:
-                check_meta(meta)
-            try:
-                restored = self._restore_state(candidate, target)
-            except Exception as err:  # noqa: BLE001
-                unreadable.append((candidate, err))
-                continue
-            new_rng = jax.random.wrap_key_data(restored["rng"]) if typed else restored["rng"]
-            found = Restored(restored["state"], new_rng, int(meta["step"]), meta)
-            break
+            if outcome == agreed:
+                raise value
+            if agreed == Outcome.MISMATCH:
+                raise CheckpointMismatchError(f"process {who} found a checkpoint of another "
+                                              f"model in {self.directory} (step {candidate})")
+            raise CheckpointReadError(f"process {who} cannot read the checkpoint of step "
+                                      f"{candidate} in {self.directory}; nothing was moved")
         if unreadable and found is None:
-            # Nothing to fall back on: refuse rather than start again from step 0 (the error
-            # may be transient) and leave every directory where it is.
+            # Nothing to fall back on: refuse rather than start again from step 0, and leave
+            # every directory where it is.
             reasons = "; ".join(f"{bad}: {_reason(err)}" for bad, err in unreadable)
-            raise RuntimeError(f"no readable checkpoint in {self.directory} ({reasons})")
+            raise NoReadableCheckpointError(
+                f"no readable checkpoint in {self.directory} ({reasons})")
         for bad, err in unreadable:
             self._skip(bad, err, set_aside, found)
         if unreadable and set_aside:
@@ -199,15 +257,49 @@ class Checkpointer:
             self.manager.reload()
         return found
 
+    def _try(self, step: int, target: dict, check_meta) -> tuple[Outcome, Any]:
+        """This process's reading of `step`: (OK, (restored, meta)) or (outcome, error)."""
+        try:
+            meta = self._read(lambda: self.read_meta(step), step)
+            if check_meta is not None:
+                check_meta(meta)
+            restored = self._read(lambda: self._restore_state(step, target), step)
+        except CheckpointMismatchError as err:
+            return Outcome.MISMATCH, err
+        except Exception as err:  # noqa: BLE001 - classified
+            if reads.is_damage(err):
+                return Outcome.DAMAGED, err
+            missing = self._missing_files(step)
+            if missing:  # the error itself may not say so (a missing _METADATA does not)
+                return Outcome.DAMAGED, f"{', '.join(missing)} missing ({reads.reason(err)})"
+            return Outcome.FAILED, CheckpointReadError(self._read_failed(step, err))
+        return Outcome.OK, (restored, meta)
+
+    # Files every step of ours has (orbax's layout); looked for only after a read failed.
+    _FILES = ("meta/metadata", "state/_METADATA")
+
+    def _missing_files(self, step: int) -> list[str]:
+        try:
+            return [f for f in self._FILES if not (self._step_dir(step) / f).exists()]
+        except Exception:  # noqa: BLE001 - cannot even look: not a reason to call it damaged
+            return []
+
     def _restore_state(self, step: int, target: dict) -> dict:
         # When one read fails, the reads still in flight fail too, in TensorStore's threads,
         # after orbax's event loop is closed: hundreds of lines of tracebacks (some of them
         # before `restore` raises) for the one failure reported below.
         _silence_failed_read_noise()
-        return self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))["state"]
+        # The item's handler, not the manager: the manager's restore ends in a barrier of all
+        # processes, which a process whose read failed never reaches (the others would hang
+        # there instead of hearing about it in `checkpoint_reads.agree`).
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            return handler.restore(self._step_dir(step) / "state",
+                                   args=ocp.args.StandardRestore(target))
+        finally:
+            handler.close()
 
-    def _skip(self, step: int, err: Exception, set_aside: bool, found: Restored) -> None:
+    def _skip(self, step: int, err: Any, set_aside: bool, found: Restored) -> None:
         then = f"using step {found.step}"
         if set_aside:
             then = f"moved to {self._set_aside(step)}; resuming from step {found.step}"
@@ -215,15 +307,17 @@ class Checkpointer:
                     self.directory, _reason(err), then)
 
     def _set_aside(self, step: int) -> str:
-        """Renames the step's directory `<step>.unreadable` (`.unreadable.N` if taken)."""
+        """Renames the step's directory `<step>.unreadable` (`.unreadable.N` if taken); with
+        several processes process 0 does it."""
         root = epath.Path(self.directory)
+        if jax.process_index() != 0:
+            return f"{root / str(step)}.unreadable* (by process 0)"
         target = root / f"{step}.unreadable"
         n = 1
         while target.exists():
             n += 1
             target = root / f"{step}.unreadable.{n}"
-        if jax.process_index() == 0:
-            (root / str(step)).rename(target)
+        (root / str(step)).rename(target)
         return os.fspath(target)
 
 
@@ -251,10 +345,9 @@ def _check_remote_support(directory: str) -> None:
             "bucket when it lists the checkpoints): pip install 'resnet-jax[gcs]'")
 
 
-def _reason(err: Exception) -> str:
-    """One line of an error (TensorStore's run to dozens of lines of spec)."""
-    text = str(err).strip().split(" See full TensorStore details")[0]
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+def _reason(err: Any) -> str:
+    """One line of an error (or the text given instead of one)."""
+    return err if isinstance(err, str) else reads.reason(err)
 
 
 _READ_NOISE = ("Event loop is closed", "Encountered error while reading array")
@@ -297,34 +390,58 @@ def check_same_model(expected: dict, added: dict | None = None) -> Callable[[dic
 
 
 class PreemptionWatcher:
-    """Tells the loop when to save and stop because of SIGTERM (preemption).
+    """Tells the loop when to save and stop: SIGTERM (preemption) or a first Ctrl-C (SIGINT).
 
     Use as a context manager; `should_stop(boundary_index)` must be called by every process
-    at every step boundary with a counter that grows by one each call.
+    at every step boundary with a counter that grows by one each call. A first Ctrl-C is
+    handled like SIGTERM (save at the next boundary, exit as a preempted run); it says so at
+    once on stderr, and a second Ctrl-C kills the process at once, without saving (the
+    default action of SIGINT, restored by the first; what a crash leaves behind is safe: the
+    last committed checkpoint, a torn last log line, an expired lease are all handled when
+    the run resumes). With several processes a Ctrl-C becomes a SIGTERM to this process, which
+    JAX's coordination service turns into one stop step for all of them.
     """
 
     def __init__(self) -> None:
         self._flag = threading.Event()
-        self._previous = None
+        self._previous: dict = {}
         self._distributed = jax.process_count() > 1
+        self._signal = "SIGTERM"
 
     def __enter__(self) -> "PreemptionWatcher":
-        # Multi-process: the coordination service's own SIGTERM notifier must stay installed.
-        if not self._distributed and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            # Multi-process: the coordination service's own SIGTERM notifier stays installed.
+            if not self._distributed:
+                self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         self._flag.set()
 
+    def _interrupt(self, signum, frame) -> None:  # noqa: ARG002
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # the next Ctrl-C: stop at once
+        self._signal = "SIGINT"
+        # os.write: safe in a signal handler, unlike print (which may be mid-write).
+        os.write(2, b"\nCtrl-C: saving a checkpoint at the next step boundary, then stopping "
+                    b"(Ctrl-C again to abort at once, without saving)\n")
+        if self._distributed:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            self._flag.set()
+
     def request_stop(self) -> None:
         """What the SIGTERM handler does; tests call it directly."""
         self._flag.set()
+
+    def why(self) -> str:
+        """What stopped the run, for its last line."""
+        return "interrupted (Ctrl-C)" if self._signal == "SIGINT" else "preempted (SIGTERM)"
 
     def should_stop(self, boundary_index: int) -> bool:
         if self._distributed:

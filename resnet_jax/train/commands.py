@@ -93,11 +93,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, config_overrides(getattr(args, "extra", ())))
     init_runtime(args)
     from resnet_jax.train.loop import train_and_evaluate
-    try:
-        results = train_and_evaluate(config, args.workdir)
-    except FloatingPointError as err:  # a NaN: the run stopped cleanly, the message says where
-        print(f"resnet-jax train: error: {err}", file=sys.stderr)
-        return 1
+    # A NaN, a busy workdir, a failed save: one line and an exit code each (resnet_jax/cli.py).
+    results = train_and_evaluate(config, args.workdir)
     import jax
     if jax.process_index() == 0 and not results.get("preempted"):
         keys = ("replicas", "summary") if "replicas" in results else ("best", "final")

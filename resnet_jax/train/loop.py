@@ -16,6 +16,7 @@ current one; logs, evaluations and saves fetch what they write.
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -28,6 +29,7 @@ from resnet_jax import files
 from resnet_jax.models import count_params
 from resnet_jax.train import actions, dispatch, feed, replicas
 from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import run as run_lib
 from resnet_jax.train.logging import MetricsWriter, Progress, Timer
 
@@ -39,11 +41,22 @@ restore_for_eval, load_trained = run_lib.restore_for_eval, run_lib.load_trained
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        on_step: Callable[[int], None] | None = None) -> dict:
     """Trains `config` in `workdir` (resuming from its checkpoints) and returns results.json's
-    content; on preemption (SIGTERM) it saves, stops and returns {'preempted': True, 'step'}.
-    A non-finite step stops the run with `metrics.NonFiniteError`, after nothing non-finite
-    was saved. `on_step(step)` (optional) is called after every dispatch. Says what it does
-    as it starts each phase (process 0, stdout).
+    content; on preemption (SIGTERM, or a first Ctrl-C) it saves, stops and returns
+    {'preempted': True, 'step'}. A non-finite step stops the run with
+    `metrics.NonFiniteError`, after nothing non-finite was saved. `on_step(step)` (optional)
+    is called after every dispatch. Says what it does as it starts each phase (process 0,
+    stdout).
+
+    The run holds the workdir's lease (`train.lease`) from before it reads anything: a second
+    run on the same workdir raises `lease.WorkdirBusyError` naming this one; a workdir that
+    cannot be written is a ValueError, before any data is loaded.
     """
+    with lease_lib.hold(workdir) as lease:
+        return _train_and_evaluate(config, workdir, on_step, lease)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        on_step: Callable[[int], None] | None, lease) -> dict:
     lead = jax.process_index() == 0
     say = (lambda text: print(text, flush=True)) if lead else (lambda text: None)
     d = config.data
@@ -91,17 +104,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             enabled=lead, bar=config.train.progress)
         session = actions.Session(run, work, checkpoints, writer, progress, meta.get("best"),
                                   meta.get("train_time_s", 0.0), say,
-                                  actions.restored_pending(meta), actions.restored_frozen(meta))
+                                  actions.restored_pending(meta), actions.restored_frozen(meta),
+                                  lease=lease)
         with ckpt_lib.PreemptionWatcher() as watcher:
             result = _train(session, state, rng, step, watcher, on_step)
         session.checkpoints.wait()
     finally:
-        if writer is not None:
-            writer.close()
         opened = session.checkpoints if session is not None else checkpoints
-        if opened is not None:
-            opened.close()
-        run.pipeline.close()
+        _close_all(writer and writer.close, opened and opened.close, run.pipeline.close)
     return result
 
 
@@ -109,8 +119,10 @@ def _final_line(results: dict) -> str:
     """The final and best validation errors of a results.json, in a few words."""
     if "summary" in results:
         return replicas.summary_line(results["summary"])
-    return (f"final val top-1 error {results['final']['top1_error']:.2f}% (best "
-            f"{results['best']['top1_error']:.2f}% at step {results['best']['step']})")
+    best = results.get("best")
+    return (f"final val top-1 error {results['final']['top1_error']:.2f}% (" + (
+        f"best {best['top1_error']:.2f}% at step {best['step']}" if best else
+        "no finite evaluation") + ")")
 
 
 def _log_steps(begin: int, end: int, train) -> list[int]:
@@ -120,6 +132,22 @@ def _log_steps(begin: int, end: int, train) -> list[int]:
     if end == train.num_steps and end % every:
         steps.append(end)
     return steps
+
+
+def _close_all(*closers) -> None:
+    """Calls every closer (None: skipped). On the way out of an error their own failures are
+    dropped (a full disk fails the save and then each flush: the save's is the error to
+    report); otherwise the first is raised once all ran."""
+    failing, first = sys.exc_info()[1] is not None, None
+    for close in closers:
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            first = first or err
+    if first is not None and not failing:
+        raise first
 
 
 def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
@@ -168,6 +196,8 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
             logs = _log_steps(chunk.step, step, t)
             evaluate = step % t.eval_every_steps == 0 or step == t.num_steps
             save = step % t.checkpoint_every_steps == 0 or step == t.num_steps
+            if logs or evaluate or save or stop:  # about to write: only while this run
+                s.lease.check()                     # holds the workdir
             # Checked before anything is logged, evaluated or saved, else one dispatch late
             # (that flag is ready by now: no wait on the device).
             flags = ([ok] if (logs or evaluate or save or stop) else []) + (
@@ -186,8 +216,8 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
                 on_step(step)
             if stop and step < t.num_steps:
                 s.checkpoints.wait()
-                s.progress.message(f"preempted (SIGTERM): saved the checkpoint of step {step};"
-                                   " run the same command again to resume")
+                s.progress.message(f"{watcher.why()}: saved the checkpoint of step {step}; "
+                                   "run the same command again to resume")
                 return {"preempted": True, "step": step}
     finally:
         chunks.close()

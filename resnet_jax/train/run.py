@@ -4,6 +4,7 @@ is restored (resume, eval and loading a trained model all call `restore`), and e
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Optional
 
@@ -54,14 +55,17 @@ def check_model(meta: dict):
     return ckpt_lib.check_same_model(meta, added=_META_ADDED)
 
 
-def make_model(config: ml_collections.ConfigDict, meta: dict, num_devices: int) -> Any:
+def make_model(config: ml_collections.ConfigDict, meta: dict, num_devices: int, *,
+               bn_num_groups: Optional[int] = None) -> Any:
+    """The model of `config` for `num_devices` devices; `bn_num_groups` overrides the
+    training BN grouping (1 for evaluation and loading: running statistics, no batch ones)."""
     m, t = config.model, config.train
+    if bn_num_groups is None:
+        bn_num_groups = parallel.bn_num_groups(t.bn_mode, t.bn_group_size, num_devices)
     return create_model(meta["name"], num_classes=meta["num_classes"], shortcut=m.shortcut,
                         bottleneck_stride=m.bottleneck_stride, width=m.width,
                         zero_init_residual=m.zero_init_residual, dtype=m.dtype,
-                        scan_blocks=m.scan_blocks,
-                        bn_num_groups=parallel.bn_num_groups(t.bn_mode, t.bn_group_size,
-                                                             num_devices))
+                        scan_blocks=m.scan_blocks, bn_num_groups=bn_num_groups)
 
 
 def check_data_paths(config: ml_collections.ConfigDict) -> None:
@@ -93,6 +97,24 @@ def build(config: ml_collections.ConfigDict) -> Run:
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
     meta = model_meta(config, pipeline.num_classes, pipeline.image_shape)
     return Run(config, mesh, pipeline, make_model(config, meta, mesh.size),
+               _optimizer(config, pipeline.steps_per_epoch), meta)
+
+
+def build_for_eval(config: ml_collections.ConfigDict) -> Run:
+    """`build` for evaluating a trained run on this machine, whatever it trained on: BN in
+    one group (evaluation uses the running statistics), nothing asked of the training batch
+    or BN grouping, and the eval batch rounded up to a multiple of the devices and processes
+    if it does not split over them (more padding rows, the same examples)."""
+    mesh = parallel.make_mesh()
+    check_data_paths(config)
+    t, n, procs = config.train, mesh.size, jax.process_count()
+    unit = n * procs // math.gcd(n, procs)
+    pipeline = data_lib.make_pipeline(
+        config.data, global_batch_size=max(procs, t.batch_size - t.batch_size % procs),
+        eval_batch_size=-(-t.eval_batch_size // unit) * unit, seed=config.seed,
+        process_index=jax.process_index(), process_count=procs)
+    meta = model_meta(config, pipeline.num_classes, pipeline.image_shape)
+    return Run(config, mesh, pipeline, make_model(config, meta, n, bn_num_groups=1),
                _optimizer(config, pipeline.steps_per_epoch), meta)
 
 
@@ -171,11 +193,12 @@ def abstract_state(run: Run) -> tuple[Any, Any]:
                         jax.eval_shape(shapes))
 
 
-def checkpointer(workdir: str, keep: int = 10 ** 6, num_replicas: int = 1
-                 ) -> ckpt_lib.Checkpointer:
-    """The workdir's checkpoints; `num_replicas` > 1 keeps each replica's best too."""
+def checkpointer(workdir: str, keep: int = 10 ** 6, num_replicas: int = 1, *,
+                 read_only: bool = False) -> ckpt_lib.Checkpointer:
+    """The workdir's checkpoints; `num_replicas` > 1 keeps each replica's best too;
+    `read_only` for everything but the training run itself."""
     return ckpt_lib.Checkpointer(os.fspath(epath.Path(workdir) / "checkpoints"), keep=keep,
-                                 replicas=num_replicas)
+                                 replicas=num_replicas, read_only=read_only)
 
 
 def check_checkpoint(run: Run):
@@ -238,9 +261,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def _restored(run: Run, workdir: str, step: Optional[int] = None) -> ckpt_lib.Restored:
-    checkpoints = checkpointer(workdir)
+    checkpoints = checkpointer(workdir, read_only=True)
     try:
         restored = restore(run, checkpoints, set_aside=False, step=step)
+    except ckpt_lib.NoReadableCheckpointError as err:
+        if step is None:
+            raise
+        raise ckpt_lib.NoReadableCheckpointError(
+            f"--workdir {workdir}: the checkpoint of step {step} cannot be read ({err})"
+        ) from None
     finally:
         checkpoints.close()
     if restored is None:
@@ -251,20 +280,32 @@ def _restored(run: Run, workdir: str, step: Optional[int] = None) -> ckpt_lib.Re
 
 def restore_for_eval(workdir: str, config: ml_collections.ConfigDict | None = None,
                      step: Optional[int] = None) -> tuple[Run, step_lib.TrainState, int]:
-    """(run with its eval pipeline, state of the newest checkpoint (or of `step`), its step)."""
-    run = build(config or read_config(workdir))
+    """(run with its eval pipeline, state of the newest readable checkpoint (or of `step`),
+    its step), on this machine's devices (`build_for_eval`)."""
+    run = build_for_eval(config or read_config(workdir))
     restored = _restored(run, workdir, step)
     return run, restored.state, restored.step
 
 
 def load_trained(workdir: str, step: Optional[int] = None, replica: Optional[int] = None,
                  ) -> tuple[ml_collections.ConfigDict, Any, dict]:
-    """(config, model, {'params', 'batch_stats'}) of the newest checkpoint in `workdir` (or of
-    `step`); reads no data (the model's classes and image shape come from the checkpoint's
-    meta). A run of several replicas needs `replica` (0 .. N-1); one of one takes None or 0."""
+    """(config, model, {'params', 'batch_stats'}) of the newest readable checkpoint in
+    `workdir` (or of `step`); see `load_trained_step`."""
+    return load_trained_step(workdir, step, replica)[:3]
+
+
+def load_trained_step(workdir: str, step: Optional[int] = None,
+                      replica: Optional[int] = None,
+                      ) -> tuple[ml_collections.ConfigDict, Any, dict, int]:
+    """(config, model, {'params', 'batch_stats'}, the step restored) of the newest readable
+    checkpoint in `workdir` (past torn ones, as training resumes, moving nothing), or of
+    `step`. Reads no data (the model's classes and image shape come from the checkpoint's
+    meta); the model has BN in one group, whatever the run trained with, on any number of
+    devices. A run of several replicas needs `replica` (0 .. N-1); one of one takes None or
+    0."""
     config = read_config(workdir)
     i = replicas.check_index(replica, replicas.count(config), f"--workdir {workdir}")
-    checkpoints = checkpointer(workdir)
+    checkpoints = checkpointer(workdir, read_only=True)
     try:
         latest = checkpoints.latest_meta()
     finally:
@@ -274,9 +315,11 @@ def load_trained(workdir: str, step: Optional[int] = None, replica: Optional[int
     mesh = parallel.make_mesh()
     meta = latest["model"]
     # The optimizer only shapes the restore target (its state's structure).
-    run = Run(config, mesh, None, make_model(config, meta, mesh.size), _optimizer(config, 1),
-              meta)
-    state = _restored(run, workdir, step).state
+    run = Run(config, mesh, None, make_model(config, meta, mesh.size, bn_num_groups=1),
+              _optimizer(config, 1), meta)
+    restored = _restored(run, workdir, step)
+    state = restored.state
     if replicas.count(config) > 1:
         state = replicas.take(state, i)
-    return config, run.model, {"params": state.params, "batch_stats": state.batch_stats}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return config, run.model, variables, restored.step

@@ -140,6 +140,7 @@ def test_numpy_eval_views_equal_the_tf_data_views_they_replace():
                                   ref.eval_views(data, "center", 32, 36).numpy())
     np.testing.assert_array_equal(views.Views(prep, "10crop")(img)[0],
                                   ref.eval_views(data, "10crop", 32, 36).numpy())
-    for scale, ours in zip((32, 45), views.Views(prep, "multiscale", (32, 45))(img)):
+    for scale, ours in zip((32, 45), views.Views(prep, "multiscale", (32, 45))(img),
+                           strict=True):
         np.testing.assert_array_equal(ours, ref.eval_views(data, "multiscale", scale=scale)
                                       .numpy())

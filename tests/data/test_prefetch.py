@@ -33,3 +33,38 @@ def test_prefetch_reraises_producer_errors():
         next(it)
     with pytest.raises(ValueError, match="size"):
         next(prefetch([], lambda x: x, size=0))
+
+
+def test_closing_stops_and_joins_the_producer_before_the_source_is_closed():
+    """A slow source whose reader is inside next() when the consumer stops: closing the
+    prefetch iterator waits for that read, so closing the source afterwards is safe (it
+    raised "generator already executing")."""
+    reading = threading.Event()
+
+    def source():
+        i = 0
+        while True:
+            reading.set()
+            time.sleep(0.3)
+            yield i
+            i += 1
+
+    gen = source()
+    it = prefetch(gen, lambda x: x, size=1)
+    assert next(it) == 0
+    reading.clear()
+    assert reading.wait(5)      # the producer is inside the next slow read now
+    it.close()
+    gen.close()                 # no ValueError: the producer is done with it
+    assert not [t for t in threading.enumerate() if t.name == "resnet-jax-prefetch"]
+
+
+def test_a_producer_failure_while_the_consumer_is_gone_does_not_hang():
+    def source():
+        yield 1
+        raise OSError("disk gone")
+
+    it = prefetch(source(), lambda x: x, size=1)
+    assert next(it) == 1
+    it.close()                  # joins a producer that failed with nobody to hand it to
+    assert not [t for t in threading.enumerate() if t.name == "resnet-jax-prefetch"]

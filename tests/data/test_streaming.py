@@ -54,9 +54,9 @@ def test_folder_train_batches_shapes_reproducible_and_resumable(tree):
     assert b["label"].dtype == np.int32 and set(b.keys()) == {"image", "label"}
     again = take(make(stream_config(path=tree)).train_batches(0), 5)
     resumed = take(make(stream_config(path=tree)).train_batches(2), 3)
-    for x, y in zip(run, again):
+    for x, y in zip(run, again, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
-    for x, y in zip(run[2:], resumed):
+    for x, y in zip(run[2:], resumed, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
     # Epoch 0 sees every training file once.
@@ -175,7 +175,7 @@ def test_train_chunk_reads_on_and_reopens_where_asked(tree):
     first, second = p.train_chunk(0, 2), p.train_chunk(2, 3)
     assert first["image"].shape == (2, 8, SIZE, SIZE, 3) and second["label"].shape == (3, 8)
     got = [{k: c[k][i] for k in c} for c in (first, second) for i in range(len(c["label"]))]
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
     again = p.train_chunk(1, 1)

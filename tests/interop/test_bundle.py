@@ -88,7 +88,8 @@ def test_load_round_trip_and_raw_images(r18):
     assert m.class_names == [str(i) for i in range(10)]
     direct = torch_import.convert(str(FIXTURES / "tv_resnet18_w3.safetensors"), "resnet18",
                                   width=3)
-    for a, b in zip(jax.tree.leaves(m.variables), jax.tree.leaves(direct.variables)):
+    for a, b in zip(jax.tree.leaves(m.variables), jax.tree.leaves(direct.variables),
+                    strict=True):
         np.testing.assert_array_equal(a, b)
     assert set(m.variables) == {"params", "batch_stats"}
     images = [np.random.default_rng(i).integers(0, 256, (50 + 9 * i, 45, 3), np.uint8)
@@ -147,5 +148,5 @@ def test_scan_blocks_model_is_saved_unrolled(tmp_path):
     assert not m.model.scan_blocks and "layer1_rest" not in m.variables["params"]
     expected = unstack_blocks(variables, model.stage_sizes)
     assert jax.tree.structure(expected) == jax.tree.structure(m.variables)
-    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(m.variables)):
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(m.variables), strict=True):
         np.testing.assert_array_equal(a, b)

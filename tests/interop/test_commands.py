@@ -70,7 +70,7 @@ def test_predict_bad_files_are_one_line_each(model_dir, images, capsys):
     assert out.startswith(str(images / "a.jpg") + ":")  # the good file is still predicted
     err_lines = err.strip().splitlines()
     assert len(err_lines) == 3 and "Traceback" not in err
-    for path, line in zip(bad, err_lines):
+    for path, line in zip(bad, err_lines, strict=True):
         assert line.startswith("resnet-jax predict: error: ") and path in line
     assert "no such file" in err_lines[0] and "truncated" in err_lines[1]
     assert cli.main(["predict", "--model", str(model_dir), "--json", *bad[:1]]) == 1

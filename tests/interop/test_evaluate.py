@@ -63,7 +63,7 @@ def _by_hand(logp, labels):
     labels = np.asarray(labels)
     order = np.argsort(-logp, axis=1)
     top1 = np.mean(order[:, 0] == labels)
-    top5 = np.mean([y in row[:5] for y, row in zip(labels, order)])
+    top5 = np.mean([y in row[:5] for y, row in zip(labels, order, strict=True)])
     loss = -np.mean(logp[np.arange(len(labels)), labels])
     return 100 * (1 - top1), 100 * (1 - top5), loss
 

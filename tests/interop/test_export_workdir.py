@@ -49,7 +49,7 @@ def test_export_a_training_run_and_predict(run, tmp_path, images, capsys):
     assert m.source["step"] == 4 and m.name == "cifar_resnet8"
     assert m.class_names[:2] == ["class_0", "class_1"]
     _, model, variables = loop.load_trained(str(workdir))
-    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(m.variables)):
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(m.variables), strict=True):
         np.testing.assert_array_equal(a, b)
     assert (model.width, model.num_classes, model.shortcut) == (4, 10, "A")
     # The exported preprocessing is the run's eval normalization, on its eval images.
@@ -77,7 +77,7 @@ def test_export_rebuilds_missing_preprocessing_or_fails_cleanly(run, tmp_path, c
     assert (m.source["checkpoint"], m.source["step"]) == ("best", best)
     np.testing.assert_array_equal(m.preprocessing.mean, saved.mean)
     _, _, variables = loop.load_trained(str(copy), step=best)
-    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(m.variables)):
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(m.variables), strict=True):
         np.testing.assert_array_equal(a, b)
     # An older step restores that step's variables, not the newest.
     _, _, older = loop.load_trained(str(copy), step=2)
@@ -92,3 +92,37 @@ def test_export_rebuilds_missing_preprocessing_or_fails_cleanly(run, tmp_path, c
     assert "rebuilding" in err[0] and err[-1].startswith("resnet-jax export: error: cannot "
                                                          "rebuild the preprocessing")
     assert "gone.tar.gz" in err[-1] and not (tmp_path / "n").exists()
+
+
+def test_a_run_trained_with_grouped_bn_on_8_devices_evaluates_and_exports_on_1(tmp_path):
+    """BN grouping (train.bn_mode=group, 2 groups of 4 devices) is how a run trained, not
+    part of the model: `eval --workdir` and `export --workdir` work on 1 device (they needed
+    the training device count: 'bn_group_size=4 does not divide the 1 devices') and score as
+    the run did."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    workdir = tmp_path / "run"
+    config = load_config("configs/smoke.py:steps=2", [
+        "--config.train.bn_mode=group", "--config.train.bn_group_size=4",
+        "--config.train.eval_every_steps=2", "--config.train.checkpoint_every_steps=2"])
+    results = loop.train_and_evaluate(config, str(workdir))
+    root = Path(__file__).resolve().parents[2]
+    script = (f"from resnet_jax import cli; import sys; "
+              f"a = cli.main(['eval', '--workdir', {str(workdir)!r}, '--json']); "
+              f"b = cli.main(['export', '--workdir', {str(workdir)!r}, '--out', "
+              f"{str(tmp_path / 'model')!r}]); sys.exit(10 * a + b)")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    evaluated = json.loads(done.stdout.splitlines()[0])
+    assert (evaluated["step"], evaluated["count"]) == (2, 64)
+    assert evaluated["top1_error"] == results["final"]["top1_error"]
+    assert evaluated["loss"] == pytest.approx(results["final"]["loss"], rel=1e-5)
+    m = resnet_jax.load(str(tmp_path / "model"))
+    assert m.model.bn_num_groups == 1
+    _, _, variables = loop.load_trained(str(workdir))
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(m.variables), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -26,7 +26,7 @@ def linen():
 
 def _max_diff(a, b):
     return max(float(np.abs(np.asarray(u) - np.asarray(v)).max())
-               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def test_same_logits_and_batch_stats_update_as_linen(linen):

@@ -86,7 +86,8 @@ def test_state_dict_round_trip_is_exact(imported, tmp_path):
         assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
         np.testing.assert_array_equal(back[key], value, err_msg=key)
     again = torch_import.convert(str(out), name, width=m.model.width)
-    for a, b in zip(jax.tree.leaves(again.variables), jax.tree.leaves(m.variables)):
+    for a, b in zip(jax.tree.leaves(again.variables), jax.tree.leaves(m.variables),
+                    strict=True):
         np.testing.assert_array_equal(a, b)  # so the logits are the same too
 
 

@@ -207,6 +207,6 @@ def test_scan_blocks_is_the_same_network(block):
     resp_a = conv3x3_responses(unrolled, variables, x)
     resp_b = conv3x3_responses(scanned, stacked, x)
     assert len(resp_a) == len(resp_b)
-    for a, b in zip(resp_a, resp_b):
+    for a, b in zip(resp_a, resp_b, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert count_macs(scanned, x.shape) == count_macs(unrolled, x.shape)

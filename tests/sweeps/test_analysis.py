@@ -40,7 +40,7 @@ def test_accumulator_equals_numpy_std_over_uneven_batches():
     x = [rng.normal(1.0, 3.0, size=n) for n in (7, 30, 2)]
     y = [rng.normal(-2.0, 0.5, size=n) for n in (7, 30, 2)]
     acc = analysis.MomentAccumulator()
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=True):
         acc.add([a.size, b.size], [a.mean(), b.mean()], [a.var(), b.var()])
     np.testing.assert_allclose(acc.std(), [np.concatenate(x).std(), np.concatenate(y).std()],
                                rtol=1e-12)

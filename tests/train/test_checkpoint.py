@@ -22,7 +22,8 @@ def _state(value: float):
 
 
 def _assert_equal(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -158,6 +159,38 @@ def test_model_mismatch_is_a_clear_error(tmp_path):
             {**older, "scan_blocks": True}, added={"scan_blocks": False}))
 
 
+def _failing_save(c, step):
+    """Saves `step` and waits: the CheckpointSaveError, from whichever of the two raised."""
+    with pytest.raises(ckpt.CheckpointSaveError) as raised:
+        c.save(step, _state(float(step)), jax.random.PRNGKey(step), META)
+        c.wait()
+    return str(raised.value)
+
+
+def test_failed_save_names_its_step_and_claims_only_what_reads_back(tmp_path, monkeypatch):
+    """A failed (async) save's message names the step that failed (it said "near step
+    4611686018427387904" when the failure surfaced in `wait`) and calls an earlier checkpoint
+    good only when it reads back (it called a step "intact" whose directory was empty)."""
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
+    directory = str(tmp_path / "ck")
+    c = ckpt.Checkpointer(directory, keep=5)
+    c.save(1, _state(1.0), jax.random.PRNGKey(1), META)
+    c.wait()
+
+    async def disk_full(self, x, directory):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", disk_full)
+    message = _failing_save(c, 2)
+    assert "\n" not in message and "4611686018427387904" not in message
+    assert "checkpoint of step 2" in message and "No space left on device" in message
+    assert "step 1, reads back" in message
+    # The earlier checkpoint's files gone too: the message must not call it good.
+    os.remove(os.path.join(directory, "1", "meta", "metadata"))
+    message = _failing_save(c, 3)
+    assert "checkpoint of step 3" in message and "step 1" not in message
+    assert "no earlier checkpoint reads back" in message
+
+
 def test_failed_save_keeps_previous_restorable(tmp_path, monkeypatch):
     from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
     directory = str(tmp_path / "ck")
@@ -168,9 +201,7 @@ def test_failed_save_keeps_previous_restorable(tmp_path, monkeypatch):
     async def disk_full(self, x, directory):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", disk_full)
-    with pytest.raises(ckpt.CheckpointSaveError, match="step 1 is intact"):
-        c.save(2, _state(2.0), jax.random.PRNGKey(2), META)
-        c.wait()
+    assert "step 1, reads back" in _failing_save(c, 2)
     monkeypatch.undo()
     fresh = ckpt.Checkpointer(directory, keep=1)
     assert fresh.all_steps() == [1]
@@ -220,3 +251,17 @@ def test_gs_directory_without_google_cloud_storage_is_refused_at_once(monkeypatc
     with pytest.raises(ImportError, match=r"gs://bucket/run/checkpoints need google-cloud-stor"
                                           r".*pip install 'resnet-jax\[gcs\]'"):
         ckpt.Checkpointer("gs://bucket/run/checkpoints")
+
+
+def test_a_long_storage_error_keeps_its_cause():
+    """TensorStore's errors put the OS error last, after two long paths: the one line kept of
+    them used to end before it."""
+    from resnet_jax.train import checkpoint_reads
+    err = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/8.orbax-chec'
+                     'kpoint-tmp/state.orbax-checkpoint-tmp/_sharding": Failed writing: "/w/che'
+                     'ckpoints/8.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/_sharding.__lo'
+                     'ck": Failed to write 173 bytes to file 5: No space left on device '
+                     "[os_error_code='28']")
+    line = checkpoint_reads.reason(err)
+    assert line.startswith("ValueError: RESOURCE_EXHAUSTED: Error writing local file")
+    assert line.endswith("No space left on device [os_error_code='28']") and len(line) < 260

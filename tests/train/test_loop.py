@@ -43,25 +43,33 @@ def _comparable(rows):
             for r in rows]
 
 
-def _interrupted_run(workdir):
-    """The smoke run stopped by a real SIGTERM sent after step 4: the next CPU dispatch (steps
-    4, 5) stops after its first step and saves step 5 (4 is a checkpoint step too)."""
+def _interrupted_run(workdir, signum=signal.SIGTERM):
+    """The smoke run stopped by a real SIGTERM (or Ctrl-C: SIGINT) sent after step 4: the next
+    CPU dispatch (steps 4, 5) stops after its first step and saves step 5 (4 is a checkpoint
+    step too)."""
     def preempt(step):
         if step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
     return loop.train_and_evaluate(load_config(SMOKE), workdir, on_step=preempt)
 
 
-def test_sigterm_then_resume_is_bitwise_identical(finished, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_then_resume_is_bitwise_identical(finished, tmp_path, capsys,
+                                                             signum):
+    """A first Ctrl-C saves and stops as a preemption does (it raised KeyboardInterrupt,
+    losing everything since the last periodic checkpoint)."""
     full_dir, full = finished
     workdir = str(tmp_path / "interrupted")
 
-    first = _interrupted_run(workdir)
+    first = _interrupted_run(workdir, signum)
     assert first == {"preempted": True, "step": 5}  # the CPU dispatch 4..6 stops after 4
+    said = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "preempted (SIGTERM)"
+    assert f"{said}: saved the checkpoint of step 5" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     second = loop.train_and_evaluate(load_config(SMOKE), workdir)
     assert second["final"] == full["final"] and second["best"] == full["best"]
-    for a, b in zip(_params(full_dir), _params(workdir)):
+    for a, b in zip(_params(full_dir), _params(workdir), strict=True):
         np.testing.assert_array_equal(a, b)
     # The resumed run's log is the uninterrupted one: no step twice, none missing.
     assert _comparable(read_metrics(workdir)) == _comparable(read_metrics(full_dir))
@@ -123,7 +131,7 @@ def test_eval_of_the_validation_images_as_files_gives_the_same_numbers(finished,
     config = loop.read_config(workdir)
     pipeline = data_lib.make_pipeline(config.data, global_batch_size=32, eval_batch_size=32,
                                       seed=config.seed)
-    for i, (image, label) in enumerate(zip(*pipeline.eval_arrays)):
+    for i, (image, label) in enumerate(zip(*pipeline.eval_arrays, strict=True)):
         folder = tmp_path / "val" / "test" / pipeline.class_names[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i}.png")
@@ -194,21 +202,39 @@ def test_log_rows_inside_a_dispatch_are_those_of_single_steps(tmp_path):
 
 
 def _poison_step(monkeypatch, bad_step):
-    """Make the real train step meet a NaN at `bad_step`: its params are NaN for that one
-    update, so the loss is NaN and the step's own guard must keep the state it was given."""
+    """Make the real train step meet a NaN at `bad_step`: the images of that one batch are
+    NaN, so its loss and gradient are. Nothing else is changed: keeping the state finite is
+    left to the step's own guards (the test fails without them)."""
     import jax.numpy as jnp
 
     from resnet_jax.train import dispatch
     real = dispatch.train_step
 
     def poisoned(state, batch, rng, **kw):
-        bad = state.step == bad_step
-        params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), state.params)
-        new, metrics = real(state.replace(params=params), batch, rng, **kw)
-        kept = jax.tree.map(lambda a, b: jnp.where(metrics["finite"], a, b), new, state)
-        return kept, metrics
+        images = batch["image"].astype(jnp.float32)
+        images = jnp.where(state.step == bad_step, jnp.nan, images)
+        return real(state, dict(batch, image=images), rng, **kw)
 
     monkeypatch.setattr(dispatch, "train_step", poisoned)
+
+
+def _record_states(monkeypatch) -> list:
+    """The state every dispatch of the loop returns (host copies), in order: what the run
+    holds when it stops. Observes only."""
+    from resnet_jax.train import dispatch
+    real, seen = dispatch.make_train_fn, []
+
+    def make(*args, **kwargs):
+        fn = real(*args, **kwargs)
+
+        def recorded(state, chunk, rng, ok=None, stop=None):
+            state, metrics = fn(state, chunk, rng, ok, stop=stop)
+            seen.append(jax.device_get(state))
+            return state, metrics
+        return recorded
+
+    monkeypatch.setattr(dispatch, "make_train_fn", make)
+    return seen
 
 
 NAN_RUN = ["--config.train.num_steps=12", "--config.train.log_every_steps=6",
@@ -226,9 +252,14 @@ def test_nan_stops_cleanly_and_nothing_non_finite_is_saved(tmp_path, monkeypatch
                            f"--config.train.checkpoint_every_steps={every}"]
     workdir = str(tmp_path / "w")
     _poison_step(monkeypatch, bad)
+    states = _record_states(monkeypatch)
     rc = cli.main(["train", "--config", SMOKE, "--workdir", workdir, *overrides])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1, err
+    # The step's guards kept the state of the last finite step, also in the dispatches that
+    # ran after the NaN before the loop looked.
+    assert int(states[-1].step) == bad
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(states[-1].params))
     assert f"non-finite loss or gradient at step {bad} (loss=nan" in err[0]
     assert (f"newest checkpoint (step {kept[-1]})" if kept else "no checkpoint") in err[0]
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -247,7 +278,7 @@ def test_nan_stops_cleanly_and_nothing_non_finite_is_saved(tmp_path, monkeypatch
     resumed = loop.train_and_evaluate(config, workdir)
     clean = loop.train_and_evaluate(config, str(tmp_path / "clean"))
     assert resumed["final"] == clean["final"]
-    for a, b in zip(_params(workdir), _params(str(tmp_path / "clean"))):
+    for a, b in zip(_params(workdir), _params(str(tmp_path / "clean")), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -307,12 +338,27 @@ def test_unreadable_newest_checkpoint_the_run_goes_past_it_and_finishes(finished
     out, err = capfd.readouterr()
     assert json.loads(out.strip().splitlines()[-1])["step"] == 4
     assert "Traceback" not in err and "Event loop is closed" not in err, err[:2000]
+    # Every load falls back the same way (export and eval --data took the newest step
+    # explicitly and ended in a RuntimeError traceback).
+    from PIL import Image
+    for i in range(10):
+        folder = tmp_path / "images" / f"class_{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16, 3), 25 * i, np.uint8)).save(folder / f"{i}.png")
+    assert cli.main(["eval", "--workdir", workdir, "--data", str(tmp_path / "images"),
+                     "--json"]) == 0
+    out, err = capfd.readouterr()
+    assert (json.loads(out.strip().splitlines()[-1])["step"], "Traceback" in err) == (4, False)
+    assert cli.main(["export", "--workdir", workdir, "--out", str(tmp_path / "m")]) == 0
+    out, err = capfd.readouterr()
+    assert "step 4" in out and "Traceback" not in err, out + err
+    assert loop.load_trained(workdir)[0] is not None
     assert sorted(os.listdir(ckdir)) == ["4", "5"]                     # eval moves nothing
     for _ in range(2):   # the second run finds a complete workdir: nothing else to set aside
         resumed = loop.train_and_evaluate(load_config(SMOKE), workdir)
         assert resumed["final"] == full["final"]
     assert "5.unreadable" in os.listdir(ckdir) and "8" in os.listdir(ckdir)
-    for a, b in zip(_params(full_dir), _params(workdir)):
+    for a, b in zip(_params(full_dir), _params(workdir), strict=True):
         np.testing.assert_array_equal(a, b)
     assert _comparable(read_metrics(workdir)) == _comparable(read_metrics(full_dir))
     _, err = capfd.readouterr()
@@ -326,3 +372,203 @@ def test_rerun_of_a_finished_run_adds_no_event_file(finished, tmp_path):
     before = sorted(os.listdir(os.path.join(workdir, "tb")))
     loop.train_and_evaluate(load_config(SMOKE), workdir)
     assert sorted(os.listdir(os.path.join(workdir, "tb"))) == before
+
+
+def _fail_the_save_of(monkeypatch, bad_step):
+    """A full disk when the checkpoint of `bad_step` is committed (its files written, the
+    commit file and rename to come: nothing of it is still being written when the error
+    surfaces, as when a process exits); every other save works."""
+    from orbax.checkpoint._src.path import atomicity
+    real = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def disk_full(self, *args, **kwargs):
+        if self.get().name.startswith(f"{bad_step}.orbax-checkpoint-tmp"):
+            raise OSError(28, "No space left on device")
+        return await real(self, *args, **kwargs)
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
+
+
+def test_a_failed_save_is_one_line_and_the_rerun_ends_as_an_uninterrupted_run(
+        finished, tmp_path, monkeypatch, capsys):
+    """A full disk during the save of the last step (8): one line naming that step and the
+    checkpoint a rerun resumes from (it was "near step 4611686018427387904", with a
+    traceback), exit code 4, and no results.json (the run is not complete); the same command
+    again ends exactly as the uninterrupted run."""
+    full_dir, full = finished
+    workdir = str(tmp_path / "w")
+    _fail_the_save_of(monkeypatch, 8)
+    rc = cli.main(["train", "--config", SMOKE, "--workdir", workdir])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 4 and len(err) == 1, err
+    assert err[0].startswith("resnet-jax train: error: saving the checkpoint of step 8 in ")
+    assert "No space left on device" in err[0] and "step 4, reads back" in err[0]
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    assert not [n for n in os.listdir(workdir) if n.startswith("lease.")]  # given back
+    monkeypatch.undo()
+    resumed = loop.train_and_evaluate(load_config(SMOKE), workdir)
+    assert resumed["final"] == full["final"] and resumed["best"] == full["best"]
+    for a, b in zip(_params(full_dir), _params(workdir), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _comparable(read_metrics(workdir)) == _comparable(read_metrics(full_dir))
+
+
+def test_a_run_that_loses_its_lease_stops_before_writing_again(finished, tmp_path,
+                                                               monkeypatch):
+    """Another run took the workdir over (this one stalled past its lease's expiry): this run
+    stops at its next boundary without saving or logging, exit code 3, and leaves the other's
+    lease alone. When the other is gone, the same command ends as the uninterrupted run."""
+    from resnet_jax.train import lease as lease_lib
+    full_dir, full = finished
+    workdir = str(tmp_path / "w")
+    monkeypatch.setattr(lease_lib, "HEARTBEAT_S", 0.02)
+
+    def taken_over(step):  # what a run that takes an expired lease over does
+        if step == 4:
+            mine = max(int(n.split(".")[1]) for n in os.listdir(workdir)
+                       if n.startswith("lease."))
+            with open(os.path.join(workdir, f"lease.{mine + 1}.json"), "w") as f:
+                json.dump({"host": "elsewhere", "pid": 7, "since": time.time(),
+                           "renewed": time.time(), "heartbeat_s": 10, "ttl_s": 60,
+                           "token": "t"}, f)
+            os.remove(os.path.join(workdir, f"lease.{mine}.json"))
+            time.sleep(0.5)  # a few heartbeats: the lease finds out
+    with pytest.raises(lease_lib.LeaseLostError, match="taken over by host elsewhere, pid 7"):
+        loop.train_and_evaluate(load_config(SMOKE), workdir, on_step=taken_over)
+    assert cli.exit_code(lease_lib.LeaseLostError("x")) == 3
+    assert max(r["step"] for r in read_metrics(workdir)) == 4
+    checkpoints = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        assert checkpoints.all_steps() == [4]
+    finally:
+        checkpoints.close()
+    assert sorted(n for n in os.listdir(workdir) if n.startswith("lease.")) == ["lease.1.json"]
+    os.remove(os.path.join(workdir, "lease.1.json"))  # the other run ended
+    resumed = loop.train_and_evaluate(load_config(SMOKE), workdir)
+    assert resumed["final"] == full["final"]
+    for a, b in zip(_params(full_dir), _params(workdir), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_non_finite_evaluation_is_never_the_best(tmp_path, monkeypatch):
+    """An evaluation with a NaN loss (labels the model does not know) and the lowest top-1
+    error of the run: results.json's best and the best checkpoint are the best finite one."""
+    from resnet_jax.train import run as run_lib
+    real = run_lib.evaluate
+
+    def nan_at_4(run, state, eval_fn=None):
+        summary = real(run, state, eval_fn)
+        if int(jax.device_get(state.step)) == 4:
+            summary = dict(summary, loss=float("nan"), top1_error=0.0)
+        return summary
+    monkeypatch.setattr(run_lib, "evaluate", nan_at_4)
+    config = load_config(SMOKE, ["--config.train.eval_every_steps=2",
+                                 "--config.train.keep_checkpoints=1"])
+    workdir = str(tmp_path / "w")
+    results = loop.train_and_evaluate(config, workdir)
+    val = [r for r in read_metrics(workdir) if r["split"] == "val"]
+    assert [r["step"] for r in val] == [2, 4, 6, 8] and val[1]["loss"] is None
+    finite = [r for r in val if r["loss"] is not None]
+    best = min(finite, key=lambda r: r["top1_error"])
+    assert results["best"]["step"] == best["step"] != 4
+    on_disk = json.loads(open(os.path.join(workdir, "results.json")).read())
+    assert on_disk["best"]["step"] == best["step"]
+    monkeypatch.undo()
+    from resnet_jax.interop import workdir as workdir_lib
+    assert workdir_lib.checkpoint_step(workdir, "best") == best["step"]
+    checkpoints = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:  # the newest one, and the one orbax keeps as the best by its metric: not step 4
+        assert checkpoints.all_steps() == sorted({best["step"], 8})
+    finally:
+        checkpoints.close()
+
+
+class _SlowStream:
+    """The run's in-memory pipeline read through a slow generator, which `close()` closes, as
+    the streaming pipeline reads and closes its stream: what the shutdown must not race."""
+
+    def __init__(self, inner, delay_s):
+        self.inner, self.delay_s = inner, delay_s  # delay_s(step): seconds to read it
+        self._stream, self._next = None, None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _steps(self, step):
+        while True:
+            time.sleep(self.delay_s(step))
+            yield self.inner.train_chunk(step, 1)
+            step += 1
+
+    def train_chunk(self, step, k):
+        if self._stream is None or step != self._next:
+            self.close()
+            self._stream = self._steps(step)
+        parts = [next(self._stream) for _ in range(k)]
+        self._next = step + k
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+    def close(self):
+        if self._stream is not None:
+            self._stream.close()  # "generator already executing" if the producer is inside
+            self._stream = None
+
+
+def _slow_source(monkeypatch, delay_s=lambda step: 0.3):
+    import resnet_jax.data as data_lib
+    real = data_lib.make_pipeline
+    monkeypatch.setattr(data_lib, "make_pipeline",
+                        lambda *a, **kw: _SlowStream(real(*a, **kw), delay_s))
+
+
+def test_a_nan_stop_with_a_slow_source_reports_its_own_error(tmp_path, monkeypatch, capsys):
+    """The producer thread is inside the source's next() when a NaN stops the run: it is
+    stopped and joined before the source closes, so the run ends with the NaN's line (it
+    ended with "generator already executing", exit code 2)."""
+    _slow_source(monkeypatch)
+    _poison_step(monkeypatch, 3)
+    rc = cli.main(["train", "--config", SMOKE, "--workdir", str(tmp_path / "w"), *NAN_RUN,
+                   "--config.train.steps_per_dispatch=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "non-finite loss or gradient at step 3" in err[0], err
+
+
+def test_a_preempted_run_with_a_slow_source_exits_0_and_resumes_bitwise(finished, tmp_path,
+                                                                        monkeypatch, capsys):
+    """The producer thread is inside the source's slow read of step 6 while the run saves
+    step 5 and stops: it is joined before the source closes, so the run exits 0 (it exited 2
+    with "generator already executing", and a sweep recorded it as failed)."""
+    full_dir, full = finished
+    workdir = str(tmp_path / "w")
+    _slow_source(monkeypatch, lambda step: 3.0 if step >= 6 else 0.05)
+    from resnet_jax.train import feed
+    real_chunk = feed.Chunk
+
+    def chunk(step, size, data):  # SIGTERM while the chunk of step 4 is made
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_chunk(step, size, data)
+    monkeypatch.setattr(feed, "Chunk", chunk)
+    assert cli.main(["train", "--config", SMOKE, "--workdir", workdir]) == 0
+    out, err = capsys.readouterr()
+    assert "preempted (SIGTERM): saved the checkpoint" in out and err.strip() == "", err
+    monkeypatch.undo()
+    resumed = loop.train_and_evaluate(load_config(SMOKE), workdir)
+    assert resumed["final"] == full["final"]
+    for a, b in zip(_params(full_dir), _params(workdir), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _comparable(read_metrics(workdir)) == _comparable(read_metrics(full_dir))
+
+
+def test_eval_and_export_leave_a_save_in_progress_alone(finished, tmp_path, capsys):
+    """Readers of a workdir whose run is saving right now: each opened the checkpoints as a
+    writer, and orbax's cleanup of unfinished saves deleted the run's save in progress."""
+    import shutil
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(finished[0], workdir)
+    in_progress = os.path.join(workdir, "checkpoints", "9.orbax-checkpoint-tmp")
+    os.makedirs(os.path.join(in_progress, "state"))   # what orbax names a save under way
+    assert loop.load_trained(workdir)[0] is not None
+    assert cli.main(["eval", "--workdir", workdir, "--json"]) == 0
+    assert cli.main(["export", "--workdir", workdir, "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert os.path.isdir(os.path.join(in_progress, "state"))

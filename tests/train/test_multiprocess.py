@@ -67,3 +67,73 @@ def test_two_processes_match_one_process(tmp_path):
         assert not np.allclose(reference[f"{t}_losses"][:, 0], reference[f"{t}_losses"][:, 1])
     np.testing.assert_allclose(reference["r2vmap_losses"], reference["r2sequential_losses"],
                                rtol=1e-5)
+
+
+LIFECYCLE_WORKER = pathlib.Path(__file__).with_name("_mp_lifecycle_worker.py")
+
+
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory):
+    """What each of 2 processes saw in `_mp_lifecycle_worker.py`: [process 0's, process 1's]."""
+    root, nproc, port = tmp_path_factory.mktemp("lifecycle"), 2, free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    procs = [subprocess.Popen([sys.executable, str(LIFECYCLE_WORKER), str(i), str(nproc),
+                               str(port), str(root)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=240)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
+    import json
+    return [json.loads((root / f"p{i}.json").read_text()) for i in range(nproc)]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_one_restore_decision_for_all_processes(lifecycle):
+    """Only process 1 sees a failure: each time both processes act alike (each used to pick
+    its own fallback, and a failure worth retrying counted as damage)."""
+    p0, p1 = (p["restore"] for p in lifecycle)
+    for p in (p0, p1):
+        # Worth retrying, and retries did not help: both stop, nothing set aside.
+        assert p["transient"]["error"] == "CheckpointReadError"
+        assert p["transient"]["listing"] == ["1", "2"]
+        # Once only: process 1's retry reads it; both on step 2.
+        assert (p["transient_once"]["step"], p["transient_once"]["w"]) == (2, 2.0)
+        # Damage on one process: step 2 set aside (once), both on step 1.
+        assert (p["damaged"]["step"], p["damaged"]["w"]) == (1, 1.0)
+        assert p["damaged"]["listing"] == ["1", "2.unreadable"]
+    assert "UNAVAILABLE" in p1["transient"]["message"]
+    assert "process 1 cannot read the checkpoint of step 2" in p0["transient"]["message"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_the_lease_is_held_by_process_0_for_all(lifecycle):
+    p0, p1 = (p["lease"] for p in lifecycle)
+    assert (p0["held_by_me"], p1["held_by_me"]) == (True, False)
+    assert p0["files"] == p1["files"] == ["lease.0.json"]
+    assert "is in use by another run" in p0["second"]
+    assert "process 0 could not take the workdir's lease" in p1["second"]
+    assert "taken over by host elsewhere, pid 9" in p0["lost"]
+    assert "process 0 lost the workdir's lease" in p1["lost"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_eval_data_pairs_predictions_with_labels_whatever_the_device_order(lifecycle):
+    """Labels are the model's own top-1: 0% error when every prediction meets its own label.
+    On a mesh that puts process 1's devices first, process 0's labels met process 1's
+    predictions (the global rows follow the mesh, not the processes)."""
+    for p in lifecycle:
+        e = p["eval"]
+        assert e["permuted"] == e["process_order"]
+        assert e["permuted"]["count"] == 20
+        assert e["permuted"]["top1_error"] <= 5.0, e   # 0 unless a near tie flips (margin)

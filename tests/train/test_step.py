@@ -104,7 +104,7 @@ def test_global_bn_8_devices_equals_1_device():
     assert int(s8.step) == 2
     assert_trees_close(s8.params, s1.params)
     assert_trees_close(s8.batch_stats, s1.batch_stats)
-    for a, b in zip(m8, m1):
+    for a, b in zip(m8, m1, strict=True):
         assert bool(a["finite"])
         assert_trees_close(a, b, rtol=1e-5)
     # The update really moved the weights, and the schedule's lr is reported per update.
@@ -207,6 +207,19 @@ def test_planted_nan_stops_at_that_step_and_keeps_last_finite_state(loop):
     with pytest.raises(FloatingPointError, match="at step 11 .*loss=nan"):
         M.check_finite(m, step=10)
     M.check_finite({"finite": np.array([True, True])}, step=0)  # no error when all finite
+
+
+def test_the_step_alone_returns_its_input_state_on_a_nan():
+    """`train_step`'s own guard, without the dispatch's: the state it returns for a NaN batch
+    is its input, leaf for leaf (the guard that library users calling the step get)."""
+    data = batches(1, seed=5)[0]
+    data["image"][3, 0, 0, 0] = np.nan
+    start = host_state()
+    state, m = jax.jit(functools.partial(S.train_step, model=model_for(), tx=tx(),
+                                         preprocess=flip_preprocess))(
+        start, data, jax.random.key(1))
+    assert not bool(m["finite"]) and np.isnan(float(m["loss"]))
+    chex.assert_trees_all_equal(jax.device_get(state), start)
 
 
 @pytest.mark.parametrize("k, loop", [(1, "auto"), (K, "scan"), (K, "python")])
