@@ -196,12 +196,12 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
             logs = _log_steps(chunk.step, step, t)
             evaluate = step % t.eval_every_steps == 0 or step == t.num_steps
             save = step % t.checkpoint_every_steps == 0 or step == t.num_steps
-            if logs or evaluate or save or stop:  # about to write: only while this run
-                s.lease.check()                     # holds the workdir
+            writes = bool(logs) or evaluate or save or stop
+            if writes:  # about to write: only while this run holds the workdir
+                s.lease.check()
             # Checked before anything is logged, evaluated or saved, else one dispatch late
             # (that flag is ready by now: no wait on the device).
-            flags = ([ok] if (logs or evaluate or save or stop) else []) + (
-                [previous_ok] if previous_ok is not None else [])
+            flags = ([ok] if writes else []) + ([previous_ok] if previous_ok is not None else [])
             if flags:
                 actions.guard(s, flags)
             if logs:
