@@ -51,5 +51,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size=BATCH, eval_batch_size=200, num_steps=args["epochs"] * steps_per_epoch,
         bn_mode="global", bn_group_size=1, steps_per_dispatch=1, log_every_steps=100,
         eval_every_steps=steps_per_epoch, checkpoint_every_steps=1000, keep_checkpoints=3,
-        progress=True))
+        progress=True, replicas=1))
     return config

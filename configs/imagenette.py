@@ -66,5 +66,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size=args["batch"], eval_batch_size=args["batch"], num_steps=steps,
         bn_mode="global", bn_group_size=1, steps_per_dispatch=1,
         log_every_steps=max(1, min(50, steps // 10)), eval_every_steps=every,
-        checkpoint_every_steps=every, keep_checkpoints=2, progress=True))
+        checkpoint_every_steps=every, keep_checkpoints=2, progress=True, replicas=1))
     return config

@@ -3,13 +3,14 @@ Runs in seconds on a CPU; the tests and `launch/local.sh` use it.
 
     resnet-jax train --config configs/smoke.py --workdir /tmp/smoke
 
-Arguments: depth (default 8), shortcut (default A), plain (default false), steps (default 8).
+Arguments: depth (default 8), shortcut (default A), plain (default false), steps (default 8),
+replicas (default 1: seeds trained as one program).
 """
 import ml_collections
 
 from resnet_jax.config import parse_config_arg
 
-ARG_DEFAULTS = {"depth": 8, "shortcut": "A", "plain": False, "steps": 8}
+ARG_DEFAULTS = {"depth": 8, "shortcut": "A", "plain": False, "steps": 8, "replicas": 1}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -38,5 +39,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict(dict(
         batch_size=32, eval_batch_size=32, num_steps=args["steps"], bn_mode="global",
         bn_group_size=1, steps_per_dispatch=2, log_every_steps=2, eval_every_steps=4,
-        checkpoint_every_steps=4, keep_checkpoints=2, progress=False))
+        checkpoint_every_steps=4, keep_checkpoints=2, progress=False,
+        replicas=args["replicas"]))
     return config

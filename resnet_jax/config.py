@@ -192,6 +192,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise ValueError(f"config field {field}={value!r} must be {what}")
     _validate_model(config.model)
     _validate_data(config.data)
+    _validate_replicas(config)
     bounds = list(config.optim.boundaries)
     if any(b < 0 for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
         raise ValueError(f"config field optim.boundaries={tuple(bounds)} must be strictly "
@@ -227,13 +228,27 @@ def _validate_data(data: ml_collections.ConfigDict) -> None:
                          f"data.image_size={data.image_size} (the eval crop would not fit)")
 
 
+def _validate_replicas(config: ml_collections.ConfigDict) -> None:
+    replicas, pipeline = config.train.replicas, config.data.pipeline
+    if replicas > 1 and pipeline != "in_memory":
+        # Each replica needs its own order and augmentation: free over one resident split,
+        # N times the decoding for a streaming one (and an ImageNet net fills a GPU alone).
+        raise ValueError(f"config field train.replicas={replicas} needs data.pipeline="
+                         f"'in_memory' (data.pipeline={pipeline!r} trains one replica: set "
+                         "train.replicas=1)")
+
+
 def check_fits(config: ml_collections.ConfigDict, num_devices: int, process_count: int) -> None:
-    """Refuses batch sizes that do not split evenly over devices and processes."""
+    """Refuses batch sizes that do not split evenly over devices and processes (with
+    replicas, each replica's batch is split over every device)."""
+    replicas = config.train.replicas
     for field in ("batch_size", "eval_batch_size"):
         value = config.train[field]
         if value % num_devices or value % process_count:
-            raise ValueError(f"config field train.{field}={value} is not divisible by the "
-                             f"{num_devices} devices ({process_count} processes); choose a "
+            each = (f" (the batch of each of the train.replicas={replicas} replicas, split "
+                    "over every device)" if replicas > 1 else "")
+            raise ValueError(f"config field train.{field}={value}{each} is not divisible by "
+                             f"the {num_devices} devices ({process_count} processes); choose a "
                              f"multiple of {num_devices}")
     if config.train.bn_mode == "group" and num_devices % config.train.bn_group_size:
         raise ValueError(f"config field train.bn_group_size={config.train.bn_group_size} "

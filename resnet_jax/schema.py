@@ -22,7 +22,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
               "decay_factor", "warmup", "warmup_length", "warmup_lr", "label_smoothing"),
     "train": ("batch_size", "eval_batch_size", "num_steps", "bn_mode", "bn_group_size",
               "steps_per_dispatch", "log_every_steps", "eval_every_steps",
-              "checkpoint_every_steps", "keep_checkpoints", "progress"),
+              "checkpoint_every_steps", "keep_checkpoints", "progress", "replicas"),
 }
 
 ENUMS: dict[str, tuple[Any, ...]] = {
@@ -56,7 +56,8 @@ PIPELINE_ENUMS: dict[str, dict[str, tuple[Any, ...]]] = {
 POSITIVE_INTS = ("train.batch_size", "train.eval_batch_size", "train.num_steps",
                  "train.bn_group_size", "train.steps_per_dispatch", "train.log_every_steps",
                  "train.eval_every_steps", "train.checkpoint_every_steps",
-                 "train.keep_checkpoints", "model.width", "data.image_size", "data.prefetch")
+                 "train.keep_checkpoints", "model.width", "data.image_size", "data.prefetch",
+                 "train.replicas")
 
 # Numeric fields whose other values can only be mistakes: field -> (test, what it must be).
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -84,7 +85,7 @@ IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
 # behaviour: `config.from_json` fills them in, so an older workdir still evaluates and resumes.
 ADDED_FIELDS: dict[str, Any] = {"model.scan_blocks": False, "data.num_classes": 0,
                                 "data.prefetch": 2, "model.init_from": "",
-                                "data.workers": -1}
+                                "train.replicas": 1, "data.workers": -1}
 
 
 def check_choice(field: str, value: Any, allowed: tuple | None = None) -> None:

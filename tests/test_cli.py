@@ -1,6 +1,5 @@
 """The `resnet-jax` CLI: dispatch, bad fields refused by name, and a `train` process killed
 with SIGTERM mid-way that resumes to parameters identical to an uninterrupted run."""
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import cli
+from resnet_jax.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,10 +53,10 @@ def _env(cache):
                 PYTHONPATH=str(ROOT))
 
 
-def _train_cmd(workdir, steps):
+def _train_cmd(workdir, steps, replicas=1):
     return [sys.executable, "-m", "resnet_jax.cli", "train", "--config",
-            f"configs/smoke.py:steps={steps}", "--workdir", str(workdir), "--cpu-devices", "8",
-            *OVERRIDES]
+            f"configs/smoke.py:steps={steps},replicas={replicas}", "--workdir", str(workdir),
+            "--cpu-devices", "8", *OVERRIDES]
 
 
 def _wait_for_rows(workdir, proc, rows=2, timeout=240):
@@ -75,19 +75,21 @@ def _rows(workdir) -> int:
 
 
 @pytest.mark.slow
-def test_a_second_copy_sigterm_ctrl_c_then_resume_is_bitwise(tmp_path, capsys):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_second_copy_sigterm_ctrl_c_then_resume_is_bitwise(tmp_path, capsys, replicas):
     """Through the CLI, one workdir: a second copy of a running `train` is refused in one
     line naming the first (exit 3; both used to run, every metrics row twice); SIGTERM saves
     and exits 0; so does a Ctrl-C (it was a KeyboardInterrupt traceback, exit 130, nothing
-    saved); the last run ends with the parameters of an uninterrupted one."""
+    saved); the last run ends with the parameters and metrics rows of an uninterrupted one
+    (one net, and 2 replicas as one program)."""
     from resnet_jax.config import load_config
     from resnet_jax.train import loop
     steps, workdir, cache = 40, tmp_path / "run", tmp_path / "cache"
-    proc = subprocess.Popen(_train_cmd(workdir, steps), cwd=ROOT, env=_env(cache),
+    proc = subprocess.Popen(_train_cmd(workdir, steps, replicas), cwd=ROOT, env=_env(cache),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_rows(workdir, proc)
-    second = ["train", "--config", f"configs/smoke.py:steps={steps}", "--workdir",
-              str(workdir), *OVERRIDES]
+    second = ["train", "--config", f"configs/smoke.py:steps={steps},replicas={replicas}",
+              "--workdir", str(workdir), *OVERRIDES]
     assert cli.main(second) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is in use by another run (host " in err[0], err
@@ -99,7 +101,7 @@ def test_a_second_copy_sigterm_ctrl_c_then_resume_is_bitwise(tmp_path, capsys):
     assert not (workdir / "results.json").exists()
     rows = _rows(workdir)
 
-    proc = subprocess.Popen(_train_cmd(workdir, steps), cwd=ROOT, env=_env(cache),
+    proc = subprocess.Popen(_train_cmd(workdir, steps, replicas), cwd=ROOT, env=_env(cache),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_rows(workdir, proc, rows=rows + 1)
     proc.send_signal(signal.SIGINT)
@@ -109,12 +111,12 @@ def test_a_second_copy_sigterm_ctrl_c_then_resume_is_bitwise(tmp_path, capsys):
     assert "interrupted (Ctrl-C): saved the checkpoint of step" in out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
 
-    resumed = subprocess.run(_train_cmd(workdir, steps), cwd=ROOT, env=_env(cache),
+    resumed = subprocess.run(_train_cmd(workdir, steps, replicas), cwd=ROOT, env=_env(cache),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from the checkpoint of step" in resumed.stdout
     # The uninterrupted run, in this process (also 8 CPU devices: the same programs).
-    config = load_config(f"configs/smoke.py:steps={steps}", OVERRIDES)
+    config = load_config(f"configs/smoke.py:steps={steps},replicas={replicas}", OVERRIDES)
     reference = tmp_path / "reference"
     old_cache = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", str(cache))  # reuse the subprocesses' programs
@@ -122,14 +124,14 @@ def test_a_second_copy_sigterm_ctrl_c_then_resume_is_bitwise(tmp_path, capsys):
         loop.train_and_evaluate(config, str(reference))
     finally:
         jax.config.update("jax_compilation_cache_dir", old_cache)
-    a = jax.tree.leaves(jax.device_get(loop.load_trained(str(workdir))[2]))
-    b = jax.tree.leaves(jax.device_get(loop.load_trained(str(reference))[2]))
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)
-    logged = [json.loads(r) for r in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["split"]) for r in logged] == [
-        (r["step"], r["split"]) for r in
-        (json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines())]
+    for i in (range(replicas) if replicas > 1 else (None,)):
+        a = jax.tree.leaves(jax.device_get(loop.load_trained(str(workdir), replica=i)[2]))
+        b = jax.tree.leaves(jax.device_get(loop.load_trained(str(reference), replica=i)[2]))
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    rows = [[{k: v for k, v in r.items() if k not in ("wall_time", "images_per_sec")}
+             for r in read_metrics(str(w))] for w in (workdir, reference)]
+    assert rows[0] == rows[1]
 
 
 WATCHER = """

@@ -4,6 +4,7 @@ Built by `resnet_jax.data.make_pipeline` when `config.data.pipeline == 'in_memor
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Iterator
 
@@ -12,7 +13,14 @@ import numpy as np
 from resnet_jax.data import folders, in_memory, order
 from resnet_jax.data.device_ops import make_device_preprocess
 
-def _load_split(cfg, split: str, seed: int, class_names: list | None = None) -> tuple:
+# The data is one for every run seed, as CIFAR's own images are: generated images are drawn
+# from this fixed seed (train; test from DATA_SEED + 1) and the 45k/5k split from 0, so the
+# run seed picks only the initialization, the order and the augmentation, and replica i of a
+# packed run (seed + i) sees the data of the solo run with that seed.
+DATA_SEED = 0
+
+
+def _load_split(cfg, split: str, class_names: list | None = None) -> tuple:
     """Load the training split ('train') or the evaluation split ('eval': tfds's 'test', an
     image tree's val | validation | test, the first there) of the configured source ->
     arrays; evaluation labels follow the training `class_names`, by name. FileNotFoundError:
@@ -20,7 +28,7 @@ def _load_split(cfg, split: str, seed: int, class_names: list | None = None) -> 
     if cfg.source == "synthetic":
         return in_memory.load_synthetic(cfg.synthetic_examples, cfg.image_size,
                                         cfg.num_classes or 10,
-                                        seed=seed + (0 if split == "train" else 1))
+                                        seed=DATA_SEED + (0 if split == "train" else 1))
     if cfg.source == "tar":
         if split != "train":
             split = folders.eval_split(in_memory.tar_splits(cfg.path))
@@ -60,7 +68,8 @@ class InMemoryPipeline:
     Eval set: the seeded held-out `num_val_examples` of the training split (45k/5k for
     CIFAR-10); with num_val_examples=0 the source's evaluation split (tfds: `test`; a folder
     or tar: `val`, `validation` or `test`, labelled by the training class names; synthetic: a
-    fresh seeded set).
+    fresh seeded set). The run `seed` draws the training order only; the data itself does not
+    depend on it (`DATA_SEED`).
     """
 
     def __init__(self, cfg, *, global_batch_size: int, eval_batch_size: int, seed: int,
@@ -70,7 +79,7 @@ class InMemoryPipeline:
         self.batch_size = order.per_process(global_batch_size, process_count, "global_batch_size")
         order.per_process(eval_batch_size, process_count, "eval_batch_size")
 
-        images, labels, self.class_names = _load_split(cfg, "train", seed)
+        images, labels, self.class_names = _load_split(cfg, "train")
         self._source = _describe_source(cfg)
         num_val = cfg.num_val_examples
         if num_val > 0:
@@ -79,7 +88,7 @@ class InMemoryPipeline:
         else:
             train = (images, labels)
             try:
-                val = _load_split(cfg, "eval", seed, self.class_names)[:2]
+                val = _load_split(cfg, "eval", self.class_names)[:2]
             except FileNotFoundError:
                 raise ValueError(f"data.num_val_examples=0 but data.source={cfg.source!r} "
                                  f"has no evaluation split (one of "
@@ -102,6 +111,13 @@ class InMemoryPipeline:
         self.device_preprocess = make_device_preprocess(
             mean=self.mean, std=self.std,
             crop_flip_pad=4 if cfg.train_augment == "pad_crop_flip" else 0)
+
+    def with_seed(self, seed: int) -> "InMemoryPipeline":
+        """This pipeline with the training order of run seed `seed` (the arrays shared,
+        nothing loaded again): the order replica i of a packed run (seed + i) trains in."""
+        other = copy.copy(self)
+        other.seed = seed
+        return other
 
     def train_indices(self, start_step: int, num_steps: int) -> np.ndarray:
         """int32 (num_steps, b): this process's rows of each step's global batch."""

@@ -1,7 +1,7 @@
 """`resnet-jax convert`, `export` and `predict` (dispatched by resnet_jax/cli.py).
 
     resnet-jax convert --from torchvision resnet50-0676ba61.safetensors --model resnet50 --out r50
-    resnet-jax export --workdir runs/r110 --out r110 [--checkpoint newest|best]
+    resnet-jax export --workdir runs/r110 --out r110 [--checkpoint newest|best] [--replica I]
     resnet-jax export --model r50 --to torchvision --out resnet50.safetensors
     resnet-jax predict --model r50 cat.jpg dog.png [--json] [--top-k 5]
 """
@@ -78,6 +78,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", choices=("newest", "best"), default="newest",
                         help="with --workdir: the newest checkpoint or the best (lowest "
                              "validation error)")
+    parser.add_argument("--replica", type=int,
+                        help="with --workdir of a run of several replicas (train.replicas): "
+                             "which one, 0 .. N-1")
     parser.add_argument("--to", choices=("model", "torchvision"), default="model",
                         help="model: a model directory (resnet_jax.load); torchvision: a "
                              "torchvision ResNet state dict (.safetensors)")
@@ -85,11 +88,16 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from resnet_jax.interop import bundle, torch_import
+    if args.replica is not None and not args.workdir:
+        raise ValueError("--replica applies to --workdir only")
     _check_out(args)
     if args.workdir:
         from resnet_jax.interop import workdir
-        loaded = workdir.export_workdir(args.workdir, None, args.checkpoint)
-        what = f"{args.workdir} ({args.checkpoint} checkpoint, step {loaded.source['step']})"
+        loaded = workdir.export_workdir(args.workdir, None, args.checkpoint,
+                                        replica=args.replica)
+        which = f"replica {args.replica}, " if args.replica is not None else ""
+        what = (f"{args.workdir} ({which}{args.checkpoint} checkpoint, step "
+                f"{loaded.source['step']})")
     else:
         loaded, what = bundle.load(args.model), args.model
     if args.to == "torchvision":

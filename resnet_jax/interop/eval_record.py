@@ -11,13 +11,16 @@ from resnet_jax import files
 
 
 def file_name(record: dict) -> str:
-    """eval/<source>-<split>-<crops>[-best].json, each part reduced to [A-Za-z0-9._]."""
+    """eval/<source>-<split>-<crops>[-best][-replica<i>].json, each part reduced to
+    [A-Za-z0-9._]."""
     source = record["source"]
     if not source.startswith("tfds:") and source != "run":
         source = os.path.basename(os.path.normpath(source))
     parts = [source, record["split"], record["crops"]]
     if record.get("checkpoint") == "best":
         parts.append("best")
+    if record.get("replica") is not None:
+        parts.append(f"replica{record['replica']}")
     clean = [re.sub(r"[^A-Za-z0-9._]+", "_", p).strip("_") or "_" for p in parts]
     return "-".join(clean) + ".json"
 
@@ -44,6 +47,8 @@ def format_line(r: dict) -> str:
     """'cifar_resnet20 step 64000 on tfds:cifar10 test (10,000 images, center): top-1 error
     8.75%, top-5 error 0.30%, loss 0.3120'."""
     who = r["model"] + (f" step {r['step']}" if r.get("step") is not None else "")
+    if r.get("replica") is not None:
+        who += f" replica {r['replica']}"
     if r.get("checkpoint") == "best":
         who += " (best)"
     where = ("the run's validation split" if r["source"] == "run"

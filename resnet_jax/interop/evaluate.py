@@ -41,8 +41,9 @@ def evaluate(*, workdir: Optional[str] = None, model: Optional[str] = None,
              scales: Optional[Sequence[int]] = None, batch_size: Optional[int] = None,
              data_dir: Optional[str] = None, workers: Optional[int] = None,
              save: bool = True, say: Callable[[str], None] = None,
-             tfds_builder: Optional[Callable] = None) -> dict:
-    """The result record (see the module docstring); arguments as `resnet-jax eval`'s."""
+             tfds_builder: Optional[Callable] = None, replica: Optional[int] = None) -> dict:
+    """The result record (see the module docstring); arguments as `resnet-jax eval`'s
+    (`replica`: which replica of a run that trained several, `train.replicas`)."""
     say = say or (lambda m: print(m, file=sys.stderr))
     if workdir and model:
         raise ValueError("give --workdir or --model, not both")
@@ -61,14 +62,20 @@ def evaluate(*, workdir: Optional[str] = None, model: Optional[str] = None,
     checkpoint = checkpoint or "newest"
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {', '.join(CHECKPOINTS)}")
+    if model and replica is not None:
+        raise ValueError("--replica applies to --workdir only")
+    if workdir:  # a bad --replica is refused before anything is loaded
+        from resnet_jax.train import replicas, run as run_lib
+        replicas.check_index(replica, replicas.count(run_lib.read_config(workdir)),
+                             f"--workdir {workdir}")
     if not data:
-        record = evaluate_run(workdir, checkpoint, crops, scales, batch_size)
+        record = evaluate_run(workdir, checkpoint, crops, scales, batch_size, replica)
         return eval_record.save(record, workdir, save, say)
     if workdir and not data_dir and data.startswith("tfds:"):  # where the run's tfds data is
         from resnet_jax.train import run as run_lib
         data_dir = run_lib.read_config(workdir).data.data_dir or None
     source = eval_sources.open_source(data, split, data_dir, tfds_builder)
-    loaded, record = load_model(workdir, model, checkpoint)
+    loaded, record = load_model(workdir, model, checkpoint, replica)
     source, notes = eval_sources.fit_classes(loaded.class_names, source)
     for note in notes:
         say(f"note: {note}")
@@ -86,15 +93,18 @@ def evaluate(*, workdir: Optional[str] = None, model: Optional[str] = None,
     return eval_record.save(record, workdir or model, save, say)
 
 
-def load_model(workdir: Optional[str], model: Optional[str], checkpoint: str = "newest"):
-    """(LoadedModel, result record {'model', 'step', 'checkpoint', 'workdir' | 'model_dir'})."""
+def load_model(workdir: Optional[str], model: Optional[str], checkpoint: str = "newest",
+               replica: Optional[int] = None):
+    """(LoadedModel, result record {'model', 'step', 'checkpoint', 'workdir' | 'model_dir'}
+    and 'replica' when given)."""
     from resnet_jax.interop import bundle, workdir as workdir_lib
     from resnet_jax.train import run as run_lib
     if workdir:
         run_lib.read_config(workdir)  # a clear error for a folder that is not a run
-        loaded = workdir_lib.export_workdir(workdir, None, checkpoint)
+        loaded = workdir_lib.export_workdir(workdir, None, checkpoint, replica=replica)
         return loaded, {"model": loaded.name, "step": loaded.source.get("step"),
-                        "checkpoint": checkpoint, "workdir": workdir}
+                        "checkpoint": checkpoint, "workdir": workdir,
+                        **({"replica": replica} if replica is not None else {})}
     loaded = bundle.load(model)
     return loaded, {"model": loaded.name, "step": loaded.source.get("step"),
                     "model_dir": model}
@@ -109,8 +119,10 @@ def _run_scales(workdir: Optional[str]) -> tuple:
 
 def evaluate_run(workdir: str, checkpoint: str = "newest", crops: Optional[str] = None,
                  scales: Optional[Sequence[int]] = None,
-                 batch_size: Optional[int] = None) -> dict:
-    """The run's own validation split through its own pipeline (what the run reports)."""
+                 batch_size: Optional[int] = None, replica: Optional[int] = None) -> dict:
+    """The run's own validation split through its own pipeline (what the run reports: a run of
+    several replicas scores them all as it did, and `replica` picks one)."""
+    from resnet_jax.train import replicas
     from resnet_jax.interop import workdir as workdir_lib
     from resnet_jax.train import run as run_lib
     config = run_lib.read_config(workdir)
@@ -123,12 +135,16 @@ def evaluate_run(workdir: str, checkpoint: str = "newest", crops: Optional[str] 
             config.data[field] = value
     if batch_size:
         config.train.eval_batch_size = int(batch_size)
-    step = None if checkpoint == "newest" else workdir_lib.checkpoint_step(workdir, checkpoint)
+    step = None if checkpoint == "newest" else workdir_lib.checkpoint_step(workdir, checkpoint,
+                                                                           replica)
     run, state, step = run_lib.restore_for_eval(workdir, config, step=step)
-    summary = run_lib.evaluate(run, state)
+    i = replicas.check_index(replica, replicas.count(config), f"--workdir {workdir}")
+    summary = run_lib.evaluate_all(run, state)[i]
     record = {"model": run.meta["name"], "step": int(step), "checkpoint": checkpoint,
               "workdir": workdir, "source": "run", "split": RUN_SPLIT,
               "crops": config.data.eval_crops}
+    if replica is not None:
+        record["replica"] = i
     if config.data.eval_crops == "multiscale":
         record["scales"] = [int(s) for s in config.data.multiscale_sizes]
     record.update(summary)

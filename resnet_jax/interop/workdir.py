@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from resnet_jax import data as data_lib
 from resnet_jax.interop import preprocess as prep_lib
 from resnet_jax.interop.bundle import LoadedModel
+from resnet_jax.train import replicas
 from resnet_jax.train import run as run_lib
 
 CHECKPOINTS = ("newest", "best")
@@ -25,8 +26,10 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def checkpoint_step(workdir: str, checkpoint: str = "newest") -> int:
-    """The step of the workdir's newest or best (lowest validation error) checkpoint."""
+def checkpoint_step(workdir: str, checkpoint: str = "newest",
+                    replica: Optional[int] = None) -> int:
+    """The step of the workdir's newest or best (lowest validation error) checkpoint; with
+    replicas, the best of `replica` (each replica's best is kept)."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {list(CHECKPOINTS)}")
     checkpoints = run_lib.checkpointer(workdir, read_only=True)
@@ -40,6 +43,8 @@ def checkpoint_step(workdir: str, checkpoint: str = "newest") -> int:
     step = int(latest["step"])
     if checkpoint == "best":
         best = latest.get("best") or {}
+        if isinstance(best, list):  # a run of several replicas: each has its own
+            best = best[replicas.check_index(replica, len(best), f"--workdir {workdir}")] or {}
         if "step" not in best:
             raise ValueError(f"--workdir {workdir}: no evaluation yet, so no best "
                              "checkpoint; use --checkpoint newest")
@@ -50,14 +55,18 @@ def checkpoint_step(workdir: str, checkpoint: str = "newest") -> int:
     return step
 
 
-def restore(workdir: str, checkpoint: str = "newest") -> tuple[Any, Any, dict, int]:
+def restore(workdir: str, checkpoint: str = "newest", replica: Optional[int] = None,
+            ) -> tuple[Any, Any, dict, int]:
     """(config, module, {'params', 'batch_stats'}, step) of the workdir's newest readable
     checkpoint (past torn ones, as a resumed run) or of its best (that step, or an error
-    naming it) (`train.run.load_trained_step`, the run's one restore)."""
-    step = checkpoint_step(workdir, checkpoint) if checkpoint == "best" else None
+    naming it) (`train.run.load_trained_step`, the run's one restore); `replica`: which of a
+    run's replicas (needed when it trained several)."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint {checkpoint!r}; allowed: {list(CHECKPOINTS)}")
-    return run_lib.load_trained_step(workdir, step=step)
+    replicas.check_index(replica, replicas.count(run_lib.read_config(workdir)),
+                         f"--workdir {workdir}")
+    step = checkpoint_step(workdir, checkpoint, replica) if checkpoint == "best" else None
+    return run_lib.load_trained_step(workdir, step=step, replica=replica)
 
 
 def run_preprocessing(workdir: str, config: Any, say: Callable[[str], None] = _say,
@@ -88,9 +97,11 @@ def run_preprocessing(workdir: str, config: Any, say: Callable[[str], None] = _s
 
 
 def export_workdir(workdir: str, out: Optional[str] = None, checkpoint: str = "newest",
-                   say: Callable[[str], None] = _say) -> LoadedModel:
-    """The run's model as a `LoadedModel`, written to `out` as a model directory if given."""
-    config, module, variables, step = restore(workdir, checkpoint)
+                   say: Callable[[str], None] = _say,
+                   replica: Optional[int] = None) -> LoadedModel:
+    """The run's model (of replica `replica`, for a run of several) as a `LoadedModel`,
+    written to `out` as a model directory if given."""
+    config, module, variables, step = restore(workdir, checkpoint, replica)
     prep, names = run_preprocessing(workdir, config, say)
     if names is not None and len(names) != module.num_classes:
         say(f"{workdir}: {len(names)} class names for {module.num_classes} classes; "
@@ -98,7 +109,8 @@ def export_workdir(workdir: str, out: Optional[str] = None, checkpoint: str = "n
         names = None
     loaded = LoadedModel.create(module, variables, prep, names, source={
         "kind": "workdir", "workdir": os.path.abspath(workdir) if "://" not in workdir
-        else workdir, "checkpoint": checkpoint, "step": step})
+        else workdir, "checkpoint": checkpoint, "step": step,
+        **({"replica": replica} if replica is not None else {})})
     if out is not None:
         loaded.save(out)
     return loaded

@@ -7,7 +7,9 @@ examples, positions and channels. The paper's reading: residual functions are cl
 than unreferenced ones, so ResNets respond less than their plain twins.
 
 WORKDIR is one training run (writes ``WORKDIR/analysis.json``) or a sweep directory (every
-finished member is analysed, skipping those already done unless ``--force``).
+finished member is analysed, skipping those already done unless ``--force``). A run of several
+replicas is analysed replica by replica (``analysis.json`` then holds ``replicas``: one
+``layer_std`` each).
 """
 from __future__ import annotations
 
@@ -106,13 +108,21 @@ def eval_images(config: Any, num_images: int, batch_size: int) -> Iterator[jax.A
 
 
 def analyze_run(workdir: files.PathLike, num_images: int = 1000, batch_size: int = 250) -> dict:
-    """Load a trained run, compute its per-layer response stds, write ``analysis.json``."""
-    from resnet_jax.train.loop import load_trained  # lazy: the trainer pulls in orbax
+    """Load a trained run, compute its per-layer response stds (of each replica), write
+    ``analysis.json``."""
+    from resnet_jax.train import replicas
+    from resnet_jax.train.loop import load_trained, read_config  # lazy: orbax
 
-    config, model, variables = load_trained(os.fspath(workdir))
-    stds = layer_response_stds(model, variables, eval_images(config, num_images, batch_size))
+    n = replicas.count(read_config(os.fspath(workdir)))
+    each = []
+    for i in range(n):
+        config, model, variables = load_trained(os.fspath(workdir),
+                                                replica=i if n > 1 else None)
+        stds = layer_response_stds(model, variables,
+                                   eval_images(config, num_images, batch_size))
+        each.append({"layer_std": [float(s) for s in stds]})
     result = {"model": _model_label(config), "num_images": int(num_images),
-              "layer_std": [float(s) for s in stds]}
+              **(each[0] if n == 1 else {"replicas": each})}
     files.write_json(epath.Path(workdir) / collect.ANALYSIS_FILE, result)
     return result
 
@@ -165,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"[analyze] {rdir.name}: FAILED {type(err).__name__}: {err}")
             status = 1
             continue
-        stds = ", ".join(f"{s:.3f}" for s in result["layer_std"])
-        print(f"[analyze] {rdir.name}: {len(result['layer_std'])} layers, std [{stds}]")
+        for i, one in enumerate(result.get("replicas", [result])):
+            stds = ", ".join(f"{s:.3f}" for s in one["layer_std"])
+            which = f" replica {i}" if "replicas" in result else ""
+            print(f"[analyze] {rdir.name}{which}: {len(one['layer_std'])} layers, std [{stds}]")
     return status

@@ -3,12 +3,17 @@ attempts; group members into models. Paths go through etils ``epath``, so a swee
 be local or remote (``gs://``).
 
 Pure reading (no JAX), shared by the runner, the report, the plots and the analysis.
+
+A run of several replicas (a packed member, or any run with ``train.replicas`` > 1) is read
+back as one record per replica (``expand_replicas``): its seed, its best and final results,
+its rows of metrics.jsonl and its analysis, so the report and the plots group and average
+seeds whether they ran packed or one by one. A replica frozen at a non-finite step is a
+failed record.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from typing import Any, Sequence
 
 from etils import epath
@@ -110,6 +115,47 @@ def read_member(mdir: files.PathLike, fallback_index: int = 0,
         attempts=[a for a in attempts if a.get("name") == mdir.name])
 
 
+def _replica_results(results: dict, i: int) -> dict:
+    """The results.json of replica i alone, as a run of one would have written it."""
+    one = results["replicas"][i]
+    out = {k: v for k, v in results.items() if k not in ("replicas", "summary")}
+    out.update(best=one.get("best"), final=one.get("final"), seed=one.get("seed"))
+    return out
+
+
+def expand_replicas(record: MemberRecord, packs: Sequence[str] = (),
+                    replicas: int | None = None) -> list[MemberRecord]:
+    """One record per replica of a run of several (`record` itself for a run of one).
+    `packs`: the grid member each replica stands for (member.json), else `<name>/replica<i>`;
+    `replicas`: how many, when the run has no results yet (its packed member's value)."""
+    results = record.results
+    n = len(results["replicas"]) if results and "replicas" in results else (replicas or 1)
+    if n == 1 and not (results and "replicas" in results):
+        return [record]
+    first = record.values.get(grid.SEED_FIELD)
+    rows = [r for r in record.metrics if "replica" in r]
+    out = []
+    for i in range(n):
+        values = {f: v for f, v in record.values.items() if f != grid.REPLICAS_FIELD}
+        if first is not None:
+            values[grid.SEED_FIELD] = first + i
+        one = dataclasses.replace(
+            record, name=packs[i] if i < len(packs) else f"{record.name}/replica{i}",
+            values=values, metrics=[{k: v for k, v in r.items() if k != "replica"}
+                                    for r in rows if r["replica"] == i])
+        if results and "replicas" in results:
+            one.results = _replica_results(results, i)
+            bad = results["replicas"][i].get("non_finite_step")
+            if bad is not None:
+                one.status, one.results = "failed", None
+                one.error = f"non-finite loss or gradient at step {bad} (replica {i} frozen)"
+        if isinstance(record.analysis, dict) and "replicas" in record.analysis:
+            one.analysis = {**{k: v for k, v in record.analysis.items() if k != "replicas"},
+                            **record.analysis["replicas"][i]}
+        out.append(one)
+    return out
+
+
 def read_sweep(sweep_dir: files.PathLike) -> tuple[dict, list[MemberRecord]]:
     """``(sweep.json content or {}, members in grid order)``; members not started are left out.
 
@@ -130,10 +176,17 @@ def read_sweep(sweep_dir: files.PathLike) -> tuple[dict, list[MemberRecord]]:
                          f"directory with {MEMBER_FILE} (`resnet-jax sweep ... --workdir DIR` "
                          "writes them)")
     known, attempts = grid_values(desc), files.read_jsonl(root / LOG_FILE)
-    records = [read_member(d, order.get(d.name, len(order)), known.get(d.name), attempts)
-               for d in dirs]
-    records.sort(key=lambda r: (order.get(r.name, r.index + len(order)), r.name))
-    return desc, records
+    records = []
+    for d in dirs:
+        record = read_member(d, order.get(d.name, len(order)), known.get(d.name), attempts)
+        meta = files.read_json(d / MEMBER_FILE)
+        packs = meta.get("packs", []) if isinstance(meta, dict) else []
+        for i, one in enumerate(expand_replicas(record, packs,
+                                                record.values.get(grid.REPLICAS_FIELD))):
+            records.append((order.get(record.name, record.index + len(order)), record.name, i,
+                            one))
+    records.sort(key=lambda r: r[:3])
+    return desc, [r[3] for r in records]
 
 
 def varied_fields(desc: dict, records: list[MemberRecord]) -> list[str]:
@@ -161,14 +214,3 @@ def group_members(records: Sequence[MemberRecord],
         key = tuple(grid.format_value(v) for v in values.values())
         groups.setdefault(key, (values, []))[1].append(r)
     return list(groups.values())
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))

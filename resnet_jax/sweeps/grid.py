@@ -17,6 +17,12 @@ dict) with:
 
 Members are the cartesian product of the axes, the first axis outermost (itertools.product
 order), so member ``i`` means the same run on every host.
+
+Packing (``members(pack=True)``, what ``resnet-jax sweep`` runs unless ``--no-pack``): members
+that differ only in their seed, over consecutive seeds s .. s+N-1, become one member that
+trains them as N replicas of one run (``seed=s``, ``train.replicas=N``; replica i is the run
+with seed s+i), named with the seed range (``plain=false,seed=0-4``); its ``packs`` lists the
+grid members it holds, in seed order.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ from typing import Any, Sequence
 from resnet_jax import config as config_lib
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SEED_FIELD = "seed"
+REPLICAS_FIELD = "train.replicas"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,35 +54,94 @@ class Sweep:
         """The varied fields, in axis order."""
         return [field for field, _ in self.axes]
 
-    def members(self) -> list["Member"]:
-        """All members, in the fixed cartesian-product order."""
+    def members(self, pack: bool = False) -> list["Member"]:
+        """All members, in the fixed cartesian-product order; with `pack`, those that differ
+        only in consecutive seeds packed into one member each (module docstring)."""
         keys = axis_labels(self.fields)
         grid = itertools.product(*(values for _, values in self.axes))
-        return [
+        members = [
             Member(index=i, values=tuple(zip(self.fields, combo)),
                    name=member_name(keys, combo))
             for i, combo in enumerate(grid)
         ]
+        return pack_seeds(members, keys) if pack else members
 
-    def to_json(self) -> dict:
-        """A JSON-able description (written as ``sweep.json`` in the sweep workdir)."""
+    def to_json(self, pack: bool = False) -> dict:
+        """A JSON-able description (written as ``sweep.json`` in the sweep workdir): its
+        `members` are those that run (packed with `pack`)."""
         return {
             "name": self.name,
             "base": self.base,
             "overrides": [[f, v] for f, v in self.overrides],
             "axes": [[f, list(vs)] for f, vs in self.axes],
             "recipe_args": [[f, a] for f, a in self.recipe_args],
-            "members": [m.name for m in self.members()],
+            "members": [m.name for m in self.members(pack)],
+            "pack": bool(pack),
         }
 
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One point of the grid: its index, its ``(field, value)`` pairs and its directory name."""
+    """One point of the grid: its index, its ``(field, value)`` pairs and its directory name;
+    a packed member (several seeds as replicas of one run) also names the grid members it
+    holds, in replica order (``packs``)."""
 
     index: int
     values: tuple[tuple[str, Any], ...]
     name: str
+    packs: tuple[str, ...] = ()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _consecutive(members: list[Member]) -> list[list[Member]]:
+    """Members sorted by seed, split into runs of consecutive seeds."""
+    seed = lambda m: dict(m.values)[SEED_FIELD]  # noqa: E731
+    runs: list[list[Member]] = []
+    for m in sorted(members, key=seed):
+        if runs and seed(m) == seed(runs[-1][-1]) + 1:
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    return runs
+
+
+def pack_seeds(members: Sequence[Member], labels: Sequence[str]) -> list[Member]:
+    """Members that differ only in consecutive integer seeds -> one member of N replicas each
+    (module docstring), in the order of their first grid member; the rest as they are.
+    `labels`: the axes' labels (`axis_labels`). Re-indexed 0, 1, ..."""
+    fields = [f for f, _ in members[0].values] if members else []
+    if SEED_FIELD not in fields or REPLICAS_FIELD in fields or not all(
+            _is_int(dict(m.values)[SEED_FIELD]) for m in members):
+        return list(members)
+    groups: dict[tuple, list[Member]] = {}
+    for m in members:
+        key = tuple(format_value(v) for f, v in m.values if f != SEED_FIELD)
+        groups.setdefault(key, []).append(m)
+    packed = []
+    for group in groups.values():
+        for run in _consecutive(group):
+            if len(run) == 1:
+                packed.append(run[0])
+                continue
+            first, last = (dict(m.values)[SEED_FIELD] for m in (run[0], run[-1]))
+            shown = [f"{first}-{last}" if f == SEED_FIELD else v for f, v in run[0].values]
+            packed.append(Member(
+                index=0, name=member_name(labels, shown), packs=tuple(m.name for m in run),
+                values=tuple(run[0].values) + ((REPLICAS_FIELD, len(run)),)))
+    return [dataclasses.replace(m, index=i) for i, m in enumerate(packed)]
+
+
+def with_seeds(sweep: "Sweep", count: int) -> "Sweep":
+    """`sweep` with a seed axis 0 .. count-1 added last (``resnet-jax sweep --seeds N``)."""
+    if count < 1:
+        raise ValueError(f"--seeds {count} must be >= 1")
+    if SEED_FIELD in sweep.fields:
+        raise ValueError(f"--seeds {count}: the sweep already varies {SEED_FIELD!r} (its axis: "
+                         f"{list(dict(sweep.axes)[SEED_FIELD])}); drop --seeds or that axis")
+    return dataclasses.replace(sweep, axes=sweep.axes + ((SEED_FIELD, tuple(range(count))),))
 
 
 def format_value(value: Any) -> str:

@@ -2,8 +2,10 @@
 
 Writes into DIR:
 - ``report.md``: one row per model (members grouped by every varied field but the seed):
-  top-1 (and top-5) error of the final and the best evaluation, mean ± sample std over seeds,
-  parameters, multiply-adds, training time; then each member's status.
+  top-1 error of the final evaluation in the paper's form, best run (mean ± sample std over
+  seeds), e.g. ``6.43 (6.61 ± 0.16)``; the best evaluation's and the final top-5 error as
+  mean ± std; parameters, multiply-adds, training time; then each member's status. Seeds
+  that trained packed, as the replicas of one run, count as the runs they stand for.
 - ``fig6_training_curves.png``: train error (dashed) and eval error (solid) against iterations,
   one panel for plain nets and one for ResNets when the sweep varies ``model.plain`` (Fig. 6).
 - ``fig7_layer_responses.png``: std of each 3x3 layer's response, when ``resnet-jax analyze``
@@ -22,21 +24,22 @@ from etils import epath
 
 from resnet_jax import files
 from resnet_jax.sweeps import collect, grid
+from resnet_jax.train import replicas
 
 FIG6 = "fig6_training_curves.png"
 FIG7 = "fig7_layer_responses.png"
 
 
-def _stat(done: Sequence[collect.MemberRecord], which: str, metric: str) -> tuple[float, float]:
-    vals = [float(r.results[which][metric]) for r in done
-            if isinstance(r.results.get(which), dict) and r.results[which].get(metric) is not None]
-    return collect.mean_std(vals)
+def _stat(done: Sequence[collect.MemberRecord], which: str, metric: str) -> dict:
+    return replicas.stats([float(r.results[which][metric]) for r in done
+                           if isinstance(r.results.get(which), dict)
+                           and r.results[which].get(metric) is not None])
 
 
 def build_rows(records: Sequence[collect.MemberRecord], fields: Sequence[str]) -> list[dict]:
     """One dict per model: ``group`` (field -> value), ``model``, ``runs`` (finished), ``members``,
-    ``failed``, ``final``/``best``/``final_top5`` as (mean, std), ``params``, ``macs``,
-    ``train_time_s`` (mean), ``steps``."""
+    ``failed``, ``final``/``best``/``final_top5`` as `replicas.stats` ({'n', 'min', 'mean',
+    'std'} over the seeds), ``params``, ``macs``, ``train_time_s`` (mean), ``steps``."""
     rows = []
     for values, members in collect.group_members(records, fields):
         done = [r for r in members if r.status == "done"]
@@ -53,7 +56,7 @@ def build_rows(records: Sequence[collect.MemberRecord], fields: Sequence[str]) -
             "final_top5": _stat(done, "final", "top5_error"),
             "params": first.get("params"),
             "macs": first.get("macs"),
-            "train_time_s": collect.mean_std(times)[0] if times else None,
+            "train_time_s": replicas.mean_std(times)[0] if times else None,
             "steps": first.get("steps"),
         })
     return rows
@@ -67,12 +70,11 @@ def _model_from_config(record: collect.MemberRecord) -> str:
     return f"{'plain' if plain else 'ResNet'}-{depth}" + (f" ({arch})" if arch else "")
 
 
-def fmt_error(stat: tuple[float, float], runs: int) -> str:
+def fmt_error(stat: dict) -> str:
     """``6.61 ± 0.16`` over several runs, ``6.43`` for one, ``-`` for none."""
-    mean, std = stat
-    if runs == 0 or mean != mean:  # NaN: no finished run reported it
+    if not stat.get("n"):
         return "-"
-    return f"{mean:.2f} ± {std:.2f}" if runs > 1 else f"{mean:.2f}"
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}" if stat["n"] > 1 else f"{stat['mean']:.2f}"
 
 
 def fmt_count(n: Any) -> str:
@@ -101,16 +103,17 @@ def render_table(rows: Sequence[dict], fields: Sequence[str]) -> str:
     """The paper-style markdown table."""
     keys = [f for f in fields if not collect.is_seed_field(f)]
     labels = grid.axis_labels(keys)
-    head = [*labels, "model", "runs", "top-1 err % (final)", "top-1 err % (best)",
-            "top-5 err % (final)", "params", "mult-adds", "steps", "train time"]
+    head = [*labels, "model", "runs", "top-1 err % (final): best (mean ± std)",
+            "top-1 err % (best eval)", "top-5 err % (final)", "params", "mult-adds", "steps",
+            "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         runs = f"{row['runs']}/{row['members']}"
         if row["failed"]:
             runs += f" ({row['failed']} failed)"
         cells = [*(grid.format_value(row["group"][k]) for k in keys), row["model"] or "-", runs,
-                 fmt_error(row["final"], row["runs"]), fmt_error(row["best"], row["runs"]),
-                 fmt_error(row["final_top5"], row["runs"]), fmt_count(row["params"]),
+                 replicas.paper_form(row["final"]), fmt_error(row["best"]),
+                 fmt_error(row["final_top5"]), fmt_count(row["params"]),
                  fmt_count(row["macs"]), str(row["steps"] if row["steps"] is not None else "-"),
                  fmt_time(row["train_time_s"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -153,7 +156,8 @@ def write_report(sweep_dir: files.PathLike, *, plots: bool = True) -> epath.Path
     if desc.get("base"):
         parts += [f"Base config `{os.path.basename(str(desc['base']))}`; varied: "
                   + ", ".join(f"`{f}`" for f in fields) + ".", ""]
-    parts += ["Errors in percent on the run's eval split (mean ± sample std over seeds).", "",
+    parts += ["Errors in percent on the run's eval split; final top-1 error as the paper "
+              "prints it: the best run (mean ± sample std over seeds).", "",
               render_table(rows, fields), "", "## Members", "", render_members(records), ""]
     if plots:
         from resnet_jax.sweeps import plots as plotting  # lazy: matplotlib

@@ -5,7 +5,8 @@ Layout of DIR::
     sweep.json             the expanded sweep (base, overrides, axes, member names)
     sweep_log.jsonl        one line per member attempt: index, name, status, seconds, error
     <member name>/         e.g. ``depth=20,plain=true``: the member's training workdir
-        member.json        index, name and the (field, value) pairs of this member
+        member.json        index, name and the (field, value) pairs of this member (and
+                           ``packs``, the grid members a packed member trains as replicas)
         results.json ...   written by train_and_evaluate; when it reads back whole the member
                            is done (a torn one is not: the member runs again and resumes)
         error.txt          exception and traceback of the last failed attempt
@@ -18,6 +19,11 @@ Every member's config is loaded and validated before the first member runs, so a
 process sees. A done member is skipped; a failing member is recorded and the sweep goes on.
 ``--member i`` or ``--num-shards N --shard-index j`` (members ``i`` with ``i % N == j``) split
 the grid over jobs.
+
+Members that differ only in consecutive seeds are packed into one run of N replicas
+(``grid.pack_seeds``: one compiled program trains the N seeds; ``--no-pack`` runs them one by
+one); ``--seeds N`` adds a seed axis 0..N-1. The member indices, ``--list`` and the shards are
+those of the packed members. A sweep directory keeps the packing it was started with.
 """
 from __future__ import annotations
 
@@ -139,7 +145,8 @@ def run_member(sweep: grid.Sweep, member: grid.Member, workdir: files.PathLike, 
     if chief:
         files.write_json(mdir / collect.MEMBER_FILE,
                          {"index": member.index, "name": member.name,
-                          "values": [[f, v] for f, v in member.values]})
+                          "values": [[f, v] for f, v in member.values],
+                          **({"packs": list(member.packs)} if member.packs else {})})
     start = time.time()
     try:
         if config is None:
@@ -161,12 +168,28 @@ def run_member(sweep: grid.Sweep, member: grid.Member, workdir: files.PathLike, 
     return record
 
 
+def check_packing(sweep: grid.Sweep, workdir: files.PathLike, pack: bool) -> None:
+    """Refuses to continue a sweep directory under another packing than it was started with
+    (its members would be other runs): one line naming --no-pack."""
+    desc = files.read_json(epath.Path(workdir) / collect.SWEEP_FILE)
+    if not isinstance(desc, dict) or "members" not in desc:
+        return
+    was = bool(desc.get("pack", False))
+    if was != pack and desc["members"] != [m.name for m in sweep.members(pack)]:
+        flag = "without --no-pack" if was else "with --no-pack"
+        raise ValueError(f"sweep directory {workdir} was started {'with' if was else 'without'} "
+                         f"its seeds packed into replicas; continue it {flag}, or use a new "
+                         "--workdir")
+
+
 def run_sweep(sweep: grid.Sweep, workdir: files.PathLike, *,
               indices: Sequence[int] | None = None,
               extra_overrides: Sequence[str] = (),
               train_fn: TrainFn | None = None, load_fn: LoadFn | None = None,
-              log: Callable[[str], None] = print) -> list[dict]:
+              log: Callable[[str], None] = print, pack: bool = True) -> list[dict]:
     """Run the selected members (all by default) in order; return one record per member.
+    `pack`: members that differ only in consecutive seeds run as one run of replicas
+    (`grid.pack_seeds`; `indices` then index the packed members).
 
     Every member's config is loaded and validated first (``member_configs``): an invalid one
     raises ValueError before anything is written. Records: ``{"index", "name", "status":
@@ -176,13 +199,14 @@ def run_sweep(sweep: grid.Sweep, workdir: files.PathLike, *,
     overrides)`` default to the real trainer and ``resnet_jax.config.load_config``; tests
     inject fakes.
     """
-    members = sweep.members()
+    members = sweep.members(pack)
     configs = member_configs(sweep, members, extra_overrides, load_fn)
+    check_packing(sweep, workdir, pack)
     root = epath.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     chief = _is_chief()
     if chief:
-        desc = sweep.to_json()
+        desc = sweep.to_json(pack)
         desc["extra_overrides"] = list(extra_overrides)
         files.write_json(root / collect.SWEEP_FILE, desc)
     chosen = range(len(members)) if indices is None else indices
@@ -239,6 +263,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field for every member, e.g. train.num_steps=2000")
     parser.add_argument("--list", action="store_true", help="print the members and exit")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="run every member with seeds 0..N-1 (adds a seed axis)")
+    parser.add_argument("--no-pack", action="store_true",
+                        help="one run per seed (default: members that differ only in "
+                             "consecutive seeds train as the replicas of one run)")
     parser.add_argument("--compile-cache", default="", metavar="DIR",
                         help="persistent JAX compilation cache: members that differ only in "
                              "seed (or other non-shape fields) then compile once")
@@ -247,16 +276,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``resnet-jax sweep``: 0 when no member failed, 1 otherwise."""
     sweep = grid.load_sweep(args.sweep_config)
-    members = sweep.members()
+    if args.seeds is not None:
+        sweep = grid.with_seeds(sweep, args.seeds)
+    pack = not args.no_pack
+    members = sweep.members(pack)
     indices = select_indices(len(members), args.member, args.num_shards, args.shard_index)
     if args.list:
         for m in members:
-            print(f"{m.index:4d}  {m.name}{'' if m.index in indices else '  (other shard)'}")
+            held = f"  ({len(m.packs)} seeds as replicas of one run)" if m.packs else ""
+            print(f"{m.index:4d}  {m.name}{held}"
+                  f"{'' if m.index in indices else '  (other shard)'}")
         return 0
     if args.compile_cache:
         import jax
 
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
-    records = run_sweep(sweep, args.workdir, indices=indices, extra_overrides=_parse_set(args.set))
+    records = run_sweep(sweep, args.workdir, indices=indices, extra_overrides=_parse_set(args.set),
+                        pack=pack)
     print(summarize(records))
     return 1 if any(r["status"] in ("failed", "preempted") for r in records) else 0

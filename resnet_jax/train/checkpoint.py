@@ -7,7 +7,8 @@ and renames it (a commit file on GCS), so a checkpoint is complete or absent and
 a full disk during a save leaves the previous ones as they were.
 
 Layout: `workdir/checkpoints/<step>/{state,meta}`. Retention: the newest `keep` plus the one
-with the lowest validation top-1 error (`save(..., metrics={'top1_error': ...})`). A step that
+with the lowest validation top-1 error (`save(..., metrics={'top1_error': ...})`; with N
+replicas, `top1_error` is a list and each replica's best is kept). A step that
 cannot be read when a run resumes (a torn file) is renamed `<step>.unreadable`, never deleted,
 and the run resumes from the one before it and saves that step again.
 
@@ -83,6 +84,8 @@ class Checkpointer:
       directory: where step directories go (local path or gs://).
       keep: how many of the newest checkpoints to keep (plus the best).
       async_save: write in a background thread (the train loop goes on meanwhile).
+      replicas: N > 1 keeps the best checkpoint of each replica (`save`'s metrics then hold a
+        list of N errors, inf for a replica without a finite evaluation).
       read_only: for readers (eval, export, loading): nothing is created, cleaned up or
         saved. orbax's cleanup of unfinished saves at start would otherwise delete the save
         a training run on the same workdir is writing now; only the run holding the
@@ -92,7 +95,8 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False, read_attempts: int = 3, retry_delay_s: float = 2.0):
+                 replicas: int = 1, read_only: bool = False, read_attempts: int = 3,
+                 retry_delay_s: float = 2.0):
         # orbax refuses relative paths (and only in its save thread): `--workdir runs/x`.
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         _check_remote_support(self.directory)
@@ -100,12 +104,12 @@ class Checkpointer:
         self._in_flight: int | None = None  # the step of the newest save started
         # A failed write leaves TensorStore's late errors behind too (see `_restore_state`).
         _silence_failed_read_noise()
-        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-            ocp.checkpoint_managers.LatestN(n=keep),
-            # reverse=True sorts by decreasing error; BestN keeps the tail: the lowest error.
-            ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["top1_error"], reverse=True,
-                                          n=1, keep_checkpoints_without_metrics=False),
-        ])
+        # reverse=True sorts by decreasing error; BestN keeps the tail: the lowest error.
+        best = [ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=True, n=1,
+                                              keep_checkpoints_without_metrics=False)
+                for metric in _best_metrics(replicas)]
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+            [ocp.checkpoint_managers.LatestN(n=keep), *best])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=async_save,
             create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only)
@@ -315,6 +319,13 @@ class Checkpointer:
             target = root / f"{step}.unreadable.{n}"
         (root / str(step)).rename(target)
         return os.fspath(target)
+
+
+def _best_metrics(replicas: int) -> list[Callable[[dict], float]]:
+    """What each BestN policy ranks by: the error, or replica i's in the list of N."""
+    if replicas == 1:
+        return [lambda m: m["top1_error"]]
+    return [lambda m, i=i: m["top1_error"][i] for i in range(replicas)]
 
 
 def _check_remote_support(directory: str) -> None:

@@ -3,8 +3,9 @@
     resnet-jax train --config configs/cifar10.py:depth=110,shortcut=B --workdir W \
         [--config.optim.lr=0.2 ...] [--distributed | --coordinator H:P --num-processes N
         --process-id I] [--cpu-devices K]
-    resnet-jax eval (--workdir W [--checkpoint newest|best] | --model DIR) [--data SOURCE]
-        [--split SPLIT] [--crops center|10crop|multiscale] [--batch-size N] [--json]
+    resnet-jax eval (--workdir W [--checkpoint newest|best] [--replica I] | --model DIR)
+        [--data SOURCE] [--split SPLIT] [--crops center|10crop|multiscale] [--batch-size N]
+        [--json]
 
 `train` on a workdir that holds checkpoints resumes from the newest one. Multi-process:
 `--distributed` lets jax.distributed.initialize() find the cluster (TPU pods, SLURM);
@@ -96,7 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
     results = train_and_evaluate(config, args.workdir)
     import jax
     if jax.process_index() == 0 and not results.get("preempted"):
-        print(json.dumps({"best": results["best"], "final": results["final"]}))
+        keys = ("replicas", "summary") if "replicas" in results else ("best", "final")
+        print(json.dumps({key: results[key] for key in keys}))
     return 0
 
 
@@ -138,6 +140,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="tfds data_dir for tfds:NAME (default: tfds's)")
     parser.add_argument("--workers", type=int, help="decoding threads (default: CPU cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--replica", type=int,
+                        help="with --workdir of a run of several replicas (train.replicas): "
+                             "which one, 0 .. N-1")
     _add_runtime_arguments(parser)
 
 
@@ -156,7 +161,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate.evaluate(
         workdir=args.workdir, model=args.model, checkpoint=args.checkpoint, data=args.data,
         split=args.split, crops=args.crops, scales=scales, batch_size=args.batch_size,
-        data_dir=args.data_dir, workers=args.workers)
+        data_dir=args.data_dir, workers=args.workers, replica=args.replica)
     if jax.process_index() == 0:
         print(json.dumps(result) if args.json else eval_record.format_line(result))
     return 0

@@ -3,7 +3,9 @@ tensorboardX) and a console progress line. Only process 0 writes or prints; othe
 get writers whose methods do nothing, so the loop calls them unconditionally.
 
 metrics.jsonl rows (docs/ARCHITECTURE.md "Runs"): step, epoch, split ('train'|'val'), loss,
-top1_error, top5_error (percent), lr, grad_norm, images_per_sec, wall_time.
+top1_error, top5_error (percent), lr, grad_norm, images_per_sec, wall_time; a run of several
+replicas adds `replica` (0 .. N-1) to every row, and its TensorBoard curves go to
+`tb/replica_<i>` (one TensorBoard run per replica, so the seeds overlay on every chart).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from resnet_jax import files
 
 ROW_FIELDS = ("step", "epoch", "split", "loss", "top1_error", "top5_error", "lr", "grad_norm",
               "images_per_sec", "wall_time")
+REPLICA_FIELD = "replica"  # in every row of a run of several replicas
 
 
 def _clean(value: Any) -> Any:
@@ -55,7 +58,7 @@ class MetricsWriter:
         self.path = self.workdir / "metrics.jsonl"
         self.remote = "://" in os.fspath(workdir)
         self._resume_step = resume_step
-        self._tb = None
+        self._tb: dict = {}  # TensorBoard writer of each replica (None: a run of one)
         self._text, self._written = "", ""
         self._remote_every_s, self._last_write = remote_every_s, time.monotonic()
         if enabled:
@@ -72,16 +75,18 @@ class MetricsWriter:
             self.path.write_text(kept)
         return kept
 
-    def _tensorboard(self):
-        if self._tb is None:
+    def _tensorboard(self, replica: int | None = None):
+        if replica not in self._tb:
             from tensorboardX import SummaryWriter  # lazy: only process 0 needs it
-            logdir = os.fspath(self.workdir / "tb")
+            logdir = self.workdir / "tb"
+            if replica is not None:
+                logdir = logdir / f"replica_{replica}"
+            logdir = os.fspath(logdir)
             if self.remote:
                 _register_epath_events(logdir)
-            self._tb = SummaryWriter(logdir=logdir,
-                                     purge_step=self._resume_step + 1 if self._resume_step
-                                     else None)
-        return self._tb
+            self._tb[replica] = SummaryWriter(
+                logdir=logdir, purge_step=self._resume_step + 1 if self._resume_step else None)
+        return self._tb[replica]
 
     def write(self, row: dict) -> None:
         """One metrics row; keys outside ROW_FIELDS are kept too."""
@@ -97,9 +102,10 @@ class MetricsWriter:
             with self.path.open("a") as f:
                 f.write(line)
         split, step = row["split"], int(row["step"])
-        tb = self._tensorboard()
+        tb = self._tensorboard(row.get(REPLICA_FIELD))
         for key, value in row.items():
-            if key not in ("step", "split", "wall_time") and isinstance(value, (int, float)):
+            if key not in ("step", "split", "wall_time", REPLICA_FIELD) and isinstance(
+                    value, (int, float)):
                 tb.add_scalar(f"{split}/{key}", value, step)
 
     def flush(self) -> None:
@@ -110,10 +116,10 @@ class MetricsWriter:
 
     def close(self) -> None:
         self.flush()
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
-            self._tb = None
+        for tb in self._tb.values():
+            tb.flush()
+            tb.close()
+        self._tb = {}
 
 
 class _EpathEvents:
@@ -177,19 +183,22 @@ class Progress:
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def line(self, step: int, loss: float, top1_error: float, images_per_sec: float,
-             eta_s: float) -> str:
+             eta_s: float, replicas: int = 1) -> str:
+        """`replicas` > 1: loss and accuracy are the means over that many replicas, each of
+        which trains at `images_per_sec`."""
         done = int(self.width * step / max(self.total, 1))
         bar = "=" * done + (">" if done < self.width else "") + " " * (self.width - done - 1)
+        mean, rate = ("mean ", f"{replicas} x ") if replicas > 1 else ("", "")
         return (f"[{bar[:self.width]}] step {step}/{self.total} "
-                f"epoch {step / self.steps_per_epoch:.2f} loss {loss:.4f} "
-                f"acc {100.0 - top1_error:.2f}% {images_per_sec:,.0f} img/s "
+                f"epoch {step / self.steps_per_epoch:.2f} {mean}loss {loss:.4f} "
+                f"acc {100.0 - top1_error:.2f}% {rate}{images_per_sec:,.0f} img/s "
                 f"ETA {format_duration(eta_s)}")
 
     def update(self, step: int, loss: float, top1_error: float, images_per_sec: float,
-               eta_s: float) -> None:
+               eta_s: float, replicas: int = 1) -> None:
         if not (self.enabled and self.bar):
             return
-        text = self.line(step, loss, top1_error, images_per_sec, eta_s)
+        text = self.line(step, loss, top1_error, images_per_sec, eta_s, replicas)
         self.stream.write(("\r" + text) if self._tty else (text + "\n"))
         self.stream.flush()
 

@@ -7,7 +7,12 @@ devices), with periodic actions at absolute step multiples: log every `log_every
 evaluate every `eval_every_steps` and at the end, checkpoint every `checkpoint_every_steps`,
 after each evaluation, at the end and on preemption (SIGTERM) -> results.json.
 Step s always trains on the same examples with rng fold_in(base, s), and the chunks depend on
-the config alone, so a resumed run reproduces the uninterrupted one bitwise.
+the config alone, so a resumed run reproduces the uninterrupted one bitwise. With
+`train.replicas` N > 1 the same loop trains N seeds at once (`resnet_jax.train.replicas`).
+
+The host waits on the device only where it must: the NaN guard reads the previous dispatch's
+finite flag (one dispatch late, while the next one runs) and, at a log, eval or save, the
+current one; logs, evaluations and saves fetch what they write.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from etils import epath
 
 from resnet_jax import files
 from resnet_jax.models import count_params
-from resnet_jax.train import actions, dispatch, feed
+from resnet_jax.train import actions, dispatch, feed, replicas
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import run as run_lib
@@ -68,7 +73,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     work = epath.Path(workdir)
     # A new workdir gets no files before its first batch is read (a bad image folder leaves
     # nothing behind); an existing one is resumed (or refused, if of another model) first.
-    checkpoints = (run_lib.checkpointer(workdir, keep=config.train.keep_checkpoints)
+    n = replicas.count(config)
+    checkpoints = (run_lib.checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                        num_replicas=n)
                    if (work / "checkpoints").exists() else None)
     writer = session = None
     try:
@@ -77,17 +84,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             (state, rng), step, meta = run_lib.fresh_state(run), 0, {}
         else:
             state, rng, step, meta = restored.state, restored.rng, restored.step, restored.meta
-        say(f"model: {run.meta['name']}, {count_params(state.params):,} parameters, "
+        seeds = replicas.seeds(config)
+        say(f"model: {run.meta['name']}, {count_params(state.params) // n:,} parameters, "
             f"{config.model.dtype}, on {run.mesh.size} {run.mesh.devices.flat[0].platform} "
             f"device(s)" + (f"; weights from {config.model.init_from}"
-                            if restored is None and config.model.init_from else ""))
+                            if restored is None and config.model.init_from else "")
+            + (f"; {n} replicas (seeds {seeds[0]}..{seeds[-1]}) as one program"
+               if n > 1 else ""))
         done = files.read_json(work / "results.json")
         if step >= config.train.num_steps and done:
-            best = done.get("best")
-            say(f"already complete: step {step} of {config.train.num_steps} in {work}; final "
-                f"val top-1 error {done['final']['top1_error']:.2f}% (" + (
-                    f"best {best['top1_error']:.2f}% at step {best['step']}" if best else
-                    "no finite evaluation") + "); results.json has the rest")
+            say(f"already complete: step {step} of {config.train.num_steps} in {work}; "
+                f"{_final_line(done)}; results.json has the rest")
             return done
         say(f"resuming from the checkpoint of step {step} of {config.train.num_steps} in "
             f"{work}" if step else f"starting a new run of {config.train.num_steps} steps in "
@@ -97,7 +104,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             enabled=lead, bar=config.train.progress)
         session = actions.Session(run, work, checkpoints, writer, progress, meta.get("best"),
                                   meta.get("train_time_s", 0.0), say,
-                                  actions.restored_pending(meta), lease=lease)
+                                  actions.restored_pending(meta), actions.restored_frozen(meta),
+                                  lease=lease)
         with ckpt_lib.PreemptionWatcher() as watcher:
             result = _train(session, state, rng, step, watcher, on_step)
         session.checkpoints.wait()
@@ -105,6 +113,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         opened = session.checkpoints if session is not None else checkpoints
         _close_all(writer and writer.close, opened and opened.close, run.pipeline.close)
     return result
+
+
+def _final_line(results: dict) -> str:
+    """The final and best validation errors of a results.json, in a few words."""
+    if "summary" in results:
+        return replicas.summary_line(results["summary"])
+    best = results.get("best")
+    return (f"final val top-1 error {results['final']['top1_error']:.2f}% (" + (
+        f"best {best['top1_error']:.2f}% at step {best['step']}" if best else
+        "no finite evaluation") + ")")
+
+
+def _log_steps(begin: int, end: int, train) -> list[int]:
+    """The log steps in (begin, end]: multiples of log_every_steps, and the last step."""
+    every = train.log_every_steps
+    steps = list(range((begin // every + 1) * every, end + 1, every))
+    if end == train.num_steps and end % every:
+        steps.append(end)
+    return steps
 
 
 def _close_all(*closers) -> None:
@@ -125,22 +152,25 @@ def _close_all(*closers) -> None:
 
 def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
     run, t = s.run, s.run.config.train
+    n = replicas.count(run.config)
     train_fn = dispatch.make_train_fn(run.model, run.tx, run.mesh,
                                       resident=run.pipeline.resident,
                                       preprocess=run.pipeline.device_preprocess,
-                                      label_smoothing=run.config.optim.label_smoothing)
+                                      label_smoothing=run.config.optim.label_smoothing,
+                                      replicas=n)
     eval_fn = dispatch.make_eval_fn(run.model, run.mesh,
-                                    preprocess=run.pipeline.device_preprocess)
-    chunks = feed.device_chunks(run.pipeline, run.mesh, step, t, ahead=run.config.data.prefetch)
+                                    preprocess=run.pipeline.device_preprocess, replicas=n)
+    chunks = feed.device_chunks(run.pipeline, run.mesh, step, t, ahead=run.config.data.prefetch,
+                                seeds=replicas.seeds(run.config) if n > 1 else None)
     # One process: a SIGTERM also ends a CPU dispatch between its steps (several processes
     # must stop at the same boundary, which JAX's coordination service picks).
     stop_now = (lambda: watcher.should_stop(boundary)) if jax.process_count() == 1 else None
-    timer, boundary, final = Timer(), 0, None
-    ok = previous_ok = None  # device flags: every step so far finite (no host sync to read)
+    timer, boundary, final, first = Timer(), 0, None, True
+    # Device flags: every step so far finite (per replica); read without a sync only when due.
+    ok, previous_ok = actions.initial_ok(s, run.mesh), None
     started = time.perf_counter() - s.train_time_s
     try:
         for chunk in chunks:
-            first = ok is None
             if first:
                 actions.open_files(s)
                 s.say(f"compiling the training step; then {chunk.size} step(s) per dispatch "
@@ -149,34 +179,36 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
             # `ok` carries a NaN across dispatches: after one, nothing more is applied, so the
             # state stays that of the first bad step until a check below sees it.
             state, metrics = train_fn(state, chunk.data, rng, ok, stop=stop_now)
-            done = len(metrics["finite"])  # < chunk.size when a SIGTERM cut the chunk short
+            # < chunk.size when a SIGTERM cut a CPU chunk short; a padded scan returns more.
+            done = min(chunk.size, len(metrics["finite"]))
             if first:
                 jax.block_until_ready(metrics)
                 s.say(f"step {chunk.step + done}: the first dispatch took "
                       f"{time.perf_counter() - compile_started:.1f} s (compilation included), "
-                      f"loss {float(np.mean(jax.device_get(metrics['loss']))):.4f}")
-            s.pending.append((chunk.step, metrics))
+                      f"loss {float(np.mean(jax.device_get(metrics['loss'])[:done])):.4f}")
+                first = False
+            s.pending.append((chunk.step, done, metrics))
             previous_ok, ok = ok, metrics["finite"][-1]
             step = chunk.step + done
             timer.add(done)
             stop = watcher.should_stop(boundary)
             boundary += 1
-            due = {name for name, every in (("log", t.log_every_steps),
-                                            ("eval", t.eval_every_steps),
-                                            ("save", t.checkpoint_every_steps))
-                   if step % every == 0 or step == t.num_steps}
-            if due or stop:  # about to write: only while this run holds the workdir
+            logs = _log_steps(chunk.step, step, t)
+            evaluate = step % t.eval_every_steps == 0 or step == t.num_steps
+            save = step % t.checkpoint_every_steps == 0 or step == t.num_steps
+            writes = bool(logs) or evaluate or save or stop
+            if writes:  # about to write: only while this run holds the workdir
                 s.lease.check()
             # Checked before anything is logged, evaluated or saved, else one dispatch late
             # (that flag is ready by now: no wait on the device).
-            if ((due or stop) and not bool(ok)) or (previous_ok is not None
-                                                    and not bool(previous_ok)):
-                actions.stop_non_finite(s.pending, s.checkpoints)
-            if "log" in due:
-                actions.log_train(s, step, timer)
-            evaluated = actions.log_eval(s, state, eval_fn, step) if "eval" in due else None
+            flags = ([ok] if writes else []) + ([previous_ok] if previous_ok is not None else [])
+            if flags:
+                actions.guard(s, flags)
+            if logs:
+                actions.log_train(s, logs, timer)
+            evaluated = actions.log_eval(s, state, eval_fn, step) if evaluate else None
             final = evaluated or final
-            if stop or evaluated or "save" in due:
+            if stop or evaluated or save:
                 s.train_time_s = time.perf_counter() - started
                 actions.save(s, step, state, rng, evaluated)
                 timer.restart()
@@ -190,5 +222,3 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
     finally:
         chunks.close()
     return actions.finish(s, state, eval_fn, step, final)
-
-

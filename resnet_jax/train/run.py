@@ -9,6 +9,7 @@ import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -16,9 +17,10 @@ from etils import epath
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax import parallel, schema
+from resnet_jax.data.prefetch import prefetch
 from resnet_jax.models import create_model, model_name, stack_blocks
 from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import dispatch, optim
+from resnet_jax.train import dispatch, optim, replicas
 from resnet_jax.train import metrics as metrics_lib
 from resnet_jax.train import step as step_lib
 
@@ -123,14 +125,28 @@ def _base_rng(seed: int) -> tuple:
 
 def fresh_state(run: Run) -> tuple[step_lib.TrainState, jax.Array]:
     """(step-0 state replicated on the mesh, base rng of the training steps); with
-    `model.init_from`, the variables come from that model directory (`pretrained`)."""
-    init_rng, train_rng = _base_rng(run.config.seed)
-    state = step_lib.create_train_state(init_rng, run.model, run.tx,
-                                        tuple(run.meta["image_shape"]), mesh=run.mesh)
+    `model.init_from`, the variables come from that model directory (`pretrained`). With
+    `train.replicas` N > 1, N of each stacked on a leading axis: replica i is exactly the
+    fresh state and rng of the run with seed `seed + i`."""
+    n = replicas.count(run.config)
+    if n == 1:
+        init_rng, train_rng = _base_rng(run.config.seed)
+        state = step_lib.create_train_state(init_rng, run.model, run.tx,
+                                            tuple(run.meta["image_shape"]), mesh=run.mesh)
+        if run.config.model.init_from:
+            state = pretrained(run, state, run.config.model.init_from)
+        # A global (replicated) array: orbax cannot save a process-local one in multi-host runs.
+        return state, parallel.replicate(np.asarray(train_rng), run.mesh)
+    keys = [_base_rng(seed) for seed in replicas.seeds(run.config)]
+    init_rngs, train_rngs = (np.stack([np.asarray(k[j]) for k in keys]) for j in (0, 1))
+    state = step_lib.create_train_state(init_rngs, run.model, run.tx,
+                                        tuple(run.meta["image_shape"]), mesh=run.mesh,
+                                        replicas=n)
     if run.config.model.init_from:
-        state = pretrained(run, state, run.config.model.init_from)
-    # A global (replicated) array: orbax cannot save a process-local one in multi-host runs.
-    return state, parallel.replicate(np.asarray(train_rng), run.mesh)
+        state = replicas.stack([pretrained(run, replicas.take(state, i),
+                                           run.config.model.init_from) for i in range(n)],
+                               run.mesh)
+    return state, parallel.replicate(train_rngs, run.mesh)
 
 
 def pretrained(run: Run, state: step_lib.TrainState, directory: str) -> step_lib.TrainState:
@@ -162,10 +178,14 @@ def pretrained(run: Run, state: step_lib.TrainState, directory: str) -> step_lib
 def abstract_state(run: Run) -> tuple[Any, Any]:
     """Shapes, dtypes and (replicated) shardings of `fresh_state`, computed without running it
     (`jax.eval_shape`): the restore target."""
+    n = replicas.count(run.config)
+
     def shapes():
         init_rng, train_rng = _base_rng(run.config.seed)
+        if n > 1:
+            init_rng, train_rng = (jnp.stack([k] * n) for k in (init_rng, train_rng))
         state = step_lib.create_train_state(init_rng, run.model, run.tx,
-                                            tuple(run.meta["image_shape"]))
+                                            tuple(run.meta["image_shape"]), replicas=n)
         return state, train_rng
 
     rep = parallel.replicated(run.mesh)
@@ -173,11 +193,29 @@ def abstract_state(run: Run) -> tuple[Any, Any]:
                         jax.eval_shape(shapes))
 
 
-def checkpointer(workdir: str, keep: int = 10 ** 6, *,
+def checkpointer(workdir: str, keep: int = 10 ** 6, num_replicas: int = 1, *,
                  read_only: bool = False) -> ckpt_lib.Checkpointer:
-    """The workdir's checkpoints; `read_only` for everything but the training run itself."""
+    """The workdir's checkpoints; `num_replicas` > 1 keeps each replica's best too;
+    `read_only` for everything but the training run itself."""
     return ckpt_lib.Checkpointer(os.fspath(epath.Path(workdir) / "checkpoints"), keep=keep,
-                                 read_only=read_only)
+                                 replicas=num_replicas, read_only=read_only)
+
+
+def check_checkpoint(run: Run):
+    """The `check_meta` of a restore for `run`: the same model and the same replica count
+    (a state of N replicas is N stacked nets; another count cannot resume it)."""
+    same_model = check_model(run.meta)
+    want = replicas.count(run.config)
+
+    def check(meta: dict) -> None:
+        same_model(meta)
+        found = int(meta.get("replicas", 1))
+        if found != want:
+            raise ckpt_lib.CheckpointMismatchError(
+                f"config field train.replicas={want}, but the workdir's checkpoints hold "
+                f"{found} replica(s) (step {meta.get('step')}); resume it with "
+                f"--config.train.replicas={found}, or use a new --workdir")
+    return check
 
 
 def restore(run: Run, checkpoints: ckpt_lib.Checkpointer, *, set_aside: bool,
@@ -186,18 +224,32 @@ def restore(run: Run, checkpoints: ckpt_lib.Checkpointer, *, set_aside: bool,
     None. A checkpoint of another model is refused (CheckpointMismatchError); `set_aside`
     (training only) renames unreadable steps (`Checkpointer.restore_latest`)."""
     state, rng = abstract_state(run)
-    return checkpoints.restore_latest(state, rng, check_model(run.meta), set_aside=set_aside,
+    return checkpoints.restore_latest(state, rng, check_checkpoint(run), set_aside=set_aside,
                                       step=step)
 
 
-def evaluate(run: Run, state: step_lib.TrainState, eval_fn: Any = None) -> dict:
-    """Validation metrics over the whole eval split: loss, top1/top5 error (%), count."""
+def evaluate_all(run: Run, state: step_lib.TrainState, eval_fn: Any = None) -> list[dict]:
+    """Validation metrics over the whole eval split, one dict per replica ([one] for a run of
+    one): loss, top1/top5 error (%), count. The next batch is put on the devices while one is
+    scored, and the sums come back once, at the end (`dispatch.eval_sums`)."""
     eval_fn = eval_fn or dispatch.make_eval_fn(run.model, run.mesh,
-                                               preprocess=run.pipeline.device_preprocess)
-    sums = None
-    for batch in run.pipeline.eval_batches():
-        sums = metrics_lib.add_sums(sums, eval_fn(state, parallel.to_global(batch, run.mesh)))
-    return metrics_lib.eval_summary(sums)
+                                               preprocess=run.pipeline.device_preprocess,
+                                               replicas=replicas.count(run.config))
+    batches = prefetch(run.pipeline.eval_batches(),
+                       lambda batch: parallel.to_global(batch, run.mesh), size=2)
+    try:
+        sums = dispatch.eval_sums(eval_fn, state, batches)
+    finally:
+        batches.close()
+    return metrics_lib.eval_summaries(sums)
+
+
+def evaluate(run: Run, state: step_lib.TrainState, eval_fn: Any = None) -> dict:
+    """Validation metrics of a run of one replica (`evaluate_all` for several)."""
+    n = replicas.count(run.config)
+    if n > 1:
+        raise ValueError(f"the run has {n} replicas: use evaluate_all (one result each)")
+    return evaluate_all(run, state, eval_fn)[0]
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -235,21 +287,24 @@ def restore_for_eval(workdir: str, config: ml_collections.ConfigDict | None = No
     return run, restored.state, restored.step
 
 
-def load_trained(workdir: str, step: Optional[int] = None,
+def load_trained(workdir: str, step: Optional[int] = None, replica: Optional[int] = None,
                  ) -> tuple[ml_collections.ConfigDict, Any, dict]:
     """(config, model, {'params', 'batch_stats'}) of the newest readable checkpoint in
     `workdir` (or of `step`); see `load_trained_step`."""
-    return load_trained_step(workdir, step)[:3]
+    return load_trained_step(workdir, step, replica)[:3]
 
 
 def load_trained_step(workdir: str, step: Optional[int] = None,
+                      replica: Optional[int] = None,
                       ) -> tuple[ml_collections.ConfigDict, Any, dict, int]:
     """(config, model, {'params', 'batch_stats'}, the step restored) of the newest readable
     checkpoint in `workdir` (past torn ones, as training resumes, moving nothing), or of
     `step`. Reads no data (the model's classes and image shape come from the checkpoint's
     meta); the model has BN in one group, whatever the run trained with, on any number of
-    devices."""
+    devices. A run of several replicas needs `replica` (0 .. N-1); one of one takes None or
+    0."""
     config = read_config(workdir)
+    i = replicas.check_index(replica, replicas.count(config), f"--workdir {workdir}")
     checkpoints = checkpointer(workdir, read_only=True)
     try:
         latest = checkpoints.latest_meta()
@@ -263,5 +318,8 @@ def load_trained_step(workdir: str, step: Optional[int] = None,
     run = Run(config, mesh, None, make_model(config, meta, mesh.size, bn_num_groups=1),
               _optimizer(config, 1), meta)
     restored = _restored(run, workdir, step)
-    variables = {"params": restored.state.params, "batch_stats": restored.state.batch_stats}
+    state = restored.state
+    if replicas.count(config) > 1:
+        state = replicas.take(state, i)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
     return config, run.model, variables, restored.step

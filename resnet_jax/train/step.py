@@ -53,14 +53,20 @@ def _as_float(rng: jax.Array, images: jax.Array, train: bool) -> jax.Array:
 
 
 def create_train_state(rng: Any, model: nn.Module, tx: optax.GradientTransformation,
-                       image_shape: tuple, *, mesh: Optional[Mesh] = None) -> TrainState:
+                       image_shape: tuple, *, mesh: Optional[Mesh] = None,
+                       replicas: int = 1) -> TrainState:
     """Initialize the model (He init, BN scale 1) and the optimizer; step 0.
 
     Args:
-      rng: a PRNG key (typed, any impl, or raw uint32); the same on every process.
+      rng: a PRNG key (typed, any impl, or raw uint32); the same on every process. With
+        `replicas` > 1, one key per replica stacked on a leading axis ((N,) typed or (N, 2)
+        raw).
       image_shape: (H, W, 3) of one training image.
       mesh: if given, the state is created replicated on the mesh (what the compiled functions
         of `resnet_jax.train.dispatch` expect; needed with several processes).
+      replicas: N > 1 initializes N independent nets in one program (vmap over the keys): every
+        leaf gets a leading replica axis (N, ...), replica i exactly the state of a
+        `replicas=1` call with key i (the initializers draw element-wise).
     """
     def init(key):
         images = jnp.zeros((1, *image_shape), jnp.float32)
@@ -69,6 +75,8 @@ def create_train_state(rng: Any, model: nn.Module, tx: optax.GradientTransformat
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
+    if replicas > 1:
+        init = jax.vmap(init)
     if mesh is None:
         return jax.jit(init)(rng)
     sharding = parallel.replicated(mesh)

@@ -15,24 +15,48 @@ def fake_error(config) -> float:
     return base + config.seed
 
 
+def _replica(config, i: int):
+    one = config.copy_and_resolve_references()
+    with one.unlocked():
+        one.seed = config.seed + i
+        one.train.replicas = 1
+    return one
+
+
 def fake_train(config, workdir: str, fail_if=None) -> dict:
-    if fail_if is not None and fail_if(config):
+    """What train_and_evaluate writes; a run of N replicas (packed seeds) writes its replicas'
+    rows and results, and a replica for which `fail_if` holds is frozen (diverged) at step 1
+    instead of failing the run."""
+    n = config.train.get("replicas", 1)
+    if n == 1 and fail_if is not None and fail_if(config):
         raise RuntimeError(f"boom at depth {config.model.depth}")
     wd = epath.Path(workdir)
     (wd / "config.json").write_text(json.dumps(config.to_dict()))
-    err = fake_error(config)
     steps = config.train.num_steps
-    with (wd / "metrics.jsonl").open("w") as f:
+    rows, each = [], []
+    for i in range(n):
+        one = _replica(config, i)
+        err = fake_error(one)
+        tag = {"replica": i} if n > 1 else {}
         for s in range(0, steps + 1, max(steps // 4, 1)):
             for split, off in (("train", -2.0), ("val", 0.0)):
-                f.write(json.dumps({"step": s, "epoch": 0, "split": split, "loss": 1.0,
-                                    "top1_error": (err + off) * (2 - s / steps),
-                                    "top5_error": err / 3}) + "\n")
+                rows.append({"step": s, "epoch": 0, "split": split, **tag, "loss": 1.0,
+                             "top1_error": (err + off) * (2 - s / steps), "top5_error": err / 3})
+        frozen = n > 1 and fail_if is not None and fail_if(one)
+        each.append({"seed": one.seed,
+                     "best": {"step": steps, "top1_error": err - 0.5, "top5_error": err / 3,
+                              "loss": 1.0},
+                     "final": None if frozen else {"step": steps, "top1_error": err,
+                                                   "top5_error": err / 3, "loss": 1.0},
+                     **({"non_finite_step": 1} if frozen else {})})
+    (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     results = {"model": f"{'plain' if config.model.plain else 'ResNet'}-{config.model.depth}",
                "params": 1000 * config.model.depth, "macs": 2_000_000 * config.model.depth,
-               "best": {"step": steps, "top1_error": err - 0.5, "top5_error": err / 3},
-               "final": {"step": steps, "top1_error": err, "top5_error": err / 3},
                "train_time_s": 12.5, "steps": steps}
+    if n == 1:
+        results.update(best=each[0]["best"], final=each[0]["final"])
+    else:
+        results.update(replicas=each)
     (wd / "results.json").write_text(json.dumps(results))
     return results
 

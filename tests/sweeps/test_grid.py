@@ -142,3 +142,30 @@ def test_sweep_arguments_are_typed_like_their_defaults():
         recipes.parse_args("plain=maybe", defaults)
     sweep = grid.load_sweep(str(REPO / "configs/sweeps/smoke.py:steps=4"))
     assert sweep.base.endswith("configs/smoke.py:steps=4")
+
+
+def test_members_that_differ_only_in_consecutive_seeds_pack_into_replicas():
+    sweep = _sweep([("model.depth", [20, 56]), ("seed", [0, 1, 2, 5])])
+    packed = sweep.members(pack=True)
+    assert [(m.index, m.name) for m in packed] == [
+        (0, "depth=20,seed=0-2"), (1, "depth=20,seed=5"), (2, "depth=56,seed=0-2"),
+        (3, "depth=56,seed=5")]
+    assert packed[0].values == (("model.depth", 20), ("seed", 0), ("train.replicas", 3))
+    assert packed[0].packs == ("depth=20,seed=0", "depth=20,seed=1", "depth=20,seed=2")
+    assert packed[1] == grid.Member(1, (("model.depth", 20), ("seed", 5)), "depth=20,seed=5")
+    config = run.member_config(sweep, packed[2])
+    assert (config.model.depth, config.seed, config.train.replicas) == (56, 0, 3)
+    # Nothing to pack without a seed axis; the grid itself is unchanged by packing.
+    plain = _sweep([("model.depth", [20, 56])])
+    assert plain.members(pack=True) == plain.members()
+    assert len(sweep.members()) == 8
+
+
+def test_seeds_adds_a_seed_axis_once():
+    sweep = grid.with_seeds(_sweep([("model.shortcut", ["A", "B"])]), 3)
+    assert [m.name for m in sweep.members(pack=True)] == ["shortcut=A,seed=0-2",
+                                                          "shortcut=B,seed=0-2"]
+    with pytest.raises(ValueError, match="--seeds 2: the sweep already varies 'seed'"):
+        grid.with_seeds(sweep, 2)
+    with pytest.raises(ValueError, match="--seeds 0 must be >= 1"):
+        grid.with_seeds(_sweep([("model.shortcut", ["A"])]), 0)

@@ -21,7 +21,7 @@ def test_sweep_report_and_analysis_dirs_on_a_remote_workdir(fake_gcs, fake_train
         calls.append(workdir)
         return fake_train(config, workdir, lambda c: c.model.plain and c.seed == 1)
 
-    records = run.run_sweep(sweep, ROOT, train_fn=train, log=lambda _: None)
+    records = run.run_sweep(sweep, ROOT, train_fn=train, log=lambda _: None, pack=False)
     assert [r["status"] for r in records] == ["done", "done", "done", "failed"]
     assert calls[0] == f"{ROOT}/plain=false,seed=0"  # the trainer gets the remote path
     root = epath.Path(ROOT)
@@ -36,7 +36,7 @@ def test_sweep_report_and_analysis_dirs_on_a_remote_workdir(fake_gcs, fake_train
     # results detection: finished members are skipped, a torn results.json is not done
     (root / "plain=false,seed=1" / "results.json").write_text('{"model": "ResNet-8", "par')
     calls.clear()
-    records = run.run_sweep(sweep, ROOT, train_fn=train, log=lambda _: None)
+    records = run.run_sweep(sweep, ROOT, train_fn=train, log=lambda _: None, pack=False)
     assert [r["status"] for r in records] == ["skipped", "done", "skipped", "failed"]
     assert [epath.Path(c).name for c in calls] == ["plain=false,seed=1", "plain=true,seed=1"]
 
@@ -62,23 +62,25 @@ def test_cli_sweep_analyze_report_on_a_remote_workdir(fake_gcs, fake_train, monk
     monkeypatch.setattr(run, "_default_train", lambda c, w: fake_train(c, w))
     assert cli.main(["sweep", SMOKE, "--workdir", "gs://bucket/cli",
                      "--set", "train.num_steps=4"]) == 0
-    assert "4 done, 0 skipped, 0 failed" in capsys.readouterr().out
-    config = json.loads(epath.Path("gs://bucket/cli/plain=true,seed=1/config.json").read_text())
-    assert config["train"]["num_steps"] == 4
+    assert "2 done, 0 skipped, 0 failed" in capsys.readouterr().out   # 2 seeds packed in each
+    config = json.loads(epath.Path("gs://bucket/cli/plain=true,seed=0-1/config.json").read_text())
+    assert (config["train"]["num_steps"], config["train"]["replicas"]) == (4, 2)
 
     # analyze: the model is faked (the trainer's own checkpoints are not on this filesystem)
-    def load_trained(workdir):
+    def load_trained(workdir, replica=None):
         text = epath.Path(workdir, "config.json").read_text()
-        return ml_collections.ConfigDict(json.loads(text)), None, None
+        return ml_collections.ConfigDict(json.loads(text)), None, replica
 
     monkeypatch.setattr(loop, "load_trained", load_trained)
     monkeypatch.setattr(analysis, "eval_images", lambda *a: [])
-    monkeypatch.setattr(analysis, "layer_response_stds", lambda *a: np.array([2.0, 1.0]))
+    monkeypatch.setattr(analysis, "layer_response_stds",
+                        lambda model, replica, images: np.array([2.0, 1.0]) + replica)
     assert cli.main(["analyze", "gs://bucket/cli", "--num-images", "8"]) == 0
     assert cli.main(["analyze", "gs://bucket/cli"]) == 0
-    assert capsys.readouterr().out.count("already analysed") == 4
-    saved = json.loads(epath.Path("gs://bucket/cli/plain=true,seed=0/analysis.json").read_text())
-    assert saved == {"model": "cifar_plain8", "num_images": 8, "layer_std": [2.0, 1.0]}
+    assert capsys.readouterr().out.count("already analysed") == 2
+    saved = json.loads(epath.Path("gs://bucket/cli/plain=true,seed=0-1/analysis.json").read_text())
+    assert saved == {"model": "cifar_plain8", "num_images": 8,
+                     "replicas": [{"layer_std": [2.0, 1.0]}, {"layer_std": [3.0, 2.0]}]}
 
     assert cli.main(["report", "gs://bucket/cli"]) == 0
     assert "[report] wrote gs://bucket/cli/report.md" in capsys.readouterr().out

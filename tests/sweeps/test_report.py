@@ -13,15 +13,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def depth_sweep(tmp_path_factory, fake_train):
-    """depth {20, 56} x plain x 2 seeds, plain-56 seed 1 failing; fake analysis for two."""
+    """depth {20, 56} x plain x 2 seeds, each pair of seeds packed as the 2 replicas of one
+    run; plain-56's seed 1 diverges (frozen); fake analysis for two runs."""
     root = tmp_path_factory.mktemp("fig6")
     sweep = grid.load_sweep(
         str(REPO / "configs/sweeps/cifar10_depth_plain.py:steps=40,depths=20/56,seeds=2"))
     fail = lambda c: c.model.plain and c.model.depth == 56 and c.seed == 1  # noqa: E731
     run.run_sweep(sweep, root, train_fn=lambda c, w: fake_train(c, w, fail), log=lambda _: None)
-    for name, stds in (("depth=20,plain=true,seed=0", [1.0, 2.0, 1.5]),
-                       ("depth=20,plain=false,seed=0", [0.5, 0.7, 0.6])):
-        (root / name / collect.ANALYSIS_FILE).write_text(json.dumps({"layer_std": stds}))
+    for name, stds in (("depth=20,plain=true,seed=0-1", [1.0, 2.0, 1.5]),
+                       ("depth=20,plain=false,seed=0-1", [0.5, 0.7, 0.6])):
+        (root / name / collect.ANALYSIS_FILE).write_text(json.dumps(
+            {"replicas": [{"layer_std": stds}, {"layer_std": [x + 0.1 for x in stds]}]}))
     return root
 
 
@@ -33,12 +35,14 @@ def test_rows_group_seeds_and_keep_grid_order(depth_sweep):
     assert [(r["group"]["model.depth"], r["group"]["model.plain"]) for r in rows] == [
         (20, True), (20, False), (56, True), (56, False)]
     plain20, res20, plain56, res56 = rows
-    # fake error: plain 40 + seed; ResNet 30 - depth/10 + seed; seeds 0 and 1
-    assert plain20["final"] == pytest.approx((40.5, 0.5 ** 0.5))
-    assert res56["final"] == pytest.approx((24.9, 0.5 ** 0.5))
-    assert res56["best"][0] == pytest.approx(24.4)
+    # fake error: plain 40 + seed; ResNet 30 - depth/10 + seed; seeds 0 and 1 (replicas 0, 1)
+    assert plain20["final"] == pytest.approx({"n": 2, "min": 40.0, "mean": 40.5,
+                                              "std": 0.5 ** 0.5})
+    assert res56["final"] == pytest.approx({"n": 2, "min": 24.4, "mean": 24.9,
+                                            "std": 0.5 ** 0.5})
+    assert res56["best"]["mean"] == pytest.approx(24.4)
     assert (plain56["runs"], plain56["members"], plain56["failed"]) == (1, 2, 1)
-    assert plain56["final"] == (40.0, 0.0)
+    assert plain56["final"] == {"n": 1, "min": 40.0, "mean": 40.0, "std": 0.0}
     assert res20["params"] == 20_000 and res20["macs"] == 40_000_000
     assert res20["model"] == "ResNet-20" and res20["steps"] == 40
 
@@ -49,13 +53,17 @@ def test_report_md_has_one_row_per_model_and_the_figures(depth_sweep, assert_png
     assert report.run(parser.parse_args([str(depth_sweep)])) == 0
     text = (depth_sweep / "report.md").read_text()
     lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
-    assert lines[0].startswith("| depth | plain | model | runs | top-1 err % (final)")
+    assert lines[0].startswith("| depth | plain | model | runs | top-1 err % (final): best "
+                               "(mean ± std) |")
     body = lines[1:]
     assert len(body) == 4
-    assert body[0].startswith("| 20 | true | plain-20 | 2/2 | 40.50 ± 0.71 | 40.00 ± 0.71")
+    assert body[0].startswith("| 20 | true | plain-20 | 2/2 | 40.00 (40.50 ± 0.71) | "
+                              "40.00 ± 0.71")
     assert body[2].startswith("| 56 | true | plain-56 | 1/2 (1 failed) | 40.00 | 39.50 |")
     assert "| 20.00K | 40.00M | 40 | 12.5s |" in body[1]
-    assert "FAILED: RuntimeError: boom at depth 56" in text
+    # the diverged seed is a failed run of its own, named as the grid names it
+    assert ("`depth=56,plain=true,seed=1`: FAILED: non-finite loss or gradient at step 1 "
+            "(replica 1 frozen)") in text
     assert "![" in text and report.FIG6 in text and report.FIG7 in text
     assert_png(depth_sweep / report.FIG6)
     assert_png(depth_sweep / report.FIG7)
@@ -83,8 +91,13 @@ def test_no_figure_without_data(tmp_path):
 
 
 def test_formats():
-    assert report.fmt_error((6.61, 0.16), 5) == "6.61 ± 0.16"
-    assert report.fmt_error((6.43, 0.0), 1) == "6.43"
+    from resnet_jax.train import replicas
+    five = {"n": 5, "min": 6.43, "mean": 6.61, "std": 0.16}
+    assert report.fmt_error(five) == "6.61 ± 0.16"
+    assert replicas.paper_form(five) == "6.43 (6.61 ± 0.16)"   # the paper's ResNet-110 row
+    assert report.fmt_error(replicas.stats([6.43])) == "6.43" == replicas.paper_form(
+        replicas.stats([6.43]))
+    assert report.fmt_error({"n": 0}) == "-" == replicas.paper_form(replicas.stats([]))
     assert report.fmt_count(1_727_962) == "1.73M" and report.fmt_count(3.6e9) == "3.60G"
     assert report.fmt_time(3725) == "1h02m" and report.fmt_time(185) == "3m05s"
 

@@ -28,7 +28,7 @@ class Recorder:
 def test_runs_every_member_then_skips_them_all(tmp_path, fake_train):
     sweep = grid.load_sweep(SMOKE)
     train = Recorder(fake_train)
-    records = run.run_sweep(sweep, tmp_path, train_fn=train, log=lambda _: None)
+    records = run.run_sweep(sweep, tmp_path, pack=False, train_fn=train, log=lambda _: None)
     names = [m.name for m in sweep.members()]
     assert train.calls == names and [r["status"] for r in records] == ["done"] * 4
     desc = json.loads((tmp_path / "sweep.json").read_text())
@@ -41,7 +41,7 @@ def test_runs_every_member_then_skips_them_all(tmp_path, fake_train):
     assert (config["model"]["plain"], config["seed"]) == (True, 1)
 
     again = Recorder(fake_train)
-    records = run.run_sweep(sweep, tmp_path, train_fn=again, log=lambda _: None)
+    records = run.run_sweep(sweep, tmp_path, pack=False, train_fn=again, log=lambda _: None)
     assert again.calls == [] and [r["status"] for r in records] == ["skipped"] * 4
     assert "0 done, 4 skipped, 0 failed" in run.summarize(records)
 
@@ -49,7 +49,7 @@ def test_runs_every_member_then_skips_them_all(tmp_path, fake_train):
 def test_a_failing_member_is_recorded_and_the_rest_run(tmp_path, fake_train):
     sweep = grid.load_sweep(SMOKE)
     train = Recorder(fake_train, fail_if=lambda c: c.model.plain and c.seed == 0)
-    records = run.run_sweep(sweep, tmp_path, train_fn=train, log=lambda _: None)
+    records = run.run_sweep(sweep, tmp_path, pack=False, train_fn=train, log=lambda _: None)
     assert [r["status"] for r in records] == ["done", "done", "failed", "done"]
     assert "boom at depth 8" in records[2]["error"]
     error = (tmp_path / "plain=true,seed=0" / "error.txt").read_text()
@@ -61,7 +61,7 @@ def test_a_failing_member_is_recorded_and_the_rest_run(tmp_path, fake_train):
 
     # run again with the cause fixed: only the failed member runs, and its error goes away
     fixed = Recorder(fake_train)
-    records = run.run_sweep(sweep, tmp_path, train_fn=fixed, log=lambda _: None)
+    records = run.run_sweep(sweep, tmp_path, pack=False, train_fn=fixed, log=lambda _: None)
     assert fixed.calls == ["plain=true,seed=0"]
     assert not (tmp_path / "plain=true,seed=0" / "error.txt").exists()
 
@@ -75,7 +75,7 @@ def test_a_bad_set_fails_once_before_any_member_runs(tmp_path, capsys, fake_trai
     train = Recorder(fake_train)
     sweep = grid.load_sweep(SMOKE)
     with pytest.raises(ValueError, match=f"every member.*{field}") as info:
-        run.run_sweep(sweep, tmp_path / "lib", extra_overrides=run._parse_set([item]),
+        run.run_sweep(sweep, tmp_path / "lib", pack=False, extra_overrides=run._parse_set([item]),
                       train_fn=train, log=lambda _: None)
     assert "\n" not in str(info.value)
     # through the command line: one line on stderr, exit 2, nothing run or written
@@ -90,20 +90,20 @@ def test_an_invalid_member_config_is_named_before_any_member_runs(tmp_path, fake
     sweep = grid.sweep_from_config({"base": SMOKE_RECIPE, "axes": [("model.depth", [8, 9])]})
     train = Recorder(fake_train)
     with pytest.raises(ValueError, match=r"member depth=9: config field model\.depth=9"):
-        run.run_sweep(sweep, tmp_path, train_fn=train, log=lambda _: None)
+        run.run_sweep(sweep, tmp_path, pack=False, train_fn=train, log=lambda _: None)
     assert train.calls == [] and list(tmp_path.iterdir()) == []
 
 
 def test_a_torn_results_json_is_not_done_and_the_member_runs_again(tmp_path, fake_train):
     sweep = grid.load_sweep(SMOKE)
-    run.run_sweep(sweep, tmp_path, train_fn=Recorder(fake_train), log=lambda _: None)
+    run.run_sweep(sweep, tmp_path, pack=False, train_fn=Recorder(fake_train), log=lambda _: None)
     torn = tmp_path / "plain=true,seed=0" / "results.json"
     torn.write_text(torn.read_text()[:20])          # a crash while it was written
     desc, records = collect.read_sweep(tmp_path)
     assert [r.status for r in records] == ["done", "done", "pending", "done"]
     assert not collect.is_done(torn.parent)
     again, lines = Recorder(fake_train), []
-    records = run.run_sweep(sweep, tmp_path, train_fn=again, log=lines.append)
+    records = run.run_sweep(sweep, tmp_path, pack=False, train_fn=again, log=lines.append)
     assert again.calls == ["plain=true,seed=0"]
     assert [r["status"] for r in records] == ["skipped", "skipped", "done", "skipped"]
     assert any("results.json is unreadable" in line for line in lines)
@@ -113,14 +113,14 @@ def test_a_torn_results_json_is_not_done_and_the_member_runs_again(tmp_path, fak
 def test_a_torn_sweep_log_line_is_tolerated_and_repaired(tmp_path, fake_train):
     sweep = grid.load_sweep(SMOKE)
     fail = Recorder(fake_train, fail_if=lambda c: c.seed == 1)
-    run.run_sweep(sweep, tmp_path, train_fn=fail, log=lambda _: None)
+    run.run_sweep(sweep, tmp_path, pack=False, train_fn=fail, log=lambda _: None)
     log = tmp_path / "sweep_log.jsonl"
     with open(log, "a") as f:
         f.write('{"index": 1, "name": "plain=false,seed=1", "sta')    # SIGKILL mid-line
     desc, records = collect.read_sweep(tmp_path)
     assert [len(r.attempts) for r in records] == [1, 1, 1, 1]
     assert report.render_members(records).count("FAILED") == 2
-    run.run_sweep(sweep, tmp_path, train_fn=Recorder(fake_train), log=lambda _: None)
+    run.run_sweep(sweep, tmp_path, pack=False, train_fn=Recorder(fake_train), log=lambda _: None)
     rows = [json.loads(line) for line in log.read_text().splitlines()]   # every line parses
     assert [r["status"] for r in rows] == ["done", "failed", "done", "failed", "done", "done"]
     desc, records = collect.read_sweep(tmp_path)
@@ -134,7 +134,7 @@ def test_shards_split_the_work_and_together_finish_it(tmp_path, fake_train):
     for j in range(2):
         train = Recorder(fake_train)
         indices = run.select_indices(4, num_shards=2, shard_index=j)
-        run.run_sweep(sweep, tmp_path, indices=indices, train_fn=train, log=lambda _: None)
+        run.run_sweep(sweep, tmp_path, indices=indices, pack=False, train_fn=train, log=lambda _: None)
         seen.append(train.calls)
     assert seen == [["plain=false,seed=0", "plain=true,seed=0"],
                     ["plain=false,seed=1", "plain=true,seed=1"]]
@@ -144,7 +144,7 @@ def test_shards_split_the_work_and_together_finish_it(tmp_path, fake_train):
 def test_cli_list_and_set(tmp_path, capsys, monkeypatch, fake_train):
     parser = argparse.ArgumentParser()
     run.add_arguments(parser)
-    args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--list",
+    args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--list", "--no-pack",
                               "--num-shards", "2", "--shard-index", "1"])
     assert run.run(args) == 0
     out = capsys.readouterr().out.splitlines()
@@ -153,12 +153,12 @@ def test_cli_list_and_set(tmp_path, capsys, monkeypatch, fake_train):
     # --set reaches every member's config; the exit status reports failures
     train = Recorder(fake_train, fail_if=lambda c: c.seed == 1)
     monkeypatch.setattr(run, "_default_train", train)
-    args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--member", "0",
+    args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--member", "0", "--no-pack",
                               "--set", "train.num_steps=6"])
     assert run.run(args) == 0 and train.calls == ["plain=false,seed=0"]
     config = json.loads((tmp_path / "plain=false,seed=0" / "config.json").read_text())
     assert config["train"]["num_steps"] == 6
-    args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--member", "1"])
+    args = parser.parse_args([SMOKE, "--workdir", str(tmp_path), "--member", "1", "--no-pack"])
     assert run.run(args) == 1
 
 
@@ -172,9 +172,51 @@ def test_a_preempted_member_stops_the_sweep_and_resumes_on_rerun(tmp_path, fake_
             return {"preempted": True, "step": 4}
         return fake_train(config, workdir)
 
-    records = run.run_sweep(sweep, tmp_path, train_fn=preempted_once, log=lambda _: None)
+    records = run.run_sweep(sweep, tmp_path, pack=False, train_fn=preempted_once, log=lambda _: None)
     assert [r["status"] for r in records] == ["done", "preempted"]
     assert "preempted" in run.summarize(records)
-    records = run.run_sweep(sweep, tmp_path, train_fn=preempted_once, log=lambda _: None)
+    records = run.run_sweep(sweep, tmp_path, pack=False, train_fn=preempted_once, log=lambda _: None)
     assert [r["status"] for r in records] == ["skipped", "done", "done", "done"]
     assert calls[1] == calls[2] == "plain=false,seed=1"
+
+
+def test_seeds_of_a_member_train_packed_as_one_run_and_report_as_seeds(tmp_path, fake_train):
+    """The smoke sweep's 2 seeds of each net run as the 2 replicas of one run; the report reads
+    each replica back as the seed it stands for; the directory keeps its packing."""
+    sweep = grid.load_sweep(SMOKE)
+    train = Recorder(fake_train)
+    records = run.run_sweep(sweep, tmp_path, train_fn=train, log=lambda _: None)
+    assert train.calls == ["plain=false,seed=0-1", "plain=true,seed=0-1"]
+    assert [r["status"] for r in records] == ["done", "done"]
+    desc = json.loads((tmp_path / "sweep.json").read_text())
+    assert desc["pack"] is True and desc["members"] == train.calls
+    member = json.loads((tmp_path / "plain=true,seed=0-1" / "member.json").read_text())
+    assert member["packs"] == ["plain=true,seed=0", "plain=true,seed=1"]
+    config = json.loads((tmp_path / "plain=true,seed=0-1" / "config.json").read_text())
+    assert (config["seed"], config["train"]["replicas"]) == (0, 2)
+    _, records = collect.read_sweep(tmp_path)
+    assert [(r.name, r.values["seed"], r.results["final"]["top1_error"]) for r in records] == [
+        ("plain=false,seed=0", 0, 29.2), ("plain=false,seed=1", 1, 30.2),
+        ("plain=true,seed=0", 0, 40.0), ("plain=true,seed=1", 1, 41.0)]
+    assert all(len(r.metrics) == 10 and "replica" not in r.metrics[0] for r in records)
+    text = report.write_report(tmp_path, plots=False).read_text()
+    assert "| true | plain-8 | 2/2 | 40.00 (40.50 ± 0.71) |" in text
+    # Unpacked runs of the same sweep would be other directories: refused, not mixed.
+    with pytest.raises(ValueError, match="started with its seeds packed.*without --no-pack"):
+        run.run_sweep(sweep, tmp_path, pack=False, train_fn=train, log=lambda _: None)
+    old = tmp_path / "old"
+    run.run_sweep(sweep, old, pack=False, train_fn=Recorder(fake_train), log=lambda _: None)
+    with pytest.raises(ValueError, match="started without its seeds packed.*with --no-pack"):
+        run.run_sweep(sweep, old, train_fn=train, log=lambda _: None)
+
+
+def test_cli_seeds_and_list_show_the_packed_runs(tmp_path, capsys):
+    sweep = str(REPO / "configs/sweeps/cifar10_shortcut.py:seeds=1,steps=100")
+    assert cli.main(["sweep", sweep, "--workdir", str(tmp_path), "--seeds", "3",
+                     "--list"]) == 2   # the sweep varies seed already
+    assert "already varies 'seed'" in capsys.readouterr().err
+    smoke = str(REPO / "configs/sweeps/smoke.py")
+    assert cli.main(["sweep", smoke, "--workdir", str(tmp_path), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "   0  plain=false,seed=0-1  (2 seeds as replicas of one run)",
+        "   1  plain=true,seed=0-1  (2 seeds as replicas of one run)"]

@@ -1,6 +1,7 @@
 """A few training steps, run either as one of N processes (`python _mp_worker.py PID N PORT OUT`,
 started by test_multiprocess.py) or in the test process itself (`run_steps`), so both sides train
-the same model on the same global batches.
+the same model on the same global batches: one net, and 2 replicas of it in one run
+(`train.replicas`: each its own init, batches and key), vmapped and one after the other.
 
 Each process feeds only its own rows of the global batch (`parallel.to_global`); BN statistics
 are per device, so the placement of every row on the right device matters.
@@ -11,10 +12,12 @@ import sys
 NUM_STEPS, GLOBAL_BATCH, HW = 3, 16, 8
 
 
-def run_steps(process_index: int, process_count: int) -> dict:
+def run_steps(process_index: int, process_count: int, replicas: int = 1,
+              mode: str = "vmap") -> dict:
     """Train NUM_STEPS steps on all devices, then evaluate; returns host numpy params,
-    batch_stats, train losses and eval sums."""
+    batch_stats, train losses and eval sums (keys prefixed `r<replicas><mode>_`)."""
     import jax
+    import jax.numpy as jnp
     import ml_collections
     import numpy as np
 
@@ -32,27 +35,34 @@ def run_steps(process_index: int, process_count: int) -> dict:
         warmup_length=0, warmup_lr=0.0, label_smoothing=0.0))
     tx = optim.make_optimizer(c, steps_per_epoch=10)
     # rbg: fast to compile on CPU; the init runs replicated, so every device draws the same.
-    state = step.create_train_state(jax.random.key(0, impl="rbg"), model, tx, (HW, HW, 3),
-                                    mesh=mesh)
-    fn = dispatch.make_train_fn(model, tx, mesh)
+    keys = [jax.random.key(i, impl="rbg") for i in range(replicas)]
+    key = keys[0] if replicas == 1 else jnp.stack(keys)
+    state = step.create_train_state(key, model, tx, (HW, HW, 3), mesh=mesh, replicas=replicas)
+    fn = dispatch.make_train_fn(model, tx, mesh, replicas=replicas, replica_mode=mode)
+    step_key = jax.random.key(1) if replicas == 1 else jnp.stack(
+        [jax.random.key(1 + i) for i in range(replicas)])
     b = GLOBAL_BATCH // process_count
     losses = []
     for s in range(NUM_STEPS):
         rng = np.random.default_rng(s)
-        images = rng.normal(size=(GLOBAL_BATCH, HW, HW, 3)).astype(np.float32)
-        labels = rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)
+        images = rng.normal(size=(replicas, GLOBAL_BATCH, HW, HW, 3)).astype(np.float32)
+        labels = rng.integers(0, 10, (replicas, GLOBAL_BATCH)).astype(np.int32)
         rows = slice(process_index * b, (process_index + 1) * b)
-        chunk = dispatch.put_chunk({"image": images[None, rows], "label": labels[None, rows]},
-                                   mesh)
-        state, metrics = fn(state, chunk, jax.random.key(1))
-        losses.append(float(metrics["loss"][0]))
+        host = {"image": images[:, rows], "label": labels[:, rows]}  # (replicas, b, ...)
+        if replicas == 1:
+            host = {k: v[0] for k, v in host.items()}
+        chunk = dispatch.put_chunk({k: v[None] for k, v in host.items()}, mesh,
+                                   replicas=replicas)
+        state, metrics = fn(state, chunk, step_key)
+        losses.append(np.asarray(metrics["loss"][0]))
     # Eval over 21 examples in global batches of 8: every process runs the same number of
     # batches, the padded rows are masked out, and each example counts once.
-    eval_fn, n, eb = dispatch.make_eval_fn(model, mesh), 21, 8
+    eval_fn = dispatch.make_eval_fn(model, mesh, replicas=replicas, replica_mode=mode)
+    n, eb = 21, 8
     data = np.random.default_rng(99)
     images = data.normal(size=(n, HW, HW, 3)).astype(np.float32)
     labels = data.integers(0, 10, n).astype(np.int32)
-    sums = np.zeros(4)
+    sums = np.zeros((4, replicas) if replicas > 1 else 4)
     for start in range(0, n, eb):
         idx = np.arange(start, start + eb)
         mask = idx < n
@@ -61,13 +71,14 @@ def run_steps(process_index: int, process_count: int) -> dict:
         out = eval_fn(state, parallel.to_global({"image": images[idx][rows, None],
                                                  "label": labels[idx][rows],
                                                  "mask": mask[rows]}, mesh))
-        sums += [float(out[k]) for k in ("loss", "top1", "top5", "count")]
+        sums += np.stack([np.asarray(out[k]) for k in ("loss", "top1", "top5", "count")])
     flat = {"eval_sums": sums}
     for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
             flat[name + jax.tree_util.keystr(path)] = np.asarray(leaf)  # fully replicated
     flat["losses"] = np.array(losses)
-    return flat
+    tag = f"r{replicas}" + (mode if replicas > 1 else "")
+    return {f"{tag}_{k}": v for k, v in flat.items()}
 
 
 def main(argv: list) -> int:
@@ -83,7 +94,9 @@ def main(argv: list) -> int:
                                initialization_timeout=30, heartbeat_timeout_seconds=10,
                                shutdown_timeout_seconds=10)
     assert jax.process_count() == nproc and jax.device_count() == 8
-    result = run_steps(jax.process_index(), jax.process_count())
+    result = {**run_steps(jax.process_index(), jax.process_count()),
+              **run_steps(jax.process_index(), jax.process_count(), 2, "vmap"),
+              **run_steps(jax.process_index(), jax.process_count(), 2, "sequential")}
     np.savez(out, **result)
     jax.distributed.shutdown()
     return 0

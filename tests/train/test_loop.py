@@ -170,17 +170,35 @@ def test_missing_data_directory(tmp_path):
 
 
 def test_chunks_are_aligned_to_boundaries():
+    """Dispatches end at every eval and checkpoint step (their state is needed) and at the
+    end; a log step needs only the per-step metrics, so it cuts nothing."""
     train = load_config(SMOKE, ["--config.train.steps_per_dispatch=4",
                                 "--config.train.log_every_steps=3",
-                                "--config.train.num_steps=10"]).train
+                                "--config.train.checkpoint_every_steps=6",
+                                "--config.train.num_steps=11"]).train
     steps, step = [], 0
     while step < train.num_steps:
         k = feed.chunk_size(step, train)
         steps.append(k)
         step += k
-    assert steps == [3, 1, 2, 2, 1, 1]  # cut at 3, 4 (eval/ckpt), 6, 8, 9, 10
+    assert steps == [4, 2, 2, 3]  # cut at 4 (eval), 6 (checkpoint), 8 (eval), 11 (the end)
     # A run resumed at 6 dispatches exactly the rest of these chunks.
-    assert list(feed.schedule(6, train)) == [(6, 2), (8, 1), (9, 1)]
+    assert list(feed.schedule(6, train)) == [(6, 2), (8, 3)]
+
+
+def test_log_rows_inside_a_dispatch_are_those_of_single_steps(tmp_path):
+    """Logs every 3 steps in dispatches of 4: rows at 3, 6 (inside dispatches) and at the
+    evals, each the mean of its own steps, as a run of one step per dispatch logs them."""
+    over = ["--config.train.log_every_steps=3"]
+    rows = {}
+    for k in (4, 1):
+        workdir = str(tmp_path / f"k{k}")
+        loop.train_and_evaluate(
+            load_config(SMOKE, over + [f"--config.train.steps_per_dispatch={k}"]), workdir)
+        rows[k] = _comparable(read_metrics(workdir))
+    assert [(r["step"], r["split"]) for r in rows[4]] == [
+        (3, "train"), (4, "val"), (6, "train"), (8, "train"), (8, "val")]
+    assert rows[4] == rows[1]
 
 
 def _poison_step(monkeypatch, bad_step):
@@ -431,35 +449,43 @@ def test_a_run_that_loses_its_lease_stops_before_writing_again(finished, tmp_pat
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_non_finite_evaluation_is_never_the_best(tmp_path, monkeypatch):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_non_finite_evaluation_is_never_the_best(tmp_path, monkeypatch, replicas):
     """An evaluation with a NaN loss (labels the model does not know) and the lowest top-1
-    error of the run: results.json's best and the best checkpoint are the best finite one."""
+    error of the run: results.json's best and the best checkpoint are the best finite one
+    (with 2 replicas, replica 1's evaluation at step 4: replica 1's best)."""
     from resnet_jax.train import run as run_lib
-    real = run_lib.evaluate
+    real, bad = run_lib.evaluate_all, replicas - 1
 
     def nan_at_4(run, state, eval_fn=None):
-        summary = real(run, state, eval_fn)
-        if int(jax.device_get(state.step)) == 4:
-            summary = dict(summary, loss=float("nan"), top1_error=0.0)
-        return summary
-    monkeypatch.setattr(run_lib, "evaluate", nan_at_4)
-    config = load_config(SMOKE, ["--config.train.eval_every_steps=2",
-                                 "--config.train.keep_checkpoints=1"])
+        summaries = real(run, state, eval_fn)
+        if int(np.ravel(jax.device_get(state.step))[0]) == 4:
+            summaries[bad] = dict(summaries[bad], loss=float("nan"), top1_error=0.0)
+        return summaries
+    monkeypatch.setattr(run_lib, "evaluate_all", nan_at_4)
+    config = load_config(f"{SMOKE}:replicas={replicas}", ["--config.train.eval_every_steps=2",
+                                                          "--config.train.keep_checkpoints=1"])
     workdir = str(tmp_path / "w")
     results = loop.train_and_evaluate(config, workdir)
-    val = [r for r in read_metrics(workdir) if r["split"] == "val"]
-    assert [r["step"] for r in val] == [2, 4, 6, 8] and val[1]["loss"] is None
-    finite = [r for r in val if r["loss"] is not None]
-    best = min(finite, key=lambda r: r["top1_error"])
-    assert results["best"]["step"] == best["step"] != 4
+    rows = [r for r in read_metrics(workdir) if r["split"] == "val"]
+    bests = []
+    for i in range(replicas):
+        val = [r for r in rows if r.get("replica", 0) == i]
+        assert [r["step"] for r in val] == [2, 4, 6, 8]
+        assert (val[1]["loss"] is None) == (i == bad)
+        bests.append(min((r for r in val if r["loss"] is not None),
+                         key=lambda r: r["top1_error"])["step"])
     on_disk = json.loads(open(os.path.join(workdir, "results.json")).read())
-    assert on_disk["best"]["step"] == best["step"]
+    for got in (results, on_disk):
+        each = [got["best"]] if replicas == 1 else [r["best"] for r in got["replicas"]]
+        assert [b["step"] for b in each] == bests and bests[bad] != 4
     monkeypatch.undo()
     from resnet_jax.interop import workdir as workdir_lib
-    assert workdir_lib.checkpoint_step(workdir, "best") == best["step"]
+    assert workdir_lib.checkpoint_step(workdir, "best", None if replicas == 1 else bad) == \
+        bests[bad]
     checkpoints = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:  # the newest one, and the one orbax keeps as the best by its metric: not step 4
-        assert checkpoints.all_steps() == sorted({best["step"], 8})
+    try:  # the newest one, and the ones orbax keeps as the best by their metric
+        assert checkpoints.all_steps() == sorted({*bests, 8})
     finally:
         checkpoints.close()
 

@@ -1,6 +1,7 @@
 """2 processes x 4 CPU devices (jax.distributed on localhost, gloo collectives) train exactly
 like 1 process x 8 devices: same losses, parameters and BN statistics after a few steps, and
-the same masked evaluation of a dataset that is not a multiple of the batch."""
+the same masked evaluation of a dataset that is not a multiple of the batch; for one net and
+for 2 replicas of it trained as one program."""
 import importlib.util
 import os
 import pathlib
@@ -41,7 +42,7 @@ def test_two_processes_match_one_process(tmp_path):
     outputs = []
     try:
         for p in procs:
-            outputs.append(p.communicate(timeout=120)[0])
+            outputs.append(p.communicate(timeout=300)[0])
     finally:
         for p in procs:
             if p.poll() is None:
@@ -49,14 +50,23 @@ def test_two_processes_match_one_process(tmp_path):
     for i, p in enumerate(procs):
         assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
 
-    reference = load_worker().run_steps(0, 1)  # this process: 8 devices (conftest)
+    worker = load_worker()   # this process: 8 devices (conftest)
+    reference = {**worker.run_steps(0, 1), **worker.run_steps(0, 1, 2, "vmap"),
+                 **worker.run_steps(0, 1, 2, "sequential")}
     for i in range(nproc):
         got = dict(np.load(tmp_path / f"p{i}.npz"))
         assert sorted(got) == sorted(reference)
         for key, value in reference.items():
             np.testing.assert_allclose(got[key], value, rtol=2e-5, atol=2e-6, err_msg=key)
-    assert np.all(np.isfinite(reference["losses"]))
-    assert reference["eval_sums"][3] == 21  # each eval example counted once
+    assert all(np.isfinite(reference[f"{t}_losses"]).all()
+               for t in ("r1", "r2vmap", "r2sequential"))
+    assert reference["r1_eval_sums"][3] == 21  # each eval example counted once
+    for t in ("r2vmap", "r2sequential"):
+        assert reference[f"{t}_eval_sums"][3].tolist() == [21, 21]   # ... by each replica
+        assert reference[f"{t}_losses"].shape == (3, 2)
+        assert not np.allclose(reference[f"{t}_losses"][:, 0], reference[f"{t}_losses"][:, 1])
+    np.testing.assert_allclose(reference["r2vmap_losses"], reference["r2sequential_losses"],
+                               rtol=1e-5)
 
 
 LIFECYCLE_WORKER = pathlib.Path(__file__).with_name("_mp_lifecycle_worker.py")
