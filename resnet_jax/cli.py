@@ -68,10 +68,16 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 
 class _OrbaxErrorsFilter(logging.Filter):
     """Drops orbax's own ERROR records (a failed save logs each of its threads' tracebacks,
-    dozens of lines): the failure reaches the caller, which reports it in one line."""
+    dozens of lines): the failure reaches the caller, which reports it in one line. Also its
+    warnings that checkpoints are opened read-only: what every reader (eval, export) asks
+    for."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR or "orbax" not in record.pathname
+        if "orbax" not in record.pathname:
+            return True
+        message = record.getMessage()
+        return (record.levelno < logging.ERROR
+                and "read only" not in message and "read_only=True" not in message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

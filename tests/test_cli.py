@@ -184,6 +184,21 @@ def test_an_interrupted_command_exits_130_without_the_interpreters_teardown(monk
     assert "resnet_jax.cli:console" in scripts["options.entry_points"]["console_scripts"]
 
 
+def test_orbax_lines_a_user_need_not_see_are_dropped():
+    import logging
+    keep = cli._OrbaxErrorsFilter().filter
+
+    def record(path, level, msg):
+        return logging.LogRecord("absl", level, path, 1, msg, None, None)
+    orbax = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+    assert not keep(record(orbax, logging.WARNING, "Given directory is read only=/w/checkpoints"))
+    assert not keep(record(orbax, logging.WARNING, "CheckpointManagerOptions.read_only=True, "
+                                                   "setting save_interval_steps=0."))
+    assert not keep(record(orbax, logging.ERROR, "[thread 3] save failed"))
+    assert keep(record(orbax, logging.WARNING, "something else"))
+    assert keep(record("/resnet_jax/train/loop.py", logging.ERROR, "Given directory is read only"))
+
+
 def _no_data_load(monkeypatch):
     """Fails the test if a run gets as far as loading its data."""
     import resnet_jax.data as data_lib
