@@ -168,6 +168,14 @@ def run_member(sweep: grid.Sweep, member: grid.Member, workdir: files.PathLike, 
     return record
 
 
+def can_pack(sweep: grid.Sweep, extra_overrides: Sequence[str] = (),
+             load_fn: LoadFn | None = None) -> bool:
+    """Whether the sweep's seeds may train as replicas: only on the in-memory pipeline (a
+    streaming run trains one replica; `train.replicas` is refused there)."""
+    configs = member_configs(sweep, sweep.members(False), extra_overrides, load_fn)
+    return all(c.data.pipeline == "in_memory" for c in configs.values())
+
+
 def check_packing(sweep: grid.Sweep, workdir: files.PathLike, pack: bool) -> None:
     """Refuses to continue a sweep directory under another packing than it was started with
     (its members would be other runs): one line naming --no-pack."""
@@ -279,6 +287,11 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         sweep = grid.with_seeds(sweep, args.seeds)
     pack = not args.no_pack
+    if pack and sweep.members(True) != sweep.members(False) and not can_pack(
+            sweep, _parse_set(args.set)):
+        pack = False
+        print("sweep: the seeds run one by one, not as replicas (data.pipeline='streaming' "
+              "trains one replica)")
     members = sweep.members(pack)
     indices = select_indices(len(members), args.member, args.num_shards, args.shard_index)
     if args.list:

@@ -220,3 +220,17 @@ def test_cli_seeds_and_list_show_the_packed_runs(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == [
         "   0  plain=false,seed=0-1  (2 seeds as replicas of one run)",
         "   1  plain=true,seed=0-1  (2 seeds as replicas of one run)"]
+
+
+def test_streaming_members_run_their_seeds_one_by_one(tmp_path, capsys):
+    """A streaming run trains one replica: the CLI does not pack such a sweep's seeds (it
+    refused every member: train.replicas=2 needs the in-memory pipeline)."""
+    smoke = str(REPO / "configs/sweeps/smoke.py")
+    assert cli.main(["sweep", smoke, "--workdir", str(tmp_path), "--list",
+                     "--set=data.pipeline=streaming", "--set=data.source=folder",
+                     "--set=data.train_augment=scale", "--set=data.normalize=per_channel",
+                     f"--set=data.path={tmp_path}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("sweep: the seeds run one by one, not as replicas")
+    assert [line.split()[1] for line in out[1:]] == [
+        "plain=false,seed=0", "plain=false,seed=1", "plain=true,seed=0", "plain=true,seed=1"]
