@@ -25,16 +25,13 @@ def config(folder: str):
 def main(argv: list) -> int:
     pid, nproc, port, folder, workdir = (int(argv[1]), int(argv[2]), int(argv[3]), argv[4],
                                          argv[5])
-    os.environ["JAX_PLATFORMS"] = "cpu"
     import signal
 
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "train"))
+    from _mp_worker import init_distributed
+    init_distributed(pid, nproc, port)
     import jax
 
-    jax.config.update("jax_num_cpu_devices", 8 // nproc)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid,
-                               initialization_timeout=30, heartbeat_timeout_seconds=10,
-                               shutdown_timeout_seconds=10)
     from resnet_jax.train import loop
 
     def preempt(step):

@@ -4,9 +4,6 @@ the same global batches as 1 process of 8 devices from the start."""
 import importlib.util
 import os
 import pathlib
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,11 +12,15 @@ WORKER = pathlib.Path(__file__).with_name("_mp_streaming_worker.py")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def load_worker():
-    spec = importlib.util.spec_from_file_location("_mp_streaming_worker", WORKER)
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_worker():
+    return _load("_mp_streaming_worker", WORKER)
 
 
 @pytest.mark.multiprocess
@@ -33,25 +34,8 @@ def test_two_processes_then_one_see_the_global_batches_of_one(tmp_path, helpers,
     helpers.write_folder(str(tmp_path / "img" / "val"), ("a", "b", "c"), per_class=3,
                          size=(50, 40), seed=1)
     folder, workdir = str(tmp_path / "img"), str(tmp_path / "two_then_one")
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
-    # Tiny programs: XLA's unoptimized backend roughly halves their compile time.
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), "2", str(port), folder,
-                               workdir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=240)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, p in enumerate(procs):
-        assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
+    mp = _load("_mp_worker", ROOT / "tests" / "train" / "_mp_worker.py")
+    mp.run_workers(WORKER, folder, workdir, cwd=ROOT)
     worker = load_worker()
     saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
                    if d.isdigit())

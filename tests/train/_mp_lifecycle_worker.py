@@ -142,14 +142,10 @@ def permuted_eval() -> dict:
 
 def main(argv: list) -> int:
     pid, nproc, port, root = int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    from _mp_worker import init_distributed  # beside this script
+    init_distributed(pid, nproc, port)
     import jax
 
-    jax.config.update("jax_num_cpu_devices", 8 // nproc)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid,
-                               initialization_timeout=30, heartbeat_timeout_seconds=10,
-                               shutdown_timeout_seconds=10)
     from resnet_jax import parallel
     mesh = parallel.make_mesh()
     result = {"restore": restore_decisions(root, mesh), "lease": lease(root),

@@ -1,4 +1,4 @@
-"""A few training steps, run either as one of N processes (`python _mp_worker.py PID N PORT OUT`,
+"""A few training steps, run either as one of N processes (`python _mp_worker.py PID N PORT OUT_DIR`,
 started by test_multiprocess.py) or in the test process itself (`run_steps`), so both sides train
 the same model on the same global batches: one net, and 2 replicas of it in one run
 (`train.replicas`: each its own init, batches and key), vmapped and one after the other.
@@ -81,23 +81,57 @@ def run_steps(process_index: int, process_count: int, replicas: int = 1,
     return {f"{tag}_{k}": v for k, v in flat.items()}
 
 
-def main(argv: list) -> int:
-    pid, nproc, port, out = int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
+def init_distributed(pid: int, nproc: int, port: int) -> None:
+    """This process as `pid` of `nproc` on localhost (8 CPU devices in all, gloo collectives).
+    Short timeouts: a dead peer must fail the test in seconds, not hang it for minutes."""
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
-    import numpy as np
 
     jax.config.update("jax_num_cpu_devices", 8 // nproc)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # Short timeouts: a dead peer must fail the test in seconds, not hang it for minutes.
     jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid,
                                initialization_timeout=30, heartbeat_timeout_seconds=10,
                                shutdown_timeout_seconds=10)
     assert jax.process_count() == nproc and jax.device_count() == 8
+
+
+def run_workers(script, *args, nproc: int = 2, timeout: float = 240, cwd=None) -> None:
+    """Runs `python SCRIPT PID NPROC PORT *ARGS` as `nproc` local processes and waits for
+    them; fails naming a process that did not exit 0, with the end of its output."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+    # The workers' programs are tiny: XLA's unoptimized backend halves their compile time.
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(nproc), str(port),
+                               *map(str, args)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
+
+
+def main(argv: list) -> int:
+    pid, nproc, port, out_dir = int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
+    init_distributed(pid, nproc, port)
+    import jax
+    import numpy as np
+
     result = {**run_steps(jax.process_index(), jax.process_count()),
               **run_steps(jax.process_index(), jax.process_count(), 2, "vmap"),
               **run_steps(jax.process_index(), jax.process_count(), 2, "sequential")}
-    np.savez(out, **result)
+    np.savez(os.path.join(out_dir, f"p{pid}.npz"), **result)
     jax.distributed.shutdown()
     return 0
 

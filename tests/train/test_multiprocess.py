@@ -3,11 +3,7 @@ like 1 process x 8 devices: same losses, parameters and BN statistics after a fe
 the same masked evaluation of a dataset that is not a multiple of the batch; for one net and
 for 2 replicas of it trained as one program."""
 import importlib.util
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,38 +18,15 @@ def load_worker():
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    nproc, port = 2, free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
-    # The workers' programs are tiny: XLA's unoptimized backend halves their compile time.
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(nproc), str(port),
-                               str(tmp_path / f"p{i}.npz")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(nproc)]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, p in enumerate(procs):
-        assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
-
-    worker = load_worker()   # this process: 8 devices (conftest)
+    worker = load_worker()
+    worker.run_workers(WORKER, tmp_path, timeout=300)
+    # this process: 8 devices (conftest)
     reference = {**worker.run_steps(0, 1), **worker.run_steps(0, 1, 2, "vmap"),
                  **worker.run_steps(0, 1, 2, "sequential")}
-    for i in range(nproc):
+    for i in range(2):
         got = dict(np.load(tmp_path / f"p{i}.npz"))
         assert sorted(got) == sorted(reference)
         for key, value in reference.items():
@@ -75,22 +48,8 @@ LIFECYCLE_WORKER = pathlib.Path(__file__).with_name("_mp_lifecycle_worker.py")
 @pytest.fixture(scope="module")
 def lifecycle(tmp_path_factory):
     """What each of 2 processes saw in `_mp_lifecycle_worker.py`: [process 0's, process 1's]."""
-    root, nproc, port = tmp_path_factory.mktemp("lifecycle"), 2, free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    procs = [subprocess.Popen([sys.executable, str(LIFECYCLE_WORKER), str(i), str(nproc),
-                               str(port), str(root)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=240)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, p in enumerate(procs):
-        assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
+    root, nproc = tmp_path_factory.mktemp("lifecycle"), 2
+    load_worker().run_workers(LIFECYCLE_WORKER, root, nproc=nproc)
     import json
     return [json.loads((root / f"p{i}.json").read_text()) for i in range(nproc)]
 
