@@ -1,4 +1,4 @@
-"""Checkpoints (orbax) and preemption.
+"""Checkpoints (orbax): saving, listing, restoring (the restore decision: checkpoint_reads.py).
 
 A checkpoint of step s holds the TrainState, the base RNG and a small JSON `meta` item
 (model name and config, step = the position in the data: the next batch to train is the
@@ -11,20 +11,13 @@ with the lowest validation top-1 error (`save(..., metrics={'top1_error': ...})`
 replicas, `top1_error` is a list and each replica's best is kept). A step that
 cannot be read when a run resumes (a torn file) is renamed `<step>.unreadable`, never deleted,
 and the run resumes from the one before it and saves that step again.
-
-Preemption: `PreemptionWatcher.should_stop(i)` is checked at step boundaries. In one process a
-SIGTERM handler (and a first Ctrl-C) sets a flag. With `jax.distributed` initialized, JAX's
-coordination service owns SIGTERM and `reached_preemption_sync_point` makes every host stop
-at the same boundary.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
-import signal
 import sys
-import threading
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -35,22 +28,15 @@ from jax.experimental import multihost_utils
 
 from resnet_jax.errors import StorageError
 from resnet_jax.train import checkpoint_reads as reads
-from resnet_jax.train.checkpoint_reads import CheckpointReadError, Outcome
+from resnet_jax.train.checkpoint_reads import (  # noqa: F401 - the errors a caller catches
+    CheckpointMismatchError, CheckpointReadError, NoReadableCheckpointError, Outcome)
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointMismatchError(ValueError):
-    """The workdir holds checkpoints of another model than the config asks for."""
 
 
 class CheckpointSaveError(StorageError):
     """A save failed (e.g. disk full); the checkpoints committed before it are left as they
     were."""
-
-
-class NoReadableCheckpointError(StorageError):
-    """Checkpoints exist but none of them (or not the one asked for) reads back."""
 
 
 class Restored(NamedTuple):
@@ -222,33 +208,13 @@ class Checkpointer:
         steps = [s for s in steps if step is None or s == step]
         typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
         target = {"state": _abstract(state), "rng": _abstract(_key_data(rng))}
-        unreadable, found = [], None
-        for candidate in reversed(steps):
-            outcome, value = self._try(candidate, target, check_meta)
-            agreed, who = reads.agree(outcome)
-            if agreed == Outcome.OK:
-                restored, meta = value
-                new_rng = jax.random.wrap_key_data(restored["rng"]) if typed else \
-                    restored["rng"]
-                found = Restored(restored["state"], new_rng, int(meta["step"]), meta)
-                break
-            if agreed == Outcome.DAMAGED:
-                unreadable.append((candidate, value if outcome == Outcome.DAMAGED else
-                                   f"process {who} cannot read it"))
-                continue
-            if outcome == agreed:
-                raise value
-            if agreed == Outcome.MISMATCH:
-                raise CheckpointMismatchError(f"process {who} found a checkpoint of another "
-                                              f"model in {self.directory} (step {candidate})")
-            raise CheckpointReadError(f"process {who} cannot read the checkpoint of step "
-                                      f"{candidate} in {self.directory}; nothing was moved")
-        if unreadable and found is None:
-            # Nothing to fall back on: refuse rather than start again from step 0, and leave
-            # every directory where it is.
-            reasons = "; ".join(f"{bad}: {_reason(err)}" for bad, err in unreadable)
-            raise NoReadableCheckpointError(
-                f"no readable checkpoint in {self.directory} ({reasons})")
+        found = None
+        step_found, value, unreadable = reads.newest_readable(
+            steps, lambda s: self._try(s, target, check_meta), self.directory)
+        if step_found is not None:
+            restored, meta = value
+            new_rng = jax.random.wrap_key_data(restored["rng"]) if typed else restored["rng"]
+            found = Restored(restored["state"], new_rng, int(meta["step"]), meta)
         for bad, err in unreadable:
             self._skip(bad, err, set_aside, found)
         if unreadable and set_aside:
@@ -304,7 +270,7 @@ class Checkpointer:
         if set_aside:
             then = f"moved to {self._set_aside(step)}; resuming from step {found.step}"
         log.warning("checkpoint of step %d in %s cannot be read (%s); %s", step,
-                    self.directory, _reason(err), then)
+                    self.directory, reads.reason(err), then)
 
     def _set_aside(self, step: int) -> str:
         """Renames the step's directory `<step>.unreadable` (`.unreadable.N` if taken); with
@@ -345,11 +311,6 @@ def _check_remote_support(directory: str) -> None:
             "bucket when it lists the checkpoints): pip install 'resnet-jax[gcs]'")
 
 
-def _reason(err: Any) -> str:
-    """One line of an error (or the text given instead of one)."""
-    return err if isinstance(err, str) else reads.reason(err)
-
-
 _READ_NOISE = ("Event loop is closed", "Encountered error while reading array")
 
 
@@ -387,63 +348,3 @@ def check_same_model(expected: dict, added: dict | None = None) -> Callable[[dic
                 f"{meta.get('step')}), but the config asks for {expected}; use a new --workdir "
                 "or the config the workdir was trained with (its config.json)")
     return check
-
-
-class PreemptionWatcher:
-    """Tells the loop when to save and stop: SIGTERM (preemption) or a first Ctrl-C (SIGINT).
-
-    Use as a context manager; `should_stop(boundary_index)` must be called by every process
-    at every step boundary with a counter that grows by one each call. A first Ctrl-C is
-    handled like SIGTERM (save at the next boundary, exit as a preempted run); it says so at
-    once on stderr, and a second Ctrl-C kills the process at once, without saving (the
-    default action of SIGINT, restored by the first; what a crash leaves behind is safe: the
-    last committed checkpoint, a torn last log line, an expired lease are all handled when
-    the run resumes). With several processes a Ctrl-C becomes a SIGTERM to this process, which
-    JAX's coordination service turns into one stop step for all of them.
-    """
-
-    def __init__(self) -> None:
-        self._flag = threading.Event()
-        self._previous: dict = {}
-        self._distributed = jax.process_count() > 1
-        self._signal = "SIGTERM"
-
-    def __enter__(self) -> "PreemptionWatcher":
-        if threading.current_thread() is threading.main_thread():
-            # Multi-process: the coordination service's own SIGTERM notifier stays installed.
-            if not self._distributed:
-                self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
-            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        self._flag.set()
-
-    def _interrupt(self, signum, frame) -> None:  # noqa: ARG002
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # the next Ctrl-C: stop at once
-        self._signal = "SIGINT"
-        # os.write: safe in a signal handler, unlike print (which may be mid-write).
-        os.write(2, b"\nCtrl-C: saving a checkpoint at the next step boundary, then stopping "
-                    b"(Ctrl-C again to abort at once, without saving)\n")
-        if self._distributed:
-            os.kill(os.getpid(), signal.SIGTERM)
-        else:
-            self._flag.set()
-
-    def request_stop(self) -> None:
-        """What the SIGTERM handler does; tests call it directly."""
-        self._flag.set()
-
-    def why(self) -> str:
-        """What stopped the run, for its last line."""
-        return "interrupted (Ctrl-C)" if self._signal == "SIGINT" else "preempted (SIGTERM)"
-
-    def should_stop(self, boundary_index: int) -> bool:
-        if self._distributed:
-            return multihost_utils.reached_preemption_sync_point(boundary_index)
-        return self._flag.is_set()

@@ -19,10 +19,12 @@ import enum
 import json
 import logging
 import time
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import jax
 import numpy as np
+
+from resnet_jax.errors import StorageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +47,14 @@ class CheckpointReadError(RuntimeError):
     """A checkpoint could not be read for a reason other than damage (after retries)."""
 
 
+class CheckpointMismatchError(ValueError):
+    """The workdir holds checkpoints of another model than the config asks for."""
+
+
+class NoReadableCheckpointError(StorageError):
+    """Checkpoints exist but none of them (or not the one asked for) reads back."""
+
+
 def is_damage(err: BaseException) -> bool:
     """True when `err` says the checkpoint's files are torn or missing (never a reason to
     try again), False for everything else (which may be transient)."""
@@ -56,10 +66,12 @@ def is_damage(err: BaseException) -> bool:
     return any(part in text for part in _DAMAGE_TEXT)
 
 
-def reason(err: BaseException) -> str:
+def reason(err: BaseException | str) -> str:
     """One line of an error (TensorStore's run to dozens of lines of spec). A long one keeps
     its beginning and its innermost cause, where TensorStore puts the OS error ('... No
-    space left on device [os_error_code=28]')."""
+    space left on device [os_error_code=28]'). A text given instead of an error is kept."""
+    if isinstance(err, str):
+        return err
     text = str(err).strip().split(" See full TensorStore details")[0]
     text = text.split(" [tensorstore_spec")[0]
     if not text:
@@ -114,3 +126,39 @@ def same_steps(steps: Sequence[int]) -> list[int]:
     mine = np.zeros(n, np.int32)
     mine[:min(n, len(steps))] = list(steps)[:n]
     return [int(s) for s in np.asarray(multihost_utils.broadcast_one_to_all(mine))]
+
+
+def newest_readable(steps: Sequence[int], read_step: Callable[[int], tuple[Outcome, Any]],
+                    directory: str) -> tuple[Optional[int], Any, list[tuple[int, Any]]]:
+    """The restore decision, one for every process: `steps` are tried newest first, each
+    with `read_step(step) -> (Outcome, value)` (this process's reading; `value` is what was
+    read, or the error) and `agree`d on. Returns (step, value) of the newest step that every
+    process read, and [(step, error or text)] of the damaged steps passed over before it;
+    (None, None, []) when there are no steps.
+
+    Raises the error every process stops on: this process's own when it saw the agreed
+    outcome, else one naming the process that did (CheckpointMismatchError for a checkpoint
+    of another model, CheckpointReadError for a failure worth retrying); and
+    NoReadableCheckpointError when every step is damaged (refused rather than starting again
+    from step 0, every directory left where it is)."""
+    unreadable = []
+    for candidate in reversed(steps):
+        outcome, value = read_step(candidate)
+        agreed, who = agree(outcome)
+        if agreed == Outcome.OK:
+            return candidate, value, unreadable
+        if agreed == Outcome.DAMAGED:
+            unreadable.append((candidate, value if outcome == Outcome.DAMAGED else
+                               f"process {who} cannot read it"))
+            continue
+        if outcome == agreed:
+            raise value
+        if agreed == Outcome.MISMATCH:
+            raise CheckpointMismatchError(f"process {who} found a checkpoint of another "
+                                          f"model in {directory} (step {candidate})")
+        raise CheckpointReadError(f"process {who} cannot read the checkpoint of step "
+                                  f"{candidate} in {directory}; nothing was moved")
+    if unreadable:
+        reasons = "; ".join(f"{bad}: {reason(err)}" for bad, err in unreadable)
+        raise NoReadableCheckpointError(f"no readable checkpoint in {directory} ({reasons})")
+    return None, None, []

@@ -28,7 +28,7 @@ from etils import epath
 from resnet_jax import files
 from resnet_jax.models import count_params
 from resnet_jax.train import actions, dispatch, feed, replicas
-from resnet_jax.train import checkpoint as ckpt_lib
+from resnet_jax.train import preemption
 from resnet_jax.train import lease as lease_lib
 from resnet_jax.train import run as run_lib
 from resnet_jax.train.logging import MetricsWriter, Progress, Timer
@@ -106,7 +106,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                   meta.get("train_time_s", 0.0), say,
                                   actions.restored_pending(meta), actions.restored_frozen(meta),
                                   lease=lease)
-        with ckpt_lib.PreemptionWatcher() as watcher:
+        with preemption.PreemptionWatcher() as watcher:
             result = _train(session, state, rng, step, watcher, on_step)
         session.checkpoints.wait()
     finally:

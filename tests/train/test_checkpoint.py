@@ -11,6 +11,7 @@ import pytest
 from jax.sharding import NamedSharding
 
 from resnet_jax.train import checkpoint as ckpt
+from resnet_jax.train import preemption
 
 
 def _state(value: float):
@@ -211,7 +212,7 @@ def test_failed_save_keeps_previous_restorable(tmp_path, monkeypatch):
 
 
 def test_sigterm_sets_the_stop_flag():
-    with ckpt.PreemptionWatcher() as watcher:
+    with preemption.PreemptionWatcher() as watcher:
         assert not watcher.should_stop(0)
         os.kill(os.getpid(), signal.SIGTERM)
         assert watcher.should_stop(1)
