@@ -16,11 +16,9 @@ from resnet_jax import cli
 from resnet_jax.config import load_config
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import dispatch, loop, replicas
-from resnet_jax.train.logging import read_metrics
 
 PACKED = "configs/smoke.py:replicas=2"
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -30,36 +28,23 @@ def packed(tmp_path_factory):
     return workdir, loop.train_and_evaluate(load_config(PACKED), workdir)
 
 
-def _rows(workdir, replica=None):
-    """metrics.jsonl rows without the timings (of one replica, without its tag)."""
-    rows = [{k: v for k, v in r.items() if k not in ("wall_time", "images_per_sec")}
-            for r in read_metrics(workdir)]
-    if replica is None:
-        return rows
-    return [{k: v for k, v in r.items() if k != "replica"} for r in rows
-            if r.get("replica") == replica]
-
-
-def _params(workdir, replica=None):
-    return jax.tree.leaves(jax.device_get(loop.load_trained(workdir, replica=replica)[2]))
-
-
-def test_each_replica_is_the_solo_run_of_its_seed(packed, tmp_path):
+def test_each_replica_is_the_solo_run_of_its_seed(helpers, packed, finished, tmp_path):
     """Replica i = the run with seed i, bitwise on CPU (whose runs step the replicas one after
     the other: `dispatch.replica_kind`; vmapped, they agree to float32 rounding,
-    tests/train/test_replicas.py): the same rows, best and final, and parameters."""
+    tests/train/test_replicas.py): the same rows, best and final, and parameters. (The solo
+    run of seed 0 is the session's `finished` smoke run.)"""
     workdir, results = packed
     assert [r["seed"] for r in results["replicas"]] == [0, 1]
-    for i in range(2):
-        solo_dir = str(tmp_path / f"seed{i}")
-        solo = loop.train_and_evaluate(load_config("configs/smoke.py", [f"--config.seed={i}"]),
-                                       solo_dir)
-        assert _rows(workdir, i) == _rows(solo_dir)
+    seed1_dir = str(tmp_path / "seed1")
+    solos = [finished, (seed1_dir, loop.train_and_evaluate(
+        load_config("configs/smoke.py", ["--config.seed=1"]), seed1_dir))]
+    for i, (solo_dir, solo) in enumerate(solos):
+        assert helpers.rows(workdir, i) == helpers.rows(solo_dir)
         for which in ("best", "final"):
             assert results["replicas"][i][which] == solo[which]
-        for a, b in zip(_params(workdir, i), _params(solo_dir)):
+        for a, b in zip(helpers.params(workdir, i), helpers.params(solo_dir), strict=True):
             np.testing.assert_array_equal(a, b)
-    assert _rows(workdir, 0) != _rows(workdir, 1)
+    assert helpers.rows(workdir, 0) != helpers.rows(workdir, 1)
     finals = [r["final"]["top1_error"] for r in results["replicas"]]
     assert results["summary"]["final"]["top1_error"]["mean"] == pytest.approx(np.mean(finals))
     assert results["summary"]["runs"] == 2 and results["params"] == 5006
@@ -76,16 +61,16 @@ def _preempted_at_4(config, workdir):
     return loop.train_and_evaluate(config, workdir, on_step=preempt)
 
 
-def test_sigterm_then_resume_of_a_packed_run_is_bitwise(packed, tmp_path):
+def test_sigterm_then_resume_of_a_packed_run_is_bitwise(helpers, packed, tmp_path):
     full_dir, full = packed
     workdir = str(tmp_path / "w")
     assert _preempted_at_4(load_config(PACKED), workdir) == {"preempted": True, "step": 5}
     resumed = loop.train_and_evaluate(load_config(PACKED), workdir)
     assert resumed["replicas"] == full["replicas"] and resumed["summary"] == full["summary"]
     for i in range(2):
-        for a, b in zip(_params(full_dir, i), _params(workdir, i)):
+        for a, b in zip(helpers.params(full_dir, i), helpers.params(workdir, i)):
             np.testing.assert_array_equal(a, b)
-    assert _rows(workdir) == _rows(full_dir)
+    assert helpers.rows(workdir) == helpers.rows(full_dir)
 
 
 def _poison(monkeypatch, bad_step, seeds):
@@ -113,7 +98,7 @@ def _poison(monkeypatch, bad_step, seeds):
 
 
 def test_a_non_finite_replica_is_frozen_reported_and_stays_frozen_across_a_resume(
-        packed, tmp_path, monkeypatch, capsys):
+        helpers, packed, tmp_path, monkeypatch, capsys):
     """Replica 1 meets a NaN at step 3: it is frozen there (reported, no more rows, no final),
     replica 0 trains exactly as in a clean run, and a run preempted after the NaN resumes with
     replica 1 still frozen, ending bitwise as the uninterrupted one."""
@@ -127,10 +112,10 @@ def test_a_non_finite_replica_is_frozen_reported_and_stays_frozen_across_a_resum
     assert full["replicas"][1] == {"seed": 1, "best": None, "final": None,
                                    "non_finite_step": 3}
     assert (full["summary"]["runs"], full["summary"]["replicas"]) == (1, 2)
-    assert [(r["step"], r["split"]) for r in _rows(full_dir, 1)] == [(2, "train"),
+    assert [(r["step"], r["split"]) for r in helpers.rows(full_dir, 1)] == [(2, "train"),
                                                                      (4, "train")]
-    assert _rows(full_dir, 0) == _rows(packed[0], 0)
-    frozen = _params(full_dir, 1)
+    assert helpers.rows(full_dir, 0) == helpers.rows(packed[0], 0)
+    frozen = helpers.params(full_dir, 1)
     assert all(np.isfinite(p).all() for p in frozen)
 
     assert _preempted_at_4(load_config(PACKED), workdir) == {"preempted": True, "step": 5}
@@ -142,9 +127,9 @@ def test_a_non_finite_replica_is_frozen_reported_and_stays_frozen_across_a_resum
     resumed = loop.train_and_evaluate(load_config(PACKED), workdir)
     assert resumed["replicas"] == full["replicas"]
     for i in range(2):
-        for a, b in zip(_params(full_dir, i), _params(workdir, i)):
+        for a, b in zip(helpers.params(full_dir, i), helpers.params(workdir, i)):
             np.testing.assert_array_equal(a, b)
-    assert _rows(workdir) == _rows(full_dir)
+    assert helpers.rows(workdir) == helpers.rows(full_dir)
 
 
 def test_every_replica_non_finite_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):
@@ -162,7 +147,7 @@ def _tree(path):
                   for d, _, names in os.walk(path) for f in names)
 
 
-def test_eval_and_export_take_a_replica(packed, tmp_path, capsys):
+def test_eval_and_export_take_a_replica(helpers, packed, tmp_path, capsys):
     workdir, results = packed
     for i in range(2):
         assert cli.main(["eval", "--workdir", workdir, "--replica", str(i), "--json"]) == 0
@@ -182,9 +167,9 @@ def test_eval_and_export_take_a_replica(packed, tmp_path, capsys):
     assert cli.main(["export", "--workdir", workdir, "--replica", "1", "--out", str(out)]) == 0
     import resnet_jax
     exported = jax.tree.leaves(resnet_jax.load(str(out)).variables)
-    for a, b in zip(exported, _params(workdir, 1)):
+    for a, b in zip(exported, helpers.params(workdir, 1)):
         np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, b) for a, b in zip(exported, _params(workdir, 0)))
+    assert any(not np.array_equal(a, b) for a, b in zip(exported, helpers.params(workdir, 0)))
 
     before = _tree(workdir)
     for argv, words in (
