@@ -1,14 +1,30 @@
-"""Test session setup: 8 fake CPU devices for every test, so multi-device code runs on CI.
+"""Test session setup: 8 fake CPU devices for every test, so multi-device code runs on CI, and
+one persistent compilation cache for the whole session.
 
 This must run before JAX initialises its backends, hence at conftest import time.
+
+The cache: most of a tiny run's time is XLA compiling the same few programs (a smoke run's
+train and eval steps), again in every test and every subprocess. One directory per session
+(or the one `JAX_COMPILATION_CACHE_DIR` names), with no minimum compile time or size, is set
+in the environment, so the in-process tests and every process a test starts (which inherit the
+environment) compile each program once. A cached program is the one XLA compiled, so every
+bitwise comparison holds as it would without the cache, at the optimization level users run.
 
 Also the ``gcs_emulator`` fixture: a local Google Cloud Storage server (``gs://`` without a
 network or an account) that every client a run uses is pointed at.
 """
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_OWN_CACHE = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _OWN_CACHE = tempfile.mkdtemp(prefix="resnet-jax-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
@@ -203,12 +219,103 @@ def gcs_emulator(_gcs_server, monkeypatch, tmp_path):
         "something was written locally instead of to gs://"
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache shared by one test module's runs (each run re-jits its
-    closures; runs of the same model then compile once). Use it with
-    `pytestmark = pytest.mark.usefixtures("compilation_cache")`."""
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
+def pytest_unconfigure(config):
+    """The session's compilation cache goes with it (only the one this process made: pytest-xdist's
+    workers inherit the environment, so they use their controller's)."""
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mp_worker():
+    """tests/train/_mp_worker.py as a module: the one place that starts local processes joined
+    by `jax.distributed` (`run_workers`, `init_distributed`), `free_port` and `load_module`."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "train", "_mp_worker.py")
+    spec = importlib.util.spec_from_file_location("_mp_worker", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The suite's time budget (issue 22): a whole run of the suite (`python -m pytest`, what CI
+# runs on its 2-core machine) that passes but takes longer than setup.cfg's `suite_budget_s`
+# fails with one line naming its slowest tests, and so does a test over `slow_test_s` whose
+# docstring gives no reason for its time (a line starting "Slow:").
+SLOW_REASON = "Slow:"
+
+
+def pytest_addoption(parser):
+    parser.addini("suite_budget_s", "a whole run of the suite that takes longer fails, naming "
+                  "its slowest tests (0: no budget)", default="0")
+    parser.addini("slow_test_s", "a test that takes longer must say why in its docstring, on "
+                  f"a line starting '{SLOW_REASON}'", default="20")
+
+
+class _Budget:
+    """Times the session and each test (setup + call + teardown; with pytest-xdist, from the
+    workers' reports, in the controller)."""
+
+    def __init__(self, config):
+        self.config, self.start = config, time.monotonic()
+        self.durations: dict[str, float] = {}
+        self.reasons: dict[str, bool] = {}
+        self.failure: str | None = None
+
+    def pytest_runtest_logreport(self, report):
+        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
+        for key, value in report.user_properties:
+            if key == "slow_reason":
+                self.reasons[report.nodeid] = value
+
+    def _whole_suite(self) -> bool:
+        option = self.config.option
+        return (self.config.args_source == pytest.Config.ArgsSource.TESTPATHS
+                and not option.keyword and not option.markexpr
+                and not getattr(option, "deselect", None) and not getattr(option, "lf", False))
+
+    def verdict(self) -> str | None:
+        """One line if the budget is broken, else None."""
+        budget = float(self.config.getini("suite_budget_s"))
+        slow_s = float(self.config.getini("slow_test_s"))
+        if not budget or not self._whole_suite():
+            return None
+        elapsed = time.monotonic() - self.start
+        slowest = sorted(self.durations.items(), key=lambda kv: -kv[1])
+        unexplained = [n for n, d in slowest if d > slow_s and not self.reasons.get(n, False)]
+        if elapsed > budget:
+            names = ", ".join(f"{n} ({d:.0f} s)" for n, d in slowest[:5])
+            return (f"the suite took {elapsed:.0f} s, over its budget of {budget:.0f} s "
+                    f"(setup.cfg suite_budget_s); slowest: {names}")
+        if unexplained:
+            return (f"{len(unexplained)} test(s) took over {slow_s:.0f} s (setup.cfg "
+                    f"slow_test_s) without a '{SLOW_REASON}' line in the docstring saying why: "
+                    + ", ".join(f"{n} ({self.durations[n]:.0f} s)" for n in unexplained))
+        return None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session, exitstatus):
+        if exitstatus == pytest.ExitCode.OK:
+            self.failure = self.verdict()
+            if self.failure:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.failure:
+            terminalreporter.write_line(f"suite budget: FAILED: {self.failure}", red=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Whether the test's docstring says why it is slow, carried by its report (to pytest-xdist's
+    controller too)."""
+    outcome = yield
+    if call.when == "call":
+        doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
+        has = any(line.strip().startswith(SLOW_REASON) for line in doc.splitlines())
+        outcome.get_result().user_properties.append(("slow_reason", has))
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without pytest-xdist)
+        config.pluginmanager.register(_Budget(config), "resnet_jax_suite_budget")

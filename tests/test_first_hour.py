@@ -17,9 +17,8 @@ LIBJPEG = ("Input file read error", "Improper call to JPEG library", "Corrupt JP
            "Premature end of JPEG file", "Not a JPEG file")
 
 
-def _cli(*args, cache):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               PYTHONPATH=str(ROOT))
+def _cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return subprocess.run([sys.executable, "-m", "resnet_jax.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -28,8 +27,7 @@ def _cli(*args, cache):
 @pytest.mark.slow
 def test_a_run_says_each_phase_before_its_first_step_and_a_rerun_says_it_is_done(tmp_path):
     workdir = tmp_path / "run"
-    first = _cli("train", "--config", "configs/smoke.py", "--workdir", str(workdir),
-                 cache=tmp_path / "cache")
+    first = _cli("train", "--config", "configs/smoke.py", "--workdir", str(workdir))
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
 
@@ -42,8 +40,7 @@ def test_a_run_says_each_phase_before_its_first_step_and_a_rerun_says_it_is_done
                                 "step 2: the first dispatch took", "step 4: val loss")]
     assert order == sorted(order), lines
     assert first.stderr.strip() == ""   # no TensorFlow / XLA log lines
-    again = _cli("train", "--config", "configs/smoke.py", "--workdir", str(workdir),
-                 cache=tmp_path / "cache")
+    again = _cli("train", "--config", "configs/smoke.py", "--workdir", str(workdir))
     assert again.returncode == 0, again.stderr
     assert "already complete: step 8 of 8" in again.stdout
     assert "compiling" not in again.stdout and "resuming" not in again.stdout
@@ -68,7 +65,7 @@ def test_a_corrupt_image_is_one_line_naming_it_and_nothing_is_written(tmp_path):
                "--config.data.train_augment=scale",
                "--config.data.image_size=16", "--config.data.eval_resize=20",
                "--config.data.normalize=per_channel", "--config.train.batch_size=8",
-               "--config.train.eval_batch_size=8", cache=tmp_path / "cache")
+               "--config.train.eval_batch_size=8")
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if not line.startswith(LIBJPEG)]
     assert len(errors) == 1, out.stderr

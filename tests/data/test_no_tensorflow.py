@@ -73,8 +73,7 @@ def test_prepare_train_eval_and_sweep_without_tensorflow(tmp_path, helpers):
             "sweep", "configs/sweeps/smoke.py:steps=2", "--workdir", str(sweep), "--member", "0",
             *[f"--set={a[len('--config.'):]}" for a in STREAMING],
             "--set=data.source=tar", f"--set=data.path={tar}", "--set=data.workers=1"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     # Tiny programs: XLA's unoptimized backend halves their compile time (3 compilations).
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
     out = subprocess.run([sys.executable, "-c", RUNNER, *args], cwd=ROOT, env=env,

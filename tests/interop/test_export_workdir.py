@@ -27,15 +27,12 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 4-step smoke run (cifar_resnet8, 16x16 synthetic; checkpoints at 2 and 4) and its
-    config. Compiled programs are shared with the exports through a compilation cache."""
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    config."""
     workdir = tmp_path_factory.mktemp("run")
     config = load_config("configs/smoke.py:steps=4", ["--config.train.eval_every_steps=2",
                                                        "--config.train.checkpoint_every_steps=2"])
     loop.train_and_evaluate(config, str(workdir))
-    yield workdir, config
-    jax.config.update("jax_compilation_cache_dir", old)
+    return workdir, config
 
 
 def test_export_a_training_run_and_predict(run, tmp_path, images, capsys):

@@ -13,7 +13,6 @@ REPO = Path(__file__).resolve().parents[2]
 FAILING = "plain=true,seed=0-1"
 
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")  # tests/conftest.py
 
 
 def real_train_except_one(config, workdir):

@@ -2,13 +2,9 @@
 already on its way to the devices (`data.prefetch`), and the sums equal a plain pass's."""
 import threading
 
-import pytest
-
 from resnet_jax.config import load_config
 from resnet_jax.train import dispatch
 from resnet_jax.train import run as run_lib
-
-pytestmark = pytest.mark.usefixtures("compilation_cache")  # tests/conftest.py
 
 
 def _eventually(condition, timeout=20.0):

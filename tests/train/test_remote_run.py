@@ -21,7 +21,7 @@ from resnet_jax.config import load_config
 from resnet_jax.train import loop, run
 from resnet_jax.train.logging import read_metrics
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]
+pytestmark = pytest.mark.slow
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs/smoke.py")
 REMOTE = "gs://bucket/run"
