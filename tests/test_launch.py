@@ -83,22 +83,18 @@ def test_tpu_bad_mode_names_the_modes():
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_local_launcher_two_processes_stop_and_resume(tmp_path):
+def test_local_launcher_two_processes_stop_and_resume(tmp_path, mp_worker):
     """launch/local.sh runs 2 CPU processes (4 devices each) that checkpoint; SIGTERM to the
     launcher makes both save at the same step and exit 0; the same command then resumes."""
     import json
     import os
     import signal
-    import socket
     import sys
     import time
 
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+    port = mp_worker.free_port()
     workdir = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
                RESNET_JAX=f"{sys.executable} -m resnet_jax.cli",
                # Tiny programs: XLA's unoptimized backend roughly halves their compile time.
                XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")

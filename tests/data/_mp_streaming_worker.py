@@ -26,6 +26,7 @@ def main(argv: list) -> int:
     pid, nproc, port, folder, workdir = (int(argv[1]), int(argv[2]), int(argv[3]), argv[4],
                                          argv[5])
     import signal
+    import time
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "train"))
     from _mp_worker import init_distributed
@@ -37,6 +38,10 @@ def main(argv: list) -> int:
     def preempt(step):
         if step == PREEMPT_AT:
             os.kill(os.getpid(), signal.SIGTERM)
+            # JAX's coordination service hears of the SIGTERM in a thread of its own (about a
+            # second later) and only then picks the boundary where every process stops: a run
+            # this short could end first, unpreempted (it did, on a quiet machine).
+            time.sleep(3)
 
     result = loop.train_and_evaluate(config(folder), workdir, on_step=preempt)
     assert result["preempted"], result

@@ -1,7 +1,6 @@
 """The streaming pipeline across hosts: a run started by 2 processes (4 CPU devices each, each
 reading only its own rows of the global batch) and resumed by 1 process of 8 devices trains on
 the same global batches as 1 process of 8 devices from the start."""
-import importlib.util
 import os
 import pathlib
 
@@ -12,20 +11,10 @@ WORKER = pathlib.Path(__file__).with_name("_mp_streaming_worker.py")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_worker():
-    return _load("_mp_streaming_worker", WORKER)
-
-
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_two_processes_then_one_see_the_global_batches_of_one(tmp_path, helpers, monkeypatch):
+def test_two_processes_then_one_see_the_global_batches_of_one(tmp_path, helpers, mp_worker,
+                                                               monkeypatch):
     import jax
 
     from resnet_jax.train import loop
@@ -34,9 +23,8 @@ def test_two_processes_then_one_see_the_global_batches_of_one(tmp_path, helpers,
     helpers.write_folder(str(tmp_path / "img" / "val"), ("a", "b", "c"), per_class=3,
                          size=(50, 40), seed=1)
     folder, workdir = str(tmp_path / "img"), str(tmp_path / "two_then_one")
-    mp = _load("_mp_worker", ROOT / "tests" / "train" / "_mp_worker.py")
-    mp.run_workers(WORKER, folder, workdir, cwd=ROOT)
-    worker = load_worker()
+    mp_worker.run_workers(WORKER, folder, workdir, cwd=ROOT)
+    worker = mp_worker.load_module(WORKER)
     saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
                    if d.isdigit())
     assert saved and worker.PREEMPT_AT <= saved[-1] < worker.STEPS

@@ -95,31 +95,66 @@ def init_distributed(pid: int, nproc: int, port: int) -> None:
     assert jax.process_count() == nproc and jax.device_count() == 8
 
 
-def run_workers(script, *args, nproc: int = 2, timeout: float = 240, cwd=None) -> None:
-    """Runs `python SCRIPT PID NPROC PORT *ARGS` as `nproc` local processes and waits for
-    them; fails naming a process that did not exit 0, with the end of its output."""
+def free_port() -> int:
+    """A TCP port free on localhost now (for a coordinator)."""
     import socket
-    import subprocess
-
     with socket.socket() as s:
         s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def load_module(path):
+    """The Python file at `path` as a module (the tests' import mode cannot import siblings)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(os.path.basename(str(path))[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_workers(script, *args, nproc: int = 2, timeout: float = 240, cwd=None,
+                unoptimized: bool = False) -> None:
+    """Runs `python SCRIPT PID NPROC PORT *ARGS` as `nproc` local processes and waits for
+    them; fails naming a process that did not exit 0, with the end of its output. The first
+    failure ends the others at once (they would wait for it in a collective until the
+    timeout).
+
+    `unoptimized`: XLA's unoptimized backend (about half the compile time) for workers whose
+    numbers are compared with nothing a user runs; an equivalence (2 processes == 1) must hold
+    at the optimization level users run, so it is off by default."""
+    import subprocess
+    import tempfile
+    import time
+
+    port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
-    # The workers' programs are tiny: XLA's unoptimized backend halves their compile time.
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(nproc), str(port),
-                               *map(str, args)], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    if unoptimized:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                            + " --xla_backend_optimization_level=0").strip()
+    with tempfile.TemporaryDirectory() as logs:
+        files = [open(os.path.join(logs, f"p{i}.log"), "w+") for i in range(nproc)]
+        procs = [subprocess.Popen([sys.executable, str(script), str(i), str(nproc), str(port),
+                                   *map(str, args)], cwd=cwd, env=env, stdout=files[i],
+                                  stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
+        deadline = time.monotonic() + timeout
+        try:
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                if any(p.poll() not in (None, 0) for p in procs):
+                    break
+                time.sleep(0.05)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        outputs = []
+        for f in files:
+            f.seek(0)
+            outputs.append(f.read())
+            f.close()
     for i, p in enumerate(procs):
-        assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-3000:]}"
+        assert p.returncode == 0, (f"process {i} failed (exit {p.returncode}; {timeout} s "
+                                   f"allowed):\n{outputs[i][-3000:]}")
 
 
 def main(argv: list) -> int:

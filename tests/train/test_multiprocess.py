@@ -2,7 +2,6 @@
 like 1 process x 8 devices: same losses, parameters and BN statistics after a few steps, and
 the same masked evaluation of a dataset that is not a multiple of the batch; for one net and
 for 2 replicas of it trained as one program."""
-import importlib.util
 import pathlib
 
 import numpy as np
@@ -11,21 +10,15 @@ import pytest
 WORKER = pathlib.Path(__file__).with_name("_mp_worker.py")
 
 
-def load_worker():
-    spec = importlib.util.spec_from_file_location("_mp_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-    worker = load_worker()
-    worker.run_workers(WORKER, tmp_path, timeout=300)
+def test_two_processes_match_one_process(tmp_path, mp_worker):
+    """Slow: 2 processes compile and run each of 3 training setups, then this process does;
+    2 real processes are the thing tested."""
+    mp_worker.run_workers(WORKER, tmp_path, timeout=300)
     # this process: 8 devices (conftest)
-    reference = {**worker.run_steps(0, 1), **worker.run_steps(0, 1, 2, "vmap"),
-                 **worker.run_steps(0, 1, 2, "sequential")}
+    reference = {**mp_worker.run_steps(0, 1), **mp_worker.run_steps(0, 1, 2, "vmap"),
+                 **mp_worker.run_steps(0, 1, 2, "sequential")}
     for i in range(2):
         got = dict(np.load(tmp_path / f"p{i}.npz"))
         assert sorted(got) == sorted(reference)
@@ -46,10 +39,10 @@ LIFECYCLE_WORKER = pathlib.Path(__file__).with_name("_mp_lifecycle_worker.py")
 
 
 @pytest.fixture(scope="module")
-def lifecycle(tmp_path_factory):
+def lifecycle(tmp_path_factory, mp_worker):
     """What each of 2 processes saw in `_mp_lifecycle_worker.py`: [process 0's, process 1's]."""
     root, nproc = tmp_path_factory.mktemp("lifecycle"), 2
-    load_worker().run_workers(LIFECYCLE_WORKER, root, nproc=nproc)
+    mp_worker.run_workers(LIFECYCLE_WORKER, root, nproc=nproc, unoptimized=True)
     import json
     return [json.loads((root / f"p{i}.json").read_text()) for i in range(nproc)]
 
