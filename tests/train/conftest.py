@@ -50,20 +50,38 @@ def interrupted_run(workdir, signum=signal.SIGTERM):
     return loop.train_and_evaluate(load_config(SMOKE), workdir, on_step=preempt)
 
 
-def poison_step(monkeypatch, bad_step):
-    """Make the real train step meet a NaN at `bad_step`: the images of that one batch are
-    NaN, so its loss and gradient are. Nothing else is changed: keeping the state finite is
-    left to the step's own guards (the test fails without them)."""
+def poison_step(monkeypatch, bad_step, seeds=None):
+    """Make the real train step meet a NaN at the loop's step `bad_step` (only in the runs or
+    replicas whose seed is in `seeds`; None: all): the images of that one batch are NaN, so its
+    loss and gradient are. Nothing else is changed: keeping the state finite is left to the
+    step's own guards (the tests fail without them).
+
+    The batch is marked on the host, not in the compiled step: its first index points one
+    past the resident training split, which the step's gather (`jnp.take`, which fills) reads
+    as label -2**31. So one compiled poisoned step serves every test and every bad step (a
+    step with `bad_step` or the replica built in was compiled anew for each), and a replica
+    frozen at its NaN is not struck again after a resume (its own step count stays behind)."""
     import jax.numpy as jnp
 
+    from resnet_jax.data.in_memory_pipeline import InMemoryPipeline
     from resnet_jax.train import dispatch
-    real = dispatch.train_step
+    real_step, real_chunk = dispatch.train_step, InMemoryPipeline.train_chunk
+
+    def marked_chunk(self, step, k):
+        chunk = real_chunk(self, step, k)
+        if step <= bad_step < step + k and (seeds is None or self.seed in seeds):
+            index = chunk["index"].copy()
+            index[bad_step - step, 0] = self.num_train_examples
+            chunk = dict(chunk, index=index)
+        return chunk
 
     def poisoned(state, batch, rng, **kw):
-        images = batch["image"].astype(jnp.float32)
-        images = jnp.where(state.step == bad_step, jnp.nan, images)
-        return real(state, dict(batch, image=images), rng, **kw)
+        marked = jnp.any(batch["label"] < 0)
+        images = jnp.where(marked, jnp.nan, batch["image"].astype(jnp.float32))
+        return real_step(state, dict(batch, image=images, label=jnp.maximum(batch["label"], 0)),
+                         rng, **kw)
 
+    monkeypatch.setattr(InMemoryPipeline, "train_chunk", marked_chunk)
     monkeypatch.setattr(dispatch, "train_step", poisoned)
 
 

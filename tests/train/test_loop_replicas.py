@@ -15,7 +15,7 @@ import pytest
 from resnet_jax import cli
 from resnet_jax.config import load_config
 from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import dispatch, loop, replicas
+from resnet_jax.train import loop, replicas
 
 PACKED = "configs/smoke.py:replicas=2"
 
@@ -73,37 +73,13 @@ def test_sigterm_then_resume_of_a_packed_run_is_bitwise(helpers, packed, tmp_pat
     assert helpers.rows(workdir) == helpers.rows(full_dir)
 
 
-def _poison(monkeypatch, bad_step, seeds):
-    """The real step meets a NaN at the loop's step `bad_step` in the replicas of `seeds`, told
-    apart by the first image of that replica's batch there (a frozen replica keeps its own step
-    count, so a NaN keyed on state.step would strike it again after a resume)."""
-    import jax.numpy as jnp
-
-    from resnet_jax import data as data_lib
-    config = load_config(PACKED)
-    pipeline = data_lib.make_pipeline(config.data, global_batch_size=config.train.batch_size,
-                                      eval_batch_size=config.train.eval_batch_size, seed=0)
-    first = [pipeline.with_seed(s).train_indices(bad_step, 1)[0, 0] for s in seeds]
-    targets = jnp.asarray(pipeline.train_arrays[0][np.array(first)])
-    real = dispatch.train_step
-
-    def poisoned(state, batch, rng, **kw):
-        bad = jnp.any(jnp.all(batch["image"][0][None] == targets, axis=(1, 2, 3)))
-        params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), state.params)
-        new, metrics = real(state.replace(params=params), batch, rng, **kw)
-        kept = jax.tree.map(lambda a, b: jnp.where(metrics["finite"], a, b), new, state)
-        return kept, metrics
-
-    monkeypatch.setattr(dispatch, "train_step", poisoned)
-
-
 def test_a_non_finite_replica_is_frozen_reported_and_stays_frozen_across_a_resume(
         helpers, packed, tmp_path, monkeypatch, capsys):
     """Replica 1 meets a NaN at step 3: it is frozen there (reported, no more rows, no final),
     replica 0 trains exactly as in a clean run, and a run preempted after the NaN resumes with
     replica 1 still frozen, ending bitwise as the uninterrupted one."""
     _, clean = packed
-    _poison(monkeypatch, 3, seeds=[1])
+    helpers.poison_step(monkeypatch, 3, seeds=[1])
     full_dir, workdir = str(tmp_path / "full"), str(tmp_path / "resumed")
     full = loop.train_and_evaluate(load_config(PACKED), full_dir)
     out = capsys.readouterr().out
@@ -132,8 +108,9 @@ def test_a_non_finite_replica_is_frozen_reported_and_stays_frozen_across_a_resum
     assert helpers.rows(workdir) == helpers.rows(full_dir)
 
 
-def test_every_replica_non_finite_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):
-    _poison(monkeypatch, 3, seeds=[0, 1])
+def test_every_replica_non_finite_stops_the_run_with_one_line(helpers, tmp_path, monkeypatch,
+                                                              capsys):
+    helpers.poison_step(monkeypatch, 3, seeds=[0, 1])
     workdir = str(tmp_path / "w")
     assert cli.main(["train", "--config", PACKED, "--workdir", workdir]) == 1
     err = capsys.readouterr().err.strip().splitlines()
