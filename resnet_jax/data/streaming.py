@@ -41,27 +41,39 @@ def num_workers(workers: int) -> int:
     return workers
 
 
-def ignore_stop_signals(worker_index: int = 0, worker_count: int = 1) -> None:
+def one_opencv_thread() -> None:
+    """OpenCV resizes with a thread per core by default: on a 224 x 224 view the threads cost
+    more CPU than they save, and each worker (or the calling thread) is already one core's
+    work."""
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def init_worker(worker_index: int = 0, worker_count: int = 1) -> None:
     """In each grain worker: SIGTERM and SIGINT are the training process's to handle (a
     preemption that signals every process must let the run save its checkpoint); grain stops
-    its workers itself (a flag, then SIGKILL) when the pipeline closes."""
+    its workers itself (a flag, then SIGKILL) when the pipeline closes. One OpenCV thread."""
     import signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    one_opencv_thread()
 
 
 def make_iterator(ds, workers: int, buffer: int = 2):
     """grain iterator of a MapDataset: in this thread (workers=0: nothing read ahead) or in
-    `workers` processes, each `buffer` elements ahead."""
+    `workers` processes, each `buffer` batches ahead. Either way the maps (read, decode,
+    augment) run in the thread that iterates, with no read threads (`num_threads=0`): grain's
+    read threads would only share the same core (benchmarks/README.md, "Input pipeline")."""
     import grain
+    read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     if workers == 0:
-        return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+        one_opencv_thread()
+        return iter(ds.to_iter_dataset(read))
     from absl import flags
     if not flags.FLAGS.is_parsed():  # grain's worker pool reads its absl flags (defaults)
         flags.FLAGS.mark_as_parsed()
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
-    return iter(it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=ignore_stop_signals))
+    return iter(ds.to_iter_dataset(read).mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=init_worker))
 
 
 WORKER_DIED = "Worker process was terminated unexpectedly"  # grain's RuntimeError
@@ -73,7 +85,7 @@ def read_on(open_at, start: int = 0) -> Iterator:
     worker dies (`MAX_WORKER_RESTARTS` times in a row at most, then the error is raised).
 
     A worker that a preemption's SIGTERM reaches while it starts up (before
-    `ignore_stop_signals` runs in it: seconds on a busy machine, at every evaluation) dies of
+    `init_worker` runs in it: seconds on a busy machine, at every evaluation) dies of
     it; the run must still read on to its checkpoint. Elements are functions of their
     position, so a reopened stream gives the same ones."""
     at, restarts = start, 0

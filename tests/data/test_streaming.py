@@ -249,7 +249,7 @@ def test_close_is_idempotent_joins_the_workers_and_a_later_chunk_says_so(tree):
 def test_workers_leave_sigterm_to_the_training_process(tree, monkeypatch, reading):
     """A preemption signals every process (systemd at a VM's shutdown, SLURM): the workers
     must not die of it, or the run fails reading its next batch instead of saving. The first
-    workers are signalled the moment they are spawned (before `ignore_stop_signals` runs in
+    workers are signalled the moment they are spawned (before `init_worker` runs in
     them: they die, the stream reads on with new ones from where it stopped), and all are
     signalled again once the run is reading (they must ignore it)."""
     import multiprocessing
