@@ -90,7 +90,7 @@ def data_config(source: str, path: str, augment: str, workers: int, num_val: int
         pipeline="streaming", source=source, name="", path=path, data_dir="",
         num_val_examples=num_val, train_augment=augment, image_size=224, eval_resize=256,
         lighting_std=0.0, normalize="per_channel", eval_crops="center",
-        multiscale_sizes=(224,), on_corrupt="error", shuffle_buffer=0, synthetic_examples=1,
+        multiscale_sizes=(224,), on_corrupt="error", synthetic_examples=1,
         num_classes=0, prefetch=2, workers=workers))
 
 
