@@ -11,7 +11,7 @@ source pixel (tests/data/test_augment.py). Everything else (grayscale, CMYK and 
 files, PNG, 16-bit, files cut short, corrupt files) goes through `decode.decode_rgb`, the one
 decode of the project, so odd files give exactly its RGB; an undecodable file raises its
 `CorruptImageError` naming the file. PCA lighting and normalization run on the device
-(`device_ops`). Evaluation views are `resnet_jax.interop.views` (shared with `eval --data`).
+(`device_ops`). Evaluation views are `data.views` (shared with `eval --data`).
 """
 from __future__ import annotations
 

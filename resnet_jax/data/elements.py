@@ -109,7 +109,7 @@ def _element(image, label: int, skipped: int = 0, error: tuple = ("", "")) -> di
 
 class EvalElement:
     """(index, mask) -> {'image': tuple of uint8 (V, H, W, 3) stacks, 'label', 'mask',
-    'error'}: the views of `views` (`interop.views.Views`, what `eval --data` uses), all
+    'error'}: the views of `views` (`data.views.Views`, what `eval --data` uses), all
     scales from one decode; padding rows (mask False) are zeros and read nothing."""
 
     def __init__(self, records, views, on_corrupt: str):

@@ -1,7 +1,8 @@
 """Host augmentations (numpy, simplejpeg, OpenCV): scale-augmentation ranges, the crop-first
 window and views against the paper's resize-then-crop reference, S uniform on [256, 480],
-Inception crop, flips, the reduced-size JPEG decode, odd files decoding exactly as `decode_rgb`, corrupt and
-truncated files named; the numpy evaluation views against the tf.data ones they replace."""
+Inception crop, flips, the reduced-size JPEG decode, odd files decoding exactly as
+`decode_rgb`, corrupt and truncated files named; the numpy evaluation views against the
+tf.data ones they replace."""
 import importlib.util
 import io
 import os
@@ -206,7 +207,7 @@ def test_a_truncated_jpeg_is_named_not_decoded_grey():
 
 
 def test_numpy_eval_views_equal_the_tf_data_views_they_replace():
-    """The streaming eval's views (`interop.views`, 'tf' style) are bitwise those of the
+    """The streaming eval's views (`data.views`, 'tf' style) are bitwise those of the
     tf.data pipeline before grain (benchmarks/tf_reference.py), so evaluations keep their
     numbers."""
     tf = pytest.importorskip("tensorflow")
@@ -214,7 +215,7 @@ def test_numpy_eval_views_equal_the_tf_data_views_they_replace():
         "tf_reference", os.path.join(ROOT, "benchmarks", "tf_reference.py"))
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
-    from resnet_jax.interop import preprocess, views
+    from resnet_jax.data import preprocess, views
     img = np.random.default_rng(2).integers(0, 256, (37, 50, 3), np.uint8)
     data = tf.constant(jpeg_bytes(img, fmt="PNG"))
     prep = preprocess.Preprocessing([0, 0, 0], 1, resize=36, crop=32, style="tf")
