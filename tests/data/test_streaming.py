@@ -59,6 +59,11 @@ def test_folder_train_batches_shapes_reproducible_and_resumable(tree):
     for x, y in zip(run[2:], resumed, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
+    # with_seed: the stream of a pipeline built with that seed (replicas read it), its own
+    other = take(p.with_seed(1).train_batches(0), 2)
+    for x, y in zip(other, take(make(stream_config(path=tree), seed=1).train_batches(0), 2)):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    assert not np.array_equal(other[0]["image"], run[0]["image"]) and p.seed == 0
     # Epoch 0 sees every training file once.
     labels = np.concatenate([r["label"] for r in run[:3]])
     assert list(np.bincount(labels)) == [8, 8, 8]
