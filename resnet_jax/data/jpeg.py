@@ -37,6 +37,7 @@ REDUCED_FACTORS = (8, 4)  # the scales 1/f that simplejpeg decodes at, largest f
 _EOI = b"\xff\xd9"
 _local = threading.local()  # one nvimgcodec decoder per thread: it is not thread-safe
 _nvimgcodec: list = []      # [module or None], once per process
+_importing = threading.Lock()  # two threads must not swap file descriptor 2 at once
 
 
 def header(data: bytes) -> Optional[Tuple[int, int]]:
@@ -64,19 +65,20 @@ def _module():
     """nvidia.nvimgcodec, imported once per process, or None where it is not installed. Its
     import prints a line per GPU codec it cannot load (no CUDA here; none is used): kept off
     the console, as its log (PYNVIMGCODEC_VERBOSITY=0, unless the user set it)."""
-    if not _nvimgcodec:
-        os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
-        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        try:
-            from nvidia import nvimgcodec
-        except ImportError:
-            nvimgcodec = None
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(null)
-        _nvimgcodec.append(nvimgcodec)
+    with _importing:
+        if not _nvimgcodec:
+            os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
+            saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            try:
+                from nvidia import nvimgcodec
+            except ImportError:
+                nvimgcodec = None
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                os.close(null)
+            _nvimgcodec.append(nvimgcodec)
     return _nvimgcodec[0]
 
 
