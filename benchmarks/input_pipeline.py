@@ -80,8 +80,8 @@ def timed(fn, count: int, in_process: bool) -> tuple[float, float]:
     cpu, wall = clock(), time.perf_counter()
     fn()
     used = clock() - cpu
-    return (count / used if used >= 0.05 else float("nan"),  # nan: under 5 ticks, not measured
-            count / (time.perf_counter() - wall))
+    measured = used > 0 and (in_process or used >= 0.05)  # /proc: 5 ticks at least
+    return (count / used if measured else float("nan"), count / (time.perf_counter() - wall))
 
 
 def data_config(source: str, path: str, augment: str, workers: int, num_val: int = 0):
