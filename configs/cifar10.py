@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         pipeline="in_memory", **data_source(args["data"]), data_dir="", num_val_examples=5000,
         train_augment="pad_crop_flip", image_size=32, eval_resize=32, lighting_std=0.0,
         normalize="per_pixel_mean", eval_crops="center", multiscale_sizes=(32,),
-        on_corrupt="error", shuffle_buffer=0, synthetic_examples=1024, num_classes=0, prefetch=2, workers=-1))
+        on_corrupt="error", synthetic_examples=1024, num_classes=0, prefetch=2, workers=-1))
 
     # The paper's ResNet-110 starts at 0.01 "until the training error is below 80% (about
     # 400 iterations)"; a fixed 400-step constant warmup reproduces that schedule.

@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train_augment="inception" if streaming else "pad_crop_flip", image_size=size,
         eval_resize=int(prep["resize"] or size) if streaming else size, lighting_std=0.0,
         normalize="per_channel", eval_crops="center", multiscale_sizes=(size,),
-        on_corrupt="error", shuffle_buffer=4096, synthetic_examples=1, num_classes=0,
+        on_corrupt="error", synthetic_examples=1, num_classes=0,
         prefetch=2, workers=-1))
 
     config.optim = ml_collections.ConfigDict(dict(

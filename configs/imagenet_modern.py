@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_val_examples=0, train_augment="inception", image_size=224, eval_resize=256,
         lighting_std=0.0, normalize="per_channel", eval_crops="center",
         multiscale_sizes=(224, 256, 384, 480, 640), on_corrupt="error",
-        shuffle_buffer=16384, synthetic_examples=2048, num_classes=0, prefetch=2, workers=-1))
+        synthetic_examples=2048, num_classes=0, prefetch=2, workers=-1))
 
     config.optim = ml_collections.ConfigDict(dict(
         name="sgd", lr=0.1, lr_scaling="linear", base_batch_size=256, momentum=0.9,

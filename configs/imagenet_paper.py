@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_val_examples=0, train_augment="scale", image_size=224, eval_resize=256,
         lighting_std=0.1, normalize="per_channel", eval_crops="10crop",
         multiscale_sizes=(224, 256, 384, 480, 640), on_corrupt="error",
-        shuffle_buffer=16384, synthetic_examples=2048, num_classes=0, prefetch=2, workers=-1))
+        synthetic_examples=2048, num_classes=0, prefetch=2, workers=-1))
 
     boundaries = (30, 60, 90) if args["epochs"] > 90 else (30, 60)
     config.optim = ml_collections.ConfigDict(dict(

@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         normalize="per_channel", eval_crops=args["crops"],
         multiscale_sizes=tuple(sorted({round(s * size / 224) for s in (224, 256, 384, 480,
                                                                          640)})),
-        on_corrupt="error", shuffle_buffer=0, synthetic_examples=1, num_classes=0,
+        on_corrupt="error", synthetic_examples=1, num_classes=0,
         prefetch=2, workers=args["workers"]))
 
     config.optim = ml_collections.ConfigDict(dict(

@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         pipeline="in_memory", source="synthetic", name="synthetic", path="", data_dir="",
         num_val_examples=64, train_augment="pad_crop_flip", image_size=16, eval_resize=16,
         lighting_std=0.0, normalize="per_pixel_mean", eval_crops="center",
-        multiscale_sizes=(16,), on_corrupt="error", shuffle_buffer=0,
+        multiscale_sizes=(16,), on_corrupt="error",
         synthetic_examples=320, num_classes=0, prefetch=2, workers=0))
 
     config.optim = ml_collections.ConfigDict(dict(

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import ml_collections
 
 from resnet_jax import schema
-from resnet_jax.schema import ADDED_FIELDS
+from resnet_jax.schema import ADDED_FIELDS, REMOVED_FIELDS, RENAMED_VALUES
 
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
@@ -179,6 +179,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             if field not in node:
                 name = f"{section}.{field}" if section else field
                 raise ValueError(f"config field {name!r} is missing from the recipe")
+    for field, why in REMOVED_FIELDS.items():
+        section, name = field.split(".")
+        if name in config[section]:
+            raise ValueError(f"config field {field} was removed ({why}); delete it from the "
+                             "recipe")
     for field in schema.ENUMS:
         schema.check_choice(field, get_field(config, field))
     schema.check_data(config.data)
@@ -226,6 +231,11 @@ def _validate_data(data: ml_collections.ConfigDict) -> None:
     if data.eval_resize < data.image_size:
         raise ValueError(f"config field data.eval_resize={data.eval_resize} is smaller than "
                          f"data.image_size={data.image_size} (the eval crop would not fit)")
+    for field, (ok, what) in schema.UNREAD[data.pipeline].items():
+        value = data[field.split(".", 1)[1]]
+        if not ok(value, data):
+            raise ValueError(f"config field {field}={value!r} is not read by data.pipeline="
+                             f"{data.pipeline!r}; it must be {what}")
 
 
 def _validate_replicas(config: ml_collections.ConfigDict) -> None:
@@ -279,8 +289,9 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
-    """Inverse of `to_json`: lists become tuples again, `ADDED_FIELDS` missing from an older
-    workdir's config get their defaults; the result is locked."""
+    """Inverse of `to_json`: lists become tuples again; an older workdir's config gets the
+    `ADDED_FIELDS` it lacks (their defaults), loses the `REMOVED_FIELDS` and has its
+    `RENAMED_VALUES` renamed; the result is locked."""
     def tuples(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: tuples(v) for k, v in value.items()}
@@ -292,6 +303,15 @@ def from_json(text: str) -> ml_collections.ConfigDict:
         section, name = field.split(".")
         if isinstance(tree.get(section), dict):
             tree[section].setdefault(name, default)
+    for field in REMOVED_FIELDS:
+        section, name = field.split(".")
+        if isinstance(tree.get(section), dict):
+            tree[section].pop(name, None)
+    for (field, old, pipeline), new in RENAMED_VALUES.items():
+        section, name = field.split(".")
+        node = tree.get(section)
+        if isinstance(node, dict) and node.get(name) == old and node.get("pipeline") == pipeline:
+            node[name] = new
     config = ml_collections.ConfigDict(tree)
     config.lock()
     return config

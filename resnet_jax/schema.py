@@ -15,8 +15,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
               "width", "dtype", "scan_blocks", "init_from"),
     "data": ("pipeline", "source", "name", "path", "data_dir", "num_val_examples",
              "train_augment", "image_size", "eval_resize", "lighting_std", "normalize",
-             "eval_crops", "multiscale_sizes", "on_corrupt", "shuffle_buffer",
-             "synthetic_examples", "num_classes", "prefetch", "workers"),
+             "eval_crops", "multiscale_sizes", "on_corrupt", "synthetic_examples",
+             "num_classes", "prefetch", "workers"),
     "optim": ("name", "lr", "lr_scaling", "base_batch_size", "momentum", "nesterov",
               "weight_decay", "decay_bn_and_bias", "schedule", "schedule_unit", "boundaries",
               "decay_factor", "warmup", "warmup_length", "warmup_lr", "label_smoothing"),
@@ -33,7 +33,7 @@ ENUMS: dict[str, tuple[Any, ...]] = {
     "data.pipeline": ("in_memory", "streaming"),
     "data.source": ("tar", "folder", "tfds", "synthetic"),
     "data.train_augment": ("pad_crop_flip", "scale", "inception", "none"),
-    "data.normalize": ("per_pixel_mean", "per_channel"),
+    "data.normalize": ("per_pixel_mean", "per_channel", "channel_mean_scalar_std"),
     "data.eval_crops": ("center", "10crop", "multiscale"),
     "data.on_corrupt": ("error", "skip"),
     "optim.name": ("sgd", "lars"),
@@ -48,9 +48,28 @@ ENUMS: dict[str, tuple[Any, ...]] = {
 PIPELINE_ENUMS: dict[str, dict[str, tuple[Any, ...]]] = {
     "in_memory": {"data.source": ("synthetic", "tar", "folder", "tfds"),
                   "data.train_augment": ("pad_crop_flip", "none"),
-                  "data.eval_crops": ("center",)},
+                  "data.eval_crops": ("center",),
+                  "data.normalize": ("per_pixel_mean", "per_channel")},
+    # Streaming normalizes with constants: the mean colour and either each channel's std or
+    # one scalar std (its mean): no mean image, which a random crop's mean would not show.
     "streaming": {"data.source": ("tfds", "folder", "tar"),
-                  "data.train_augment": ("scale", "inception", "none")},
+                  "data.train_augment": ("scale", "inception", "none"),
+                  "data.normalize": ("per_channel", "channel_mean_scalar_std")},
+}
+
+# Fields a pipeline does not read: a recipe must leave them at the value that does nothing
+# there (`config.validate` refuses any other, naming the field), so that no setting is
+# silently ignored. field -> (test of (value, data section), the value it must have).
+UNREAD: dict[str, dict[str, tuple[Callable[[Any, Any], bool], str]]] = {
+    "in_memory": {
+        "data.lighting_std": (lambda v, data: v == 0, "0 (PCA lighting is a streaming "
+                              "augmentation)"),
+        "data.eval_resize": (lambda v, data: v == data.image_size, "data.image_size (the "
+                             "in-memory evaluation reads the stored images as they are)"),
+        "data.workers": (lambda v, data: v in (-1, 0), "-1 or 0 (the in-memory pipeline "
+                         "decodes its split once, in this process)"),
+    },
+    "streaming": {},
 }
 
 POSITIVE_INTS = ("train.batch_size", "train.eval_batch_size", "train.num_steps",
@@ -71,7 +90,6 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "data.lighting_std": (lambda v: v >= 0, ">= 0"),
     "data.num_val_examples": (lambda v: v >= 0, ">= 0"),
-    "data.shuffle_buffer": (lambda v: v >= 0, ">= 0"),
     "data.synthetic_examples": (lambda v: v > 0, "> 0"),
     "data.num_classes": (lambda v: v >= 0, ">= 0 (0: from the data)"),
     "data.eval_resize": (lambda v: v > 0, "> 0"),
@@ -86,6 +104,20 @@ IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
 ADDED_FIELDS: dict[str, Any] = {"model.scan_blocks": False, "data.num_classes": 0,
                                 "data.prefetch": 2, "model.init_from": "",
                                 "train.replicas": 1, "data.workers": -1}
+
+# Fields removed since, and why: `config.validate` refuses a recipe that still sets one,
+# `config.from_json` drops it from an older workdir's config.
+REMOVED_FIELDS: dict[str, str] = {
+    "data.shuffle_buffer": "it was read nowhere: the streaming order is a seeded permutation "
+                           "of each epoch (resnet_jax/data/order.py), no shuffle buffer",
+}
+
+# Values renamed since: (field, old value, the pipeline it applied to) -> the new value, which
+# `config.from_json` puts in an older workdir's config.
+RENAMED_VALUES: dict[tuple[str, Any, str], Any] = {
+    # on the streaming path it was always the mean colour and one scalar std
+    ("data.normalize", "per_pixel_mean", "streaming"): "channel_mean_scalar_std",
+}
 
 
 def check_choice(field: str, value: Any, allowed: tuple | None = None) -> None:

@@ -161,3 +161,40 @@ def test_cifar10_data_argument_picks_the_source():
     # A path with the tfds default would be ignored silently: refused, naming the fix.
     with pytest.raises(ValueError, match="data.path=.*only read with data.source=tar or folder"):
         cfg.load_config("configs/cifar10.py", ["--config.data.path=x.tar.gz"])
+
+
+@pytest.mark.parametrize("override", ["--config.data.lighting_std=0.1",
+                                      "--config.data.eval_resize=20", "--config.data.workers=4"])
+def test_fields_the_pipeline_does_not_read_are_refused_by_name(override):
+    """The in-memory pipeline reads neither PCA lighting, nor a resize for evaluation, nor
+    decoding workers: setting one would do nothing, silently."""
+    field, value = override[len("--config."):].split("=")
+    with pytest.raises(ValueError, match=f"{field}={value} is not read by "
+                                         "data.pipeline='in_memory'"):
+        cfg.load_config("configs/smoke.py", [override])
+    cfg.load_config("configs/smoke.py", ["--config.data.workers=-1"])  # the neutral values
+
+
+def test_a_removed_field_is_refused_in_a_recipe_and_dropped_from_an_older_workdir():
+    c = cfg.load_config("configs/cifar10.py:depth=20").to_dict()
+    c["data"]["shuffle_buffer"] = 0  # as every workdir before it was removed has it
+    back = cfg.from_json(json.dumps(c))
+    assert "shuffle_buffer" not in back.data and cfg.validate(back) is back
+    import ml_collections
+    with pytest.raises(ValueError, match="data.shuffle_buffer was removed.*read nowhere"):
+        cfg.validate(ml_collections.ConfigDict(c))
+
+
+def test_streaming_per_pixel_mean_is_named_for_what_it_is():
+    """On the streaming path 'per_pixel_mean' was the mean colour and one scalar std: a new
+    recipe names it 'channel_mean_scalar_std', an older workdir's config is renamed; the
+    in-memory per-pixel mean keeps its name."""
+    with pytest.raises(ValueError, match="normalize='per_pixel_mean' is not supported by "
+                                         "data.pipeline='streaming'.*channel_mean_scalar_std"):
+        cfg.load_config("configs/imagenet_paper.py", ["--config.data.normalize=per_pixel_mean"])
+    c = cfg.load_config("configs/imagenet_paper.py").to_dict()
+    c["data"]["normalize"] = "per_pixel_mean"
+    back = cfg.from_json(json.dumps(c))
+    assert back.data.normalize == "channel_mean_scalar_std" and cfg.validate(back) is back
+    memory = cfg.load_config("configs/cifar10.py:depth=20")
+    assert cfg.from_json(cfg.to_json(memory)).data.normalize == "per_pixel_mean"

@@ -3,15 +3,15 @@ paper's scale augmentation, the Inception crop and the centre crop, each a pure 
 the image and its own random generator (`example_rng(seed, epoch, index)`).
 
 Every view is a window of the original image resized to size x size (bilinear, half-pixel
-centres, no antialiasing: tf.image.resize's convention) and maybe flipped, so only the window
-is resampled. Decoding was chosen by measurement (benchmarks/input_pipeline.py, the decoder
-table): simplejpeg decodes a colour (YCbCr) JPEG with libjpeg-turbo's fast IDCT and
-upsampling, at 1/2, 1/4 or 1/8 scale when the window stays at least size pixels there (the
-`draft` of Pillow); OpenCV resizes (5-10x Pillow's resize). Everything else (grayscale, CMYK
-and PNG-in-JPEG files, PNG, 16-bit, corrupt files) goes through `decode.decode_rgb`, the one
+centres, no antialiasing: tf.image.resize's convention) and maybe flipped. The window is drawn
+from the image's size alone (the JPEG header), before decoding, so only the window is decoded
+(`jpeg`: region decoding, reduced scale for large windows) and resampled (OpenCV, 5-10x
+Pillow's resize); the crops are those of resizing the whole image and cropping it, within one
+source pixel (tests/data/test_augment.py). Everything else (grayscale, CMYK and PNG-in-JPEG
+files, PNG, 16-bit, files cut short, corrupt files) goes through `decode.decode_rgb`, the one
 decode of the project, so odd files give exactly its RGB; an undecodable file raises its
 `CorruptImageError` naming the file. PCA lighting and normalization run on the device
-(`device_ops`). Evaluation views are `resnet_jax.interop.views` (shared with `eval --data`).
+(`device_ops`). Evaluation views are `data.views` (shared with `eval --data`).
 """
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ from typing import Callable, Tuple
 
 import numpy as np
 
+from resnet_jax.data import jpeg
 from resnet_jax.data.decode import decode_rgb
 
-Window = Tuple[int, int, int, int]  # y, x, height, width in original pixels
+# y, x, height, width in original pixels (edges: a window of whole pixels is a crop, one
+# with fractions the part of the image that a resize of all of it maps to the view)
+Window = Tuple[float, float, float, float]
 TRAIN_AUGMENTS = ("scale", "inception", "none")
 
 
@@ -37,12 +40,11 @@ def scale_window(h: int, w: int, rng: np.random.Generator, size: int = 224,
     """Paper Sec. 3.4: the shorter side s ~ U{min_side..max_side} and a uniform size x size
     crop of the image resized to shorter side s, as the window it covers in the original."""
     s = int(rng.integers(min_side, max_side + 1))
-    scale = s / min(h, w)
-    new_h, new_w = max(round(h * scale), size), max(round(w * scale), size)
+    new_h = max(round(h * s / min(h, w)), size)
+    new_w = max(round(w * s / min(h, w)), size)
     oy, ox = int(rng.integers(0, new_h - size + 1)), int(rng.integers(0, new_w - size + 1))
-    crop = max(round(size / scale), 1)
-    y, x = math.floor(oy / scale), math.floor(ox / scale)
-    return y, x, min(crop, h - y), min(crop, w - x)
+    # resize's own scales (new_h / h may differ from new_w / w by the rounding)
+    return oy * h / new_h, ox * w / new_w, size * h / new_h, size * w / new_w
 
 
 def inception_window(h: int, w: int, rng: np.random.Generator,
@@ -66,25 +68,6 @@ def center_window(h: int, w: int, size: int, resize: int) -> Window:
     return (h - crop) // 2, (w - crop) // 2, crop, crop
 
 
-def jpeg_header(data: bytes):
-    """(height, width) of a colour JPEG that the fast path decodes, else None (every other
-    file, and any header simplejpeg cannot read, goes through `decode_rgb`)."""
-    import simplejpeg
-    try:
-        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except (ValueError, TypeError):
-        return None
-    return (h, w) if colorspace == "YCbCr" else None
-
-
-def draft_factor(window: Window, size: int) -> int:
-    """The largest of 1, 2, 4, 8 that keeps the window at least `size` pixels each way."""
-    f = 1
-    while f < 8 and min(window[2], window[3]) >= 2 * f * size:
-        f *= 2
-    return f
-
-
 def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     """uint8 (h, w, 3) bilinear resize (half-pixel centres, no antialiasing)."""
     import cv2
@@ -93,35 +76,55 @@ def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def region_of(window: Window, h: int, w: int) -> Tuple[int, int, int, int]:
+    """The pixels that a view of `window` reads: a window of whole pixels itself (a crop,
+    then resized: the crop's edge pixels repeat beyond it, as tf.data's crop + resize); else
+    the window and one pixel more each side, within the image (a resize of the whole image
+    reads its neighbours; only the image's own edges repeat)."""
+    if all(float(v).is_integer() for v in window):
+        return tuple(int(v) for v in window)
+    y, x, ch, cw = window
+    y0, x0 = max(0, math.floor(y) - 1), max(0, math.floor(x) - 1)
+    return y0, x0, min(h, math.ceil(y + ch) + 1) - y0, min(w, math.ceil(x + cw) + 1) - x0
+
+
+def sample(img: np.ndarray, origin: Tuple[float, float], scale: Tuple[float, float],
+           window: Window, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): bilinear samples (half-pixel centres, no antialiasing) of
+    `window` from `img`, which holds the original's pixels from `origin` on at `scale`
+    (1/f when decoded at reduced scale); its edge pixels repeat beyond it. Output pixel i
+    samples the original at y + (i + 1/2) height / size - 1/2: the pixel that resizing the
+    whole image and cropping it gives, to within the rounding of OpenCV's fixed point."""
+    import cv2
+    y, x, ch, cw = window
+    (oy, ox), (sy, sx) = origin, scale
+    ay, ax = ch * sy / size, cw * sx / size
+    m = np.array([[ax, 0.0, (x - ox) * sx + ax / 2 - 0.5],
+                  [0.0, ay, (y - oy) * sy + ay / 2 - 0.5]])
+    return cv2.warpAffine(np.ascontiguousarray(img), m, (size, size),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def crop_resize(data: bytes, name: str, window_of: Callable[[int, int], Window],
                 size: int) -> np.ndarray:
     """uint8 (size, size, 3): the window `window_of(h, w)` of the encoded image, resized.
-    Colour JPEGs decode at the coarsest scale the window allows; others through
-    `decode_rgb` (CorruptImageError naming `name` when nothing can decode it)."""
-    import simplejpeg
-    shape = jpeg_header(data)
-    img = window = None
+    Colour JPEGs decode only the pixels the window reads (at 1/4 or 1/8 scale when it is
+    that large: `jpeg.decode_region`); others through `decode_rgb` (CorruptImageError naming
+    `name` when nothing can decode it)."""
+    shape = jpeg.header(data)
+    decoded = window = None
     if shape is not None:
         window = window_of(*shape)  # drawn once: a fallback decode below reuses it
-        f = draft_factor(window, size)
-        try:
-            # Fast IDCT as tf.data had (INTEGER_FAST); fancy chroma upsampling kept: the fast
-            # one shifts saturated colours by several levels for ~5% of the time.
-            img = simplejpeg.decode_jpeg(data, fastdct=True, min_factor=f)
-        except ValueError:
-            img = None  # a damaged JPEG: decode_rgb names it (or reads what it can)
-        if img is not None and img.shape[:2] != shape:
-            sy, sx = img.shape[0] / shape[0], img.shape[1] / shape[1]
-            y, x, ch, cw = window
-            y0, x0 = int(y * sy), int(x * sx)
-            window = (y0, x0, max(1, min(round(ch * sy), img.shape[0] - y0)),
-                      max(1, min(round(cw * sx), img.shape[1] - x0)))
-    if img is None:
+        decoded = jpeg.decode_region(data, shape, region_of(window, *shape),
+                                     jpeg.decode_factor(window, size))
+    if decoded is None:
         img = decode_rgb(data, name)
         if window is None or img.shape[:2] != shape:
             window = window_of(*img.shape[:2])
-    y, x, ch, cw = window
-    return resize(img[y:y + ch, x:x + cw], size, size)
+        y, x, h, w = region_of(window, *img.shape[:2])
+        decoded = img[y:y + h, x:x + w], (y, x), (1.0, 1.0)
+    return sample(*decoded, window, size)
 
 
 def flip(img: np.ndarray) -> np.ndarray:

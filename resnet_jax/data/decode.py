@@ -61,3 +61,29 @@ def check_on_corrupt(on_corrupt: str) -> str:
 def is_image_name(name: str) -> bool:
     """True for file names with a known image extension (case-insensitive)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+class ImageReadError(ValueError):
+    """An image file that does not exist or does not decode."""
+
+
+def read_image(path: str) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of an image file (`data.decode.decode_rgb`: grayscale, palette,
+    RGBA, CMYK -> RGB, 16-bit scaled to 8 bits; no EXIF rotation, as torchvision's and this
+    project's pipelines). Raises ImageReadError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a directory") from None
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read it ({err.strerror or err})") from None
+    try:
+        return decode_rgb(data, path)
+    except CorruptImageError as err:
+        cause = err.__cause__
+        if type(cause).__name__ == "UnidentifiedImageError":
+            raise ImageReadError(f"{path}: not an image Pillow can read") from None
+        raise ImageReadError(f"{path}: corrupt or truncated image ({cause})") from None

@@ -28,11 +28,8 @@ class TrainPlan:
                  process_count: int = 1):
         self.seed, self.n, self.global_batch = seed, n, global_batch
         self.batch = order.per_process(global_batch, process_count, "global_batch_size")
-        self.process_index = process_index
-        self.steps_per_epoch = n // global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"train.batch_size={global_batch} exceeds the {n} training "
-                             "examples")
+        self.process_index, self.process_count = process_index, process_count
+        self.steps_per_epoch = order.steps_per_epoch(n, global_batch)
         self._perm: tuple = (-1, None)
 
     def __getstate__(self):
@@ -48,8 +45,9 @@ class TrainPlan:
 
     def locate(self, step: int, row: int) -> tuple[int, int]:
         """(epoch, position in that epoch's permutation) of a row of this process."""
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        return epoch, pos * self.global_batch + self.process_index * self.batch + row
+        epoch, first = order.locate(step, self.n, self.global_batch, self.process_index,
+                                    self.process_count)
+        return epoch, first + row
 
     def index(self, step: int, row: int) -> int:
         """The example (index into the training records) of that row."""
@@ -111,7 +109,7 @@ def _element(image, label: int, skipped: int = 0, error: tuple = ("", "")) -> di
 
 class EvalElement:
     """(index, mask) -> {'image': tuple of uint8 (V, H, W, 3) stacks, 'label', 'mask',
-    'error'}: the views of `views` (`interop.views.Views`, what `eval --data` uses), all
+    'error'}: the views of `views` (`data.views.Views`, what `eval --data` uses), all
     scales from one decode; padding rows (mask False) are zeros and read nothing."""
 
     def __init__(self, records, views, on_corrupt: str):

@@ -1,8 +1,11 @@
 """Image-folder layouts (`split/<class>/<image>`, on disk or inside a tar): the one rule for
 what is a class, and labels by class name.
 
-Every reader of a folder or a tar (in memory, streaming, `resnet-jax eval --data`, fine-tuning)
-goes through here, so they agree:
+Every reader of a folder or a tar (in memory, streaming, `resnet-jax prepare`, `resnet-jax eval
+--data`, fine-tuning) goes through here, so they agree:
+- an image's split is the folder above its class folder (`[top/]split/<class>/<image>`:
+  `split_of`); the training split is `train`, the evaluation split the first of
+  `EVAL_SPLIT_NAMES` there is (`eval_split`; tfds datasets' splits too);
 - a hidden entry (a name starting with '.', such as `.ipynb_checkpoints` or `.DS_Store`, or
   `__MACOSX`) is never a class, a split or an image, at any depth;
 - a class is a folder holding at least one image file (`decode.is_image_name`); an empty one
@@ -25,7 +28,8 @@ from resnet_jax.data.decode import is_image_name
 log = logging.getLogger(__name__)
 
 HIDDEN = ("__MACOSX",)  # folders that archivers add, not hidden by a leading dot
-EVAL_SPLIT_NAMES = ("val", "validation", "test")  # an image tree's evaluation split: the first
+TRAIN_SPLIT = "train"
+EVAL_SPLIT_NAMES = ("val", "validation", "test")  # a tree's evaluation split: the first there
 
 
 def is_hidden(name: str) -> bool:
@@ -48,9 +52,16 @@ def path_parts(name: str) -> Optional[list[str]]:
 
 
 def eval_split(available: Iterable[str]) -> Optional[str]:
-    """The evaluation split among a tree's split folders: the first of EVAL_SPLIT_NAMES."""
+    """The evaluation split among a tree's split folders (or a tfds dataset's splits): the
+    first of EVAL_SPLIT_NAMES there, else None."""
     have = set(available)
     return next((name for name in EVAL_SPLIT_NAMES if name in have), None)
+
+
+def split_of(parts: Sequence[str]) -> Optional[str]:
+    """The split of an image at `parts` (`path_parts` of `[top/]split/<class>/<image>`): the
+    folder above its class folder; None for `<class>/<image>` (no split level)."""
+    return parts[-3] if len(parts) >= 3 else None
 
 
 def visible_dirs(root: str) -> list[str]:

@@ -88,7 +88,7 @@ def _read_tar(path: str, split: Optional[str]) -> list:
             parts = folders.path_parts(m.name) if m.isfile() else None
             if parts is None or len(parts) < 2:
                 continue
-            if split is not None and len(parts) >= 3 and split not in parts[:-2]:
+            if split is not None and folders.split_of(parts) not in (None, split):
                 continue
             items.append((f"{path}:{m.name}", parts[-2], tar.extractfile(m).read()))
     items.sort(key=lambda it: it[0])
@@ -100,7 +100,7 @@ def tar_splits(path: str) -> set:
     folder of each visible image file (`[top/]split/<class>/<image>`)."""
     with tarfile.open(path, "r:*") as tar:
         parts = (folders.path_parts(m.name) for m in tar if m.isfile())
-        return {p[-3] for p in parts if p is not None and len(p) >= 3}
+        return {folders.split_of(p) for p in parts if p is not None} - {None}
 
 
 def default_cache_dir() -> str:
@@ -112,8 +112,9 @@ def tar_cache(path: str, split: Optional[str], cache_dir: Optional[str] = None,
     """The folder holding a tar split's decoded arrays: keyed by the tar's name, size and
     mtime, the split and `on_corrupt`."""
     st = os.stat(path)
-    # v2: hidden entries (`.ipynb_checkpoints`, `__MACOSX`) are no longer classes.
-    key = f"{os.path.basename(path)}-{st.st_size}-{st.st_mtime_ns}-{split}-{on_corrupt}-v2"
+    # v2: hidden entries (`.ipynb_checkpoints`, `__MACOSX`) are no longer classes; v3: an
+    # image's split is the folder above its class (`folders.split_of`), not any ancestor.
+    key = f"{os.path.basename(path)}-{st.st_size}-{st.st_mtime_ns}-{split}-{on_corrupt}-v3"
     return os.path.join(cache_dir or default_cache_dir(), key)
 
 
@@ -149,8 +150,10 @@ def load_tar(path: str, split: Optional[str] = "train", cache_dir: Optional[str]
     return relabel((images, labels, classes), class_names, where)
 
 
-def load_tfds(name: str, split: str, data_dir: Optional[str] = None) -> Arrays:
-    """Load a whole tfds split (e.g. `cifar10`, 'train') as numpy; needs tensorflow-datasets."""
+def load_tfds(name: str, split: Optional[str], data_dir: Optional[str] = None) -> Arrays:
+    """Load a whole tfds split (e.g. `cifar10`, 'train'; None: the evaluation split,
+    `folders.eval_split`, FileNotFoundError when there is none) as numpy; needs
+    tensorflow-datasets."""
     quiet_native_logs()
     import tensorflow_datasets as tfds  # lazy: only this source needs it
 
@@ -164,6 +167,10 @@ def load_tfds(name: str, split: str, data_dir: Optional[str] = None) -> Arrays:
             f"{first}). Offline? Point at a local copy instead: configs/cifar10.py:data=PATH "
             "(an image-folder .tar.gz or folder), or --config.data.source=tar "
             "--config.data.path=PATH") from None
+    if split is None:
+        split = folders.eval_split(builder.info.splits.keys())
+        if split is None:
+            raise FileNotFoundError(name)
     ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
     images, labels = tfds.as_numpy(ds)
     names = builder.info.features["label"].names

@@ -21,10 +21,10 @@ DATA_SEED = 0
 
 
 def _load_split(cfg, split: str, class_names: list | None = None) -> tuple:
-    """Load the training split ('train') or the evaluation split ('eval': tfds's 'test', an
-    image tree's val | validation | test, the first there) of the configured source ->
-    arrays; evaluation labels follow the training `class_names`, by name. FileNotFoundError:
-    the source has no evaluation split."""
+    """Load the training split ('train') or the evaluation split ('eval': `folders.eval_split`
+    of the tree's or the tfds dataset's splits) of the configured source -> arrays;
+    evaluation labels follow the training `class_names`, by name. FileNotFoundError: the
+    source has no evaluation split."""
     if cfg.source == "synthetic":
         return in_memory.load_synthetic(cfg.synthetic_examples, cfg.image_size,
                                         cfg.num_classes or 10,
@@ -42,11 +42,11 @@ def _load_split(cfg, split: str, class_names: list | None = None) -> tuple:
                 raise FileNotFoundError(cfg.path)
             return in_memory.load_image_folder(os.path.join(cfg.path, split), cfg.on_corrupt,
                                                class_names)
-        root = os.path.join(cfg.path, "train")
+        root = os.path.join(cfg.path, folders.TRAIN_SPLIT)
         # a folder of classes with no split level is the training split
         return in_memory.load_image_folder(root if os.path.isdir(root) else cfg.path,
                                            cfg.on_corrupt)
-    return in_memory.load_tfds(cfg.name, "train" if split == "train" else "test", cfg.data_dir)
+    return in_memory.load_tfds(cfg.name, split if split == "train" else None, cfg.data_dir)
 
 
 def _describe_source(cfg) -> str:
@@ -102,10 +102,7 @@ class InMemoryPipeline:
         self.num_classes = max(len(self.class_names), int(labels.max()) + 1)
         self.num_train_examples, self.num_eval_examples = len(train[0]), len(val[0])
         self.image_shape = tuple(train[0].shape[1:])
-        self.steps_per_epoch = self.num_train_examples // global_batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"train.batch_size={global_batch_size} exceeds the "
-                             f"{self.num_train_examples} training examples")
+        self.steps_per_epoch = order.steps_per_epoch(self.num_train_examples, global_batch_size)
         self.mean, self.std = in_memory.pixel_stats(train[0],
                                                     cfg.normalize == "per_pixel_mean")
         self.device_preprocess = make_device_preprocess(

@@ -23,27 +23,40 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return rng.permutation(n).astype(np.int32)
 
 
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    """Whole global batches in an epoch of n examples (the remainder of each permutation is
+    dropped); ValueError when not one fits."""
+    if n // global_batch == 0:
+        raise ValueError(f"train.batch_size={global_batch} exceeds the {n} training examples")
+    return n // global_batch
+
+
+def locate(step: int, n: int, global_batch: int, process_index: int = 0,
+           process_count: int = 1) -> tuple[int, int]:
+    """(epoch, position in that epoch's permutation) of the first row of this process's part
+    of step `step`: the one step -> example rule (`train_indices`, the streaming `TrainPlan`).
+
+    Step s lies in epoch s // steps_per_epoch and takes that epoch's slice [pos*B, (pos+1)*B)
+    (pos = s % steps_per_epoch, B the global batch), of which process p owns rows
+    [p*b, (p+1)*b); so the answer for a step never depends on where a run started."""
+    b = per_process(global_batch, process_count, "global_batch_size")
+    epoch, pos = divmod(step, steps_per_epoch(n, global_batch))
+    return epoch, pos * global_batch + process_index * b
+
+
 def train_indices(
     *, seed: int, n: int, global_batch: int, start_step: int, num_steps: int,
     process_index: int = 0, process_count: int = 1,
 ) -> np.ndarray:
-    """int32 (num_steps, global_batch // process_count): this process's rows of each step.
-
-    Step s lies in epoch s // steps_per_epoch (steps_per_epoch = n // global_batch; the
-    remainder of each permutation is dropped) and takes that epoch's slice
-    [pos*B, (pos+1)*B), so the answer for a step never depends on where a run started.
-    """
+    """int32 (num_steps, global_batch // process_count): this process's rows of each step
+    (`locate`)."""
     b = per_process(global_batch, process_count, "global_batch_size")
-    steps_per_epoch = n // global_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"global_batch_size={global_batch} exceeds the {n} training examples")
     out = np.empty((num_steps, b), np.int32)
     perm_epoch, perm = -1, None
     for i, step in enumerate(range(start_step, start_step + num_steps)):
-        epoch, pos = divmod(step, steps_per_epoch)
+        epoch, start = locate(step, n, global_batch, process_index, process_count)
         if epoch != perm_epoch:
             perm_epoch, perm = epoch, epoch_permutation(seed, epoch, n)
-        start = pos * global_batch + process_index * b
         out[i] = perm[start:start + b]
     return out
 

@@ -37,8 +37,17 @@ class Pipeline(Protocol):
     def describe(self) -> str:
         """Where the images come from, in a few words (for the run's first lines)."""
 
+    def with_seed(self, seed: int) -> "Pipeline":
+        """This pipeline (data shared, nothing loaded again) with the training order and
+        augmentation of run seed `seed`: what replica i of a packed run (seed + i) reads."""
+
     def train_chunk(self, step: int, k: int) -> dict:
         """The host data of steps [step, step + k); called with consecutive steps."""
+
+    def train_batches(self, start_step: int = 0) -> Iterator[dict]:
+        """Endless host batches {'image': uint8 (b, H, W, 3), 'label': int32 (b,)} of this
+        process from `start_step` on, augmented as the loop's (in memory: not yet, that runs
+        in the step): the same examples as `train_chunk`, for a loop of your own."""
 
     def eval_batches(self) -> Iterator[dict]:
         """One pass over the evaluation split."""

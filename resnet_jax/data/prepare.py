@@ -29,7 +29,7 @@ import os
 import struct
 from typing import Iterator, Optional
 
-from resnet_jax.data import sources
+from resnet_jax.data import folders, sources
 
 TFDS_SPLIT = {"val": "validation"}  # the tfds name of a folder's split
 
@@ -64,13 +64,12 @@ def run(args: argparse.Namespace) -> int:
 def folder_splits(path: str) -> tuple[dict, list]:
     """({split: Records}, training class names) of an image folder or uncompressed tar."""
     if os.path.isdir(path):
-        from resnet_jax.data import folders
-        train_dir = os.path.join(path, "train")
+        train_dir = os.path.join(path, folders.TRAIN_SPLIT)
         if not os.path.isdir(train_dir):
             raise ValueError(f"{path!r} has no 'train' folder (layout: split/<class>/<image>)")
         paths, labels, names = folders.list_image_folder(train_dir)
         out = {"train": sources.FolderRecords(train_dir, paths, labels)}
-        for split in sources.EVAL_SPLIT_NAMES:
+        for split in folders.EVAL_SPLIT_NAMES:
             if os.path.isdir(os.path.join(path, split)):
                 d = os.path.join(path, split)
                 e_paths, e_labels, _ = folders.list_image_folder(d, names)
@@ -81,7 +80,7 @@ def folder_splits(path: str) -> tuple[dict, list]:
         raise ValueError(f"{path!r} has no 'train' split (layout: train/<class>/<image>)")
     train, names = sources.tar_split(path, index["train"], None, "train")
     out = {"train": train}
-    for split in sources.EVAL_SPLIT_NAMES:
+    for split in folders.EVAL_SPLIT_NAMES:
         if split in index:
             out[TFDS_SPLIT.get(split, split)] = sources.tar_split(path, index[split], names,
                                                                    split)[0]

@@ -22,8 +22,6 @@ import numpy as np
 
 from resnet_jax.data import folders
 
-EVAL_SPLIT_NAMES = ("val", "validation", "test")
-TFDS_EVAL_SPLITS = ("validation", "val", "test")
 TFDS_FORMATS = ("array_record",)  # what tfds.data_source reads by index
 
 
@@ -175,17 +173,17 @@ def open_splits(cfg) -> Splits:
 # ---- image folders ----------------------------------------------------------------------------
 
 def folder_split_dirs(path: str, need_eval: bool = True) -> tuple:
-    """(train_dir, eval_dir or None) of `path/train`, `path/{val,validation,test}`."""
-    train = os.path.join(path, "train")
+    """(train_dir, eval_dir or None) of `path/train` and `folders.eval_split`'s folder."""
+    train = os.path.join(path, folders.TRAIN_SPLIT)
     if not os.path.isdir(train):
         raise ValueError(f"data.path={path!r} has no 'train' folder (layout: split/<class>/<img>)")
-    for name in EVAL_SPLIT_NAMES:
-        if os.path.isdir(os.path.join(path, name)):
-            return train, os.path.join(path, name)
+    name = folders.eval_split(folders.visible_dirs(path))
+    if name is not None:
+        return train, os.path.join(path, name)
     if need_eval:
         raise ValueError(f"data.path={path!r} has no evaluation folder (one of "
-                         f"{', '.join(EVAL_SPLIT_NAMES)}); set data.num_val_examples to hold "
-                         "out a part of train instead")
+                         f"{', '.join(folders.EVAL_SPLIT_NAMES)}); set data.num_val_examples to "
+                         "hold out a part of train instead")
     return train, None
 
 
@@ -221,8 +219,9 @@ def index_tar(path: str) -> dict:
             parts = [p for p in m.name.split("/") if p not in ("", ".")]
             if m.isdir() and len(parts) >= 2 and not any(map(folders.is_hidden, parts)):
                 index.setdefault(parts[-2], {}).setdefault(parts[-1], [])
-            elif m.isfile() and (parts := folders.path_parts(m.name)) and len(parts) >= 3:
-                index.setdefault(parts[-3], {}).setdefault(parts[-2], []).append(
+            elif (m.isfile() and (parts := folders.path_parts(m.name))
+                  and (split := folders.split_of(parts)) is not None):
+                index.setdefault(split, {}).setdefault(parts[-2], []).append(
                     (m.name, m.offset_data, m.size))
     return index
 
@@ -244,18 +243,19 @@ def tar_split(path: str, members: dict, class_names: Optional[list], split: str)
 def _tar(path: str, num_val: int) -> Splits:
     index = index_tar(path)
     splits = sorted(s for s in index if not folders.is_hidden(s))
-    if "train" not in index:
+    if folders.TRAIN_SPLIT not in index:
         raise ValueError(f"data.path={path!r} has no 'train' split (layout: train/<class>/"
                          f"<image>); splits there: {', '.join(splits) or 'none'}")
-    train, names = tar_split(path, index["train"], None, "train")
+    train, names = tar_split(path, index[folders.TRAIN_SPLIT], None, folders.TRAIN_SPLIT)
     if num_val:
         train, ev, eval_name = _with_held_out(train, num_val)
     else:
-        eval_name = next((s for s in EVAL_SPLIT_NAMES if s in index), None)
+        eval_name = folders.eval_split(splits)
         if eval_name is None:
             raise ValueError(f"data.path={path!r} has no evaluation split (one of "
-                             f"{', '.join(EVAL_SPLIT_NAMES)}; splits there: {', '.join(splits)}); "
-                             "set data.num_val_examples to hold out a part of train instead")
+                             f"{', '.join(folders.EVAL_SPLIT_NAMES)}; splits there: "
+                             f"{', '.join(splits)}); set data.num_val_examples to hold out a "
+                             "part of train instead")
         ev, _ = tar_split(path, index[eval_name], names, eval_name)
     return Splits(train, ev, names, f"tar {path}", eval_name)
 
@@ -317,9 +317,10 @@ def _tfds(name: str, data_dir: Optional[str], num_val: int) -> Splits:
     if num_val:
         train, ev, eval_name = _with_held_out(train, num_val)
     else:
-        eval_name = next((s for s in TFDS_EVAL_SPLITS if s in have), None)
+        eval_name = folders.eval_split(have)
         if eval_name is None:
-            raise ValueError(f"tfds dataset {name!r} has no split {', '.join(TFDS_EVAL_SPLITS)} "
+            raise ValueError(f"tfds dataset {name!r} has no split "
+                             f"{', '.join(folders.EVAL_SPLIT_NAMES)} "
                              f"(splits there: {', '.join(have)}); set data.num_val_examples "
                              "to hold out a part of train")
         ev = records(eval_name)

@@ -12,14 +12,15 @@ grain: `MapDataset.range` over the stream's positions -> `.map(TrainElement)` (r
 augment) -> `.batch(b)` -> `.to_iter_dataset` -> `.mp_prefetch` (`data.workers` worker
 processes, each making whole batches; 0: in the calling thread, which the training loop's
 feed thread already overlaps with the device). Evaluation is the same over the padded
-evaluation plan with the views of `interop.views` (decoded once for all scales).
+evaluation plan with the views of `views` (decoded once for all scales).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 
@@ -41,27 +42,39 @@ def num_workers(workers: int) -> int:
     return workers
 
 
-def ignore_stop_signals(worker_index: int = 0, worker_count: int = 1) -> None:
+def one_opencv_thread() -> None:
+    """OpenCV resizes with a thread per core by default: on a 224 x 224 view the threads cost
+    more CPU than they save, and each worker (or the calling thread) is already one core's
+    work."""
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def init_worker(worker_index: int = 0, worker_count: int = 1) -> None:
     """In each grain worker: SIGTERM and SIGINT are the training process's to handle (a
     preemption that signals every process must let the run save its checkpoint); grain stops
-    its workers itself (a flag, then SIGKILL) when the pipeline closes."""
+    its workers itself (a flag, then SIGKILL) when the pipeline closes. One OpenCV thread."""
     import signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    one_opencv_thread()
 
 
 def make_iterator(ds, workers: int, buffer: int = 2):
     """grain iterator of a MapDataset: in this thread (workers=0: nothing read ahead) or in
-    `workers` processes, each `buffer` elements ahead."""
+    `workers` processes, each `buffer` batches ahead. Either way the maps (read, decode,
+    augment) run in the thread that iterates, with no read threads (`num_threads=0`): grain's
+    read threads would only share the same core (benchmarks/README.md, "Input pipeline")."""
     import grain
+    read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     if workers == 0:
-        return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+        one_opencv_thread()
+        return iter(ds.to_iter_dataset(read))
     from absl import flags
     if not flags.FLAGS.is_parsed():  # grain's worker pool reads its absl flags (defaults)
         flags.FLAGS.mark_as_parsed()
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
-    return iter(it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=ignore_stop_signals))
+    return iter(ds.to_iter_dataset(read).mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=init_worker))
 
 
 WORKER_DIED = "Worker process was terminated unexpectedly"  # grain's RuntimeError
@@ -73,7 +86,7 @@ def read_on(open_at, start: int = 0) -> Iterator:
     worker dies (`MAX_WORKER_RESTARTS` times in a row at most, then the error is raised).
 
     A worker that a preemption's SIGTERM reaches while it starts up (before
-    `ignore_stop_signals` runs in it: seconds on a busy machine, at every evaluation) dies of
+    `init_worker` runs in it: seconds on a busy machine, at every evaluation) dies of
     it; the run must still read on to its checkpoint. Elements are functions of their
     position, so a reopened stream gives the same ones."""
     at, restarts = start, 0
@@ -106,11 +119,8 @@ def close_iterator(it) -> None:
 
 class StreamingPipeline:
     """A `resnet_jax.data.Pipeline` streaming from tfds (ArrayRecord), an image folder or an
-    image tar. Multi-scale eval: `eval_batches_at(s)` for each s in `eval_scales` yields
-    (b, 2, s, s, 3) views of the same examples in the same order with the same masks, and
-    `eval_batches()` yields all scales of each batch from one decode. Also
-    `train_batches(step)`: host batches, for your own loop.
-    """
+    image tar. Multi-scale eval: `eval_batches()` yields the views of every scale in
+    `eval_scales` of each batch, from one decode."""
 
     def __init__(self, cfg, *, global_batch_size: int, eval_batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1):
@@ -135,8 +145,8 @@ class StreamingPipeline:
                               process_count)
         self.steps_per_epoch = self.plan.steps_per_epoch
         self.image_shape = (self.size, self.size, 3)
-        # ImageNet constants; per_pixel_mean subtracts the mean colour (a random crop's mean
-        # image is flat) and divides by one scalar, the mean channel std.
+        # ImageNet constants: the mean colour (a random crop's mean image is flat), divided by
+        # each channel's std or ('channel_mean_scalar_std') by one scalar, their mean.
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD if cfg.normalize == "per_channel" else \
             np.float32(IMAGENET_STD.mean())
@@ -144,6 +154,17 @@ class StreamingPipeline:
             mean=self.mean, std=self.std, lighting_std=float(cfg.lighting_std))
         self._lock = threading.Lock()
         self._stream, self._next_step, self._closed = None, None, False
+
+    def with_seed(self, seed: int) -> "StreamingPipeline":
+        """This pipeline (sources shared) with the order and augmentation of run seed `seed`,
+        and a training stream of its own."""
+        other = copy.copy(self)
+        other.seed = seed
+        other.plan = TrainPlan(seed, self.num_train_examples, self.global_batch_size,
+                               self.process_index, self.process_count)
+        other._lock, other.num_skipped = threading.Lock(), 0
+        other._stream, other._next_step, other._closed = None, None, False
+        return other
 
     def describe(self) -> str:
         """Where the images come from, in a few words."""
@@ -217,7 +238,7 @@ class StreamingPipeline:
 
     # ---- evaluation -----------------------------------------------------------------------
     def _views(self, scales: tuple):
-        from resnet_jax.interop import preprocess, views
+        from resnet_jax.data import preprocess, views
         prep = preprocess.Preprocessing(np.zeros(3), 1.0, resize=self.eval_resize,
                                         crop=self.size, style="tf")
         return views.Views(prep, self.eval_crops, scales if scales != (None,) else ())
@@ -242,14 +263,4 @@ class StreamingPipeline:
         for batch in self._eval(self.eval_scales):
             if self.eval_crops != "multiscale":
                 batch["image"] = batch["image"][0]
-            yield batch
-
-    def eval_batches_at(self, scale: Optional[int] = None) -> Iterator[dict]:
-        """The eval batches of one scale: views (b, V, H, W, 3), V = 1 ('center'), 10
-        ('10crop') or 2 at H = W = `scale` ('multiscale'; `scale` one of `eval_scales`)."""
-        if self.eval_crops == "multiscale" and scale not in self.eval_scales:
-            raise ValueError(f"eval_batches_at({scale}) with data.eval_crops='multiscale': "
-                             f"scale must be one of data.multiscale_sizes={self.eval_scales}")
-        for batch in self._eval((scale,) if self.eval_crops == "multiscale" else (None,)):
-            batch["image"] = batch["image"][0]
             yield batch

@@ -88,7 +88,7 @@ class LoadedModel:
     ({'params', 'batch_stats'}), `preprocessing`, `class_names`, and `source` (provenance).
 
     `model.apply(variables, x, train=False)` takes an NHWC float batch already normalized;
-    `preprocess(images)` makes one from raw uint8 images (see `preprocess.apply`).
+    `preprocess(images)` makes one from raw uint8 images (`data.preprocess.apply`).
     """
     model: ResNet
     variables: dict
@@ -117,9 +117,9 @@ class LoadedModel:
         return model_name(model_fields(self.model))
 
     def preprocess(self, images: Any) -> np.ndarray:
-        """uint8 images -> float32 (N, crop, crop, 3): `preprocess.apply(self.preprocessing,
+        """uint8 images -> float32 (N, crop, crop, 3): `data.preprocess.apply(self.preprocessing,
         images)` (one (H, W, 3) image, an (N, H, W, 3) batch, or a list of either size)."""
-        return prep_lib.apply(self.preprocessing, images)
+        return self.preprocessing(images)
 
     def save(self, directory: str, overwrite: bool = False) -> None:
         """Write the model directory, creating it. An existing non-empty `directory` is

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from resnet_jax.data.preprocess import INTERPOLATIONS
 from resnet_jax.interop import preprocess as prep_lib
 
 
@@ -32,7 +33,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", type=int, default=256,
                         help="eval resize, shorter side (torchvision V1: 256, V2 weights: 232)")
     parser.add_argument("--crop", type=int, default=224, help="eval centre crop (224)")
-    parser.add_argument("--interpolation", choices=prep_lib.INTERPOLATIONS, default="bilinear",
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear",
                         help="resize filter (timm's a1/a2/a3 weights: bicubic)")
 
 

@@ -24,7 +24,6 @@ import numpy as np
 
 from resnet_jax.data import folders
 
-SPLIT_ORDER = ("validation", "val", "test")  # the default split: the first one there
 SOURCES_HELP = ("tfds:NAME (e.g. tfds:cifar10), a .tar/.tar.gz of split/<class>/<image>, or "
                 "a folder of <split>/<class>/<image> or <class>/<image>")
 
@@ -47,7 +46,8 @@ class Source:
 
 def open_source(spec: str, split: Optional[str] = None, data_dir: Optional[str] = None,
                 tfds_builder: Optional[Callable] = None) -> Source:
-    """The split `split` (default: the first of SPLIT_ORDER there) of `spec`.
+    """The split `split` (default: `folders.eval_split`, the training pipelines' evaluation
+    split) of `spec`.
     `tfds_builder(name, data_dir)` replaces `tfds.builder` (tests)."""
     if spec.startswith("tfds:"):
         return _tfds(spec, split, data_dir, tfds_builder)
@@ -64,15 +64,15 @@ def open_source(spec: str, split: Optional[str] = None, data_dir: Optional[str] 
 
 def choose_split(split: Optional[str], available: Sequence[str], where: str) -> str:
     """`split` if `where` has it (tfds slices such as 'validation[:1000]' too), else the
-    first of SPLIT_ORDER; an error lists the splits there are."""
+    evaluation split of `folders.eval_split`; an error lists the splits there are."""
     have = sorted(set(available))
     listed = ", ".join(have) or "none"
     if split is None:
-        for name in SPLIT_ORDER:
-            if name in have:
-                return name
-        raise ValueError(f"{where}: none of the usual test splits {SPLIT_ORDER}; splits there: "
-                         f"{listed}; pass --split")
+        split = folders.eval_split(have)
+        if split is None:
+            raise ValueError(f"{where}: none of the usual test splits "
+                             f"{folders.EVAL_SPLIT_NAMES}; splits there: {listed}; pass --split")
+        return split
     if re.split(r"[\[+]", split)[0] not in have:
         raise ValueError(f"{where} has no split {split!r}; splits there: {listed}")
     return split
@@ -172,14 +172,14 @@ def _tar(path: str, split: Optional[str]) -> Source:
     with tarfile.open(path, "r:*") as tar:
         members = [(m.name, folders.path_parts(m.name)) for m in tar.getmembers() if m.isfile()]
     members = [(n, parts) for n, parts in members if parts is not None and len(parts) >= 2]
-    splits = {parts[-3] for _, parts in members if len(parts) >= 3}
+    splits = {folders.split_of(parts) for _, parts in members} - {None}
     if not splits:  # <class>/<image>
         if split is not None:
             raise ValueError(f"--data {path} holds <class>/<image> with no split folders; "
                              "leave out --split")
     else:
         split = choose_split(split, splits, f"--data {path}")
-        members = [(n, parts) for n, parts in members if len(parts) >= 3 and parts[-3] == split]
+        members = [(n, parts) for n, parts in members if folders.split_of(parts) == split]
     classes = sorted({parts[-2] for _, parts in members})
     index = {c: i for i, c in enumerate(classes)}
     wanted = {n: index[parts[-2]] for n, parts in members}

@@ -6,7 +6,7 @@
 With `data`, a training run (`workdir`, its newest or best checkpoint, as
 `interop.workdir.export_workdir` loads it, nothing written) or a model directory (`model`) is
 scored the same way: each image decoded on the host (Pillow; tfds images are read encoded),
-the model's recorded preprocessing made into test views (`interop.views`) in a thread pool,
+the model's recorded preprocessing made into test views (`data.views`) in a thread pool,
 batches padded to one fixed size (one compiled program per split), the forward pass compiled
 on the device mesh (normalization on the devices), the views' softmax averaged, and the
 per-example log-probabilities brought back to the host, where the errors are counted (so a
@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from resnet_jax.interop import eval_record, eval_sources, views as views_lib
+from resnet_jax.data import views as views_lib
+from resnet_jax.interop import eval_record, eval_sources
 
 CHECKPOINTS = ("newest", "best")
 RUN_SPLIT = "validation"  # what the result of the run's own evaluation is filed under

@@ -15,31 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 
-class ImageReadError(ValueError):
-    """An image file that does not exist or does not decode."""
-
-
-def read_image(path: str) -> np.ndarray:
-    """uint8 (H, W, 3) RGB of an image file (`data.decode.decode_rgb`: grayscale, palette,
-    RGBA, CMYK -> RGB, 16-bit scaled to 8 bits; no EXIF rotation, as torchvision's and this
-    project's pipelines). Raises ImageReadError."""
-    from resnet_jax.data.decode import CorruptImageError, decode_rgb
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageReadError(f"{path}: is a directory") from None
-    except OSError as err:
-        raise ImageReadError(f"{path}: cannot read it ({err.strerror or err})") from None
-    try:
-        return decode_rgb(data, path)
-    except CorruptImageError as err:
-        cause = err.__cause__
-        if type(cause).__name__ == "UnidentifiedImageError":
-            raise ImageReadError(f"{path}: not an image Pillow can read") from None
-        raise ImageReadError(f"{path}: corrupt or truncated image ({cause})") from None
+from resnet_jax.data.decode import ImageReadError, read_image  # noqa: F401  (public here)
 
 
 @functools.lru_cache(maxsize=8)

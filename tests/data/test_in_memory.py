@@ -18,7 +18,7 @@ def synthetic_config(**over):
         pipeline="in_memory", source="synthetic", name="", path="", data_dir="",
         num_val_examples=40, train_augment="pad_crop_flip", image_size=8, eval_resize=8,
         lighting_std=0.0, normalize="per_pixel_mean", eval_crops="center",
-        multiscale_sizes=(8,), on_corrupt="error", shuffle_buffer=0, synthetic_examples=200,
+        multiscale_sizes=(8,), on_corrupt="error", synthetic_examples=200,
         num_classes=0, prefetch=2))
     cfg.update(over)
     return cfg
@@ -172,7 +172,7 @@ def test_in_memory_path_works_without_tensorflow(tmp_path, helpers):
             data_dir={str(tmp_path / 'c')!r}, num_val_examples=2, image_size=8, name='',
             train_augment='pad_crop_flip', eval_resize=8, lighting_std=0.0,
             normalize='per_pixel_mean', eval_crops='center', multiscale_sizes=(8,),
-            on_corrupt='error', shuffle_buffer=0, synthetic_examples=1, num_classes=0,
+            on_corrupt='error', synthetic_examples=1, num_classes=0,
             prefetch=2))
         p = data.make_pipeline(cfg, global_batch_size=2, eval_batch_size=2, seed=0)
         b = next(p.train_batches(0))

@@ -20,7 +20,7 @@ def data_cfg(**over):
         pipeline="streaming", source="tar", name="", path="", data_dir="",
         num_val_examples=0, train_augment="scale", image_size=32, eval_resize=36,
         lighting_std=0.0, normalize="per_channel", eval_crops="center",
-        multiscale_sizes=(32,), on_corrupt="error", shuffle_buffer=0, synthetic_examples=1,
+        multiscale_sizes=(32,), on_corrupt="error", synthetic_examples=1,
         num_classes=0, prefetch=2, workers=0))
     cfg.update(over)
     return cfg

@@ -15,7 +15,7 @@ def stream_config(**over):
         pipeline="streaming", source="folder", name="", path="", data_dir="",
         num_val_examples=0, train_augment="scale", image_size=SIZE, eval_resize=40,
         lighting_std=0.1, normalize="per_channel", eval_crops="center",
-        multiscale_sizes=(32, 48), on_corrupt="error", shuffle_buffer=64,
+        multiscale_sizes=(32, 48), on_corrupt="error",
         synthetic_examples=1, num_classes=0, prefetch=2, workers=0))
     cfg.update(over)
     return cfg
@@ -59,6 +59,11 @@ def test_folder_train_batches_shapes_reproducible_and_resumable(tree):
     for x, y in zip(run[2:], resumed, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
+    # with_seed: the stream of a pipeline built with that seed (replicas read it), its own
+    other = take(p.with_seed(1).train_batches(0), 2)
+    for x, y in zip(other, take(make(stream_config(path=tree), seed=1).train_batches(0), 2)):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    assert not np.array_equal(other[0]["image"], run[0]["image"]) and p.seed == 0
     # Epoch 0 sees every training file once.
     labels = np.concatenate([r["label"] for r in run[:3]])
     assert list(np.bincount(labels)) == [8, 8, 8]
@@ -85,16 +90,15 @@ def test_folder_eval_modes_cover_every_example_once(tree):
     assert sum(m.sum() for m in masks) == 9
     ms = make(stream_config(path=tree, eval_crops="multiscale"))
     assert ms.eval_scales == (32, 48)
-    b = next(ms.eval_batches_at(48))
-    assert b["image"].shape == (4, 2, 48, 48, 3)
-    with pytest.raises(ValueError, match="multiscale_sizes"):
-        next(ms.eval_batches_at(40))
+    scalar = make(stream_config(path=tree, normalize="channel_mean_scalar_std"))
+    assert ms.std.shape == (3,) and scalar.std.shape == () and scalar.std == ms.std.mean()
     # eval_batches zips the scales: one batch holds the views of both, same rows and masks.
     both = list(ms.eval_batches())
     assert [tuple(x.shape for x in b["image"]) for b in both][0] == (
         (4, 2, 32, 32, 3), (4, 2, 48, 48, 3))
     assert sum(b["mask"].sum() for b in both) == 9
-    np.testing.assert_array_equal(both[0]["image"][1], b["image"])
+    alone = make(stream_config(path=tree, eval_crops="multiscale", multiscale_sizes=(48,)))
+    np.testing.assert_array_equal(both[0]["image"][1], next(alone.eval_batches())["image"][0])
 
 
 def test_corrupt_file_is_named_or_skipped_and_counted(tmp_path, helpers):
@@ -249,7 +253,7 @@ def test_close_is_idempotent_joins_the_workers_and_a_later_chunk_says_so(tree):
 def test_workers_leave_sigterm_to_the_training_process(tree, monkeypatch, reading):
     """A preemption signals every process (systemd at a VM's shutdown, SLURM): the workers
     must not die of it, or the run fails reading its next batch instead of saving. The first
-    workers are signalled the moment they are spawned (before `ignore_stop_signals` runs in
+    workers are signalled the moment they are spawned (before `init_worker` runs in
     them: they die, the stream reads on with new ones from where it stopped), and all are
     signalled again once the run is reading (they must ignore it)."""
     import multiprocessing
@@ -299,9 +303,9 @@ def test_eval_split_missing_a_class_is_labelled_by_the_training_class_names(tmp_
 
 
 def test_eval_views_are_those_of_eval_data(tree):
-    """The streaming eval is `interop.views` (what `resnet-jax eval --data` uses) on the same
+    """The streaming eval is `data.views` (what `resnet-jax eval --data` uses) on the same
     decode: every view of every image, bitwise."""
-    from resnet_jax.interop import preprocess, views
+    from resnet_jax.data import preprocess, views
     p = make(stream_config(path=tree, eval_crops="10crop"), eval_batch=4)
     prep = preprocess.Preprocessing(np.zeros(3), 1.0, resize=40, crop=SIZE, style="tf")
     v = views.Views(prep, "10crop")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import resnet_jax
+from resnet_jax.data import preprocess as data_preprocess
 from resnet_jax.interop import bundle, preprocess, torch_import
 from resnet_jax.interop.preprocess import Preprocessing
 
@@ -38,16 +39,16 @@ def test_torchvision_eval_transform_reproduced(interpolation):
 def test_tf_style_resize_is_bilinear_without_antialiasing():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)
-    ours = preprocess.tf_bilinear(img, 20, 27).astype(int)
+    ours = data_preprocess.tf_bilinear(img, 20, 27).astype(int)
     ref = np.asarray(jax.image.resize(img.astype(np.float32), (20, 27, 3), "bilinear",
                                       antialias=False))
     assert np.abs(ours - ref).max() <= 0.5 + 1e-3  # the same up to the rounding to uint8
     prep = Preprocessing([0, 0, 0], 1, resize=20, crop=20, style="tf")
-    assert preprocess._resized_shape(prep, 37, 50) == (20, 27)  # round(50 * 20 / 37) = 27
+    assert data_preprocess._resized_shape(prep, 37, 50) == (20, 27)  # round(50 * 20 / 37) = 27
     tv = Preprocessing([0, 0, 0], 1, resize=20, crop=20, style="torchvision")
-    assert preprocess._resized_shape(tv, 37, 50) == (20, 27)  # int(27.03)
-    assert preprocess._resized_shape(tv, 37, 55) == (20, 29)  # int(29.73): truncation
-    assert preprocess._resized_shape(prep, 37, 55) == (20, 30)
+    assert data_preprocess._resized_shape(tv, 37, 50) == (20, 27)  # int(27.03)
+    assert data_preprocess._resized_shape(tv, 37, 55) == (20, 29)  # int(29.73): truncation
+    assert data_preprocess._resized_shape(prep, 37, 55) == (20, 30)
 
 
 def test_preprocess_accepts_images_of_any_size_and_checks_dtypes():

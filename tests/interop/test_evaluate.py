@@ -16,7 +16,8 @@ from PIL import Image
 
 import resnet_jax
 from resnet_jax import cli
-from resnet_jax.interop import bundle, eval_sources, evaluate, preprocess, torch_import, views
+from resnet_jax.data import views
+from resnet_jax.interop import bundle, eval_sources, evaluate, preprocess, torch_import
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",

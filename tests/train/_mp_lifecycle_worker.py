@@ -112,7 +112,8 @@ def permuted_eval() -> dict:
     from jax.sharding import Mesh
 
     import resnet_jax
-    from resnet_jax.interop import eval_sources, evaluate, views
+    from resnet_jax.data import views
+    from resnet_jax.interop import eval_sources, evaluate
     from resnet_jax.interop.preprocess import Preprocessing
 
     model = resnet_jax.create_model("cifar_resnet8", width=4, num_classes=10)

@@ -179,7 +179,7 @@ def test_a_workdir_of_another_replica_count_is_refused_untouched(packed, tmp_pat
      "train.batch_size=12 (the batch of each of the train.replicas=2 replicas"),
     (["--config.train.replicas=2", "--config.data.pipeline=streaming",
       "--config.data.source=folder", "--config.data.path=/nowhere",
-      "--config.data.train_augment=scale"],
+      "--config.data.train_augment=scale", "--config.data.normalize=per_channel"],
      "train.replicas=2 needs data.pipeline='in_memory'"),
 ])
 def test_bad_replica_configs_are_one_line_and_write_nothing(tmp_path, capsys, overrides, words):

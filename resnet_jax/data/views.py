@@ -1,4 +1,5 @@
-"""Test views of one image, made with a model's recorded `Preprocessing` (numpy + Pillow).
+"""Test views of one image, made with a model's recorded `Preprocessing` (numpy + Pillow):
+the streaming pipeline's evaluation and `resnet-jax eval --data` use the same views.
 
     views = Views(loaded.preprocessing, "10crop")
     stacks = views(image_uint8)        # tuple of uint8 (V, H, W, 3) stacks, one per scale
@@ -24,7 +25,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from resnet_jax.interop.preprocess import Preprocessing, _center_crop, _resize_crop
+from resnet_jax.data.preprocess import Preprocessing, _center_crop, _resize_crop
 
 MODES = ("center", "10crop", "multiscale")
 PAPER_SCALES = (224, 256, 384, 480, 640)  # Sec. 3.4, for 224 crops
@@ -43,11 +44,10 @@ def default_scales(crop: int) -> tuple[int, ...]:
 
 def decode(name: str, image: Any) -> np.ndarray:
     """uint8 (H, W, 3) RGB of encoded bytes, an image file, or an array (Pillow decodes)."""
-    from resnet_jax.data.decode import decode_rgb
+    from resnet_jax.data.decode import decode_rgb, read_image
     if isinstance(image, (bytes, bytearray, np.bytes_)):
         return decode_rgb(bytes(image), name)
     if isinstance(image, str):
-        from resnet_jax.interop.predict import read_image
         return read_image(image)
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
