@@ -18,7 +18,7 @@ from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax import parallel, schema
 from resnet_jax.data.prefetch import prefetch
-from resnet_jax.models import create_model, model_name, stack_blocks
+from resnet_jax.models import abstract_variables, create_model, model_name, stack_blocks
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import dispatch, optim, replicas
 from resnet_jax.train import metrics as metrics_lib
@@ -125,16 +125,18 @@ def _base_rng(seed: int) -> tuple:
 
 def fresh_state(run: Run) -> tuple[step_lib.TrainState, jax.Array]:
     """(step-0 state replicated on the mesh, base rng of the training steps); with
-    `model.init_from`, the variables come from that model directory (`pretrained`). With
-    `train.replicas` N > 1, N of each stacked on a leading axis: replica i is exactly the
-    fresh state and rng of the run with seed `seed + i`."""
+    `model.init_from`, the variables come from that model directory (`pretrained`), checked
+    to fit before anything is initialized. With `train.replicas` N > 1, N of each stacked on
+    a leading axis: replica i is exactly the fresh state and rng of the run with seed
+    `seed + i`."""
     n = replicas.count(run.config)
+    loaded = pretrained_variables(run) if run.config.model.init_from else None
     if n == 1:
         init_rng, train_rng = _base_rng(run.config.seed)
         state = step_lib.create_train_state(init_rng, run.model, run.tx,
                                             tuple(run.meta["image_shape"]), mesh=run.mesh)
-        if run.config.model.init_from:
-            state = pretrained(run, state, run.config.model.init_from)
+        if loaded is not None:
+            state = pretrained(run, state, loaded)
         # A global (replicated) array: orbax cannot save a process-local one in multi-host runs.
         return state, parallel.replicate(np.asarray(train_rng), run.mesh)
     keys = [_base_rng(seed) for seed in replicas.seeds(run.config)]
@@ -142,33 +144,44 @@ def fresh_state(run: Run) -> tuple[step_lib.TrainState, jax.Array]:
     state = step_lib.create_train_state(init_rngs, run.model, run.tx,
                                         tuple(run.meta["image_shape"]), mesh=run.mesh,
                                         replicas=n)
-    if run.config.model.init_from:
-        state = replicas.stack([pretrained(run, replicas.take(state, i),
-                                           run.config.model.init_from) for i in range(n)],
-                               run.mesh)
+    if loaded is not None:
+        state = replicas.stack([pretrained(run, replicas.take(state, i), loaded)
+                                for i in range(n)], run.mesh)
     return state, parallel.replicate(train_rngs, run.mesh)
 
 
-def pretrained(run: Run, state: step_lib.TrainState, directory: str) -> step_lib.TrainState:
-    """`state` with the params and batch_stats of the model directory `directory` (from
-    `resnet-jax convert` or `export`): every layer must match, except the classifier (`fc`),
-    which keeps its fresh initialization whenever the model's class names are not the data's
-    (fine-tuning on other classes, even as many of them). The optimizer state starts afresh."""
+def pretrained_variables(run: Run) -> dict:
+    """The variables of the model directory `model.init_from` (from `resnet-jax convert` or
+    `export`), flat, without the classifier (`fc`) when the model's class names are not the
+    data's (fine-tuning on other classes, even as many of them: it keeps its fresh
+    initialization). Every other layer must fit the model: checked on the model's shapes
+    alone, so a directory that does not fit is refused before anything is compiled."""
     from resnet_jax.interop import bundle
-    from resnet_jax.interop.tree import check_shapes, flatten, unflatten
+    from resnet_jax.interop.tree import check_shapes, flatten
+    directory = run.config.model.init_from
     model_dir = bundle.load(directory)
     loaded = model_dir.variables
     if run.config.model.scan_blocks:
         loaded = stack_blocks(loaded, run.model.stage_sizes)
-    fresh = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-    ours, theirs = flatten(fresh), flatten(loaded)
+    theirs = flatten(loaded)
+    shapes = {k: v.shape for k, v in flatten(abstract_variables(
+        run.model, (1, *run.meta["image_shape"]))).items()}
     data_names = [str(n) for n in getattr(run.pipeline, "class_names", None) or []]
-    if list(model_dir.class_names) != data_names:  # a new classifier for the new classes
-        theirs.update({k: v for k, v in ours.items() if k.startswith("params/fc/")})
-    check_shapes({k: v.shape for k, v in ours.items()}, {k: v.shape for k, v in theirs.items()},
+    if list(model_dir.class_names) != data_names:
+        theirs = {k: v for k, v in theirs.items() if not k.startswith("params/fc/")}
+    check_shapes(shapes, {**{k: v for k, v in shapes.items() if k.startswith("params/fc/")},
+                          **{k: v.shape for k, v in theirs.items()}},
                  f"model.init_from={directory!r} does not fit {run.meta['name']} "
                  f"(width {run.config.model.width}, shortcut {run.config.model.shortcut})")
-    merged = unflatten({k: np.asarray(v, ours[k].dtype) for k, v in theirs.items()})
+    return theirs
+
+
+def pretrained(run: Run, state: step_lib.TrainState, loaded: dict) -> step_lib.TrainState:
+    """`state` with the `pretrained_variables` in place of its params and batch_stats (a
+    classifier they lack keeps the state's fresh one); the optimizer state starts afresh."""
+    from resnet_jax.interop.tree import flatten, unflatten
+    fresh = flatten(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
+    merged = unflatten({k: np.asarray(loaded.get(k, v), v.dtype) for k, v in fresh.items()})
     params = parallel.replicate(merged["params"], run.mesh)
     opt_state = jax.jit(run.tx.init, out_shardings=parallel.replicated(run.mesh))(params)
     return state.replace(params=params, opt_state=opt_state,
