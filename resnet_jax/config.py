@@ -186,10 +186,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         value = get_field(config, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config field {field}={value!r} must be a positive integer")
-    for field, (ok, what) in schema.RANGES.items():
-        value = get_field(config, field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-            raise ValueError(f"config field {field}={value!r} must be {what}")
+    for field in schema.RANGES:
+        problem = schema.range_problem(field, get_field(config, field))
+        if problem:
+            raise ValueError(f"config field {problem}")
     _validate_model(config.model)
     _validate_data(config.data)
     _validate_replicas(config)

@@ -162,6 +162,14 @@ def variant_problem(options: dict[str, Any]) -> str | None:
     return None
 
 
+def range_problem(field: str, value: Any, name: str | None = None) -> str | None:
+    """'name=value must be ...' when `value` is not a number in RANGES[field], else None."""
+    ok, what = RANGES[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        return f"{name or field}={value!r} must be {what}"
+    return None
+
+
 def check_choice(field: str, value: Any, allowed: tuple | None = None) -> None:
     """Raises ValueError naming `field` and its allowed values (ENUMS[field] by default)."""
     allowed = ENUMS[field] if allowed is None else allowed

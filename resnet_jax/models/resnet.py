@@ -143,16 +143,12 @@ class ResNet(nn.Module):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{field}={value!r} must be a positive integer")
-        for field in schema.VARIANT_DEFAULTS:
-            ok, what = schema.RANGES.get(f"model.{field}", (None, ""))
-            value = getattr(self, field)
-            if ok and (isinstance(value, bool) or not isinstance(value, (int, float))
-                       or not ok(value)):
-                raise ValueError(f"{field}={value!r} must be {what}")
-        problem = schema.variant_problem({f: getattr(self, f) for f in (
-            "plain", "zero_init_residual", *schema.VARIANT_DEFAULTS)})
-        if problem:
-            raise ValueError(problem)
+        problems = [schema.range_problem(f"model.{f}", getattr(self, f), f)
+                    for f in schema.VARIANT_DEFAULTS if f"model.{f}" in schema.RANGES]
+        problems.append(schema.variant_problem({f: getattr(self, f) for f in (
+            "plain", "zero_init_residual", *schema.VARIANT_DEFAULTS)}))
+        if any(problems):
+            raise ValueError(next(p for p in problems if p))
         if not self.stage_sizes or any(n < 1 for n in self.stage_sizes):
             raise ValueError(f"stage_sizes={self.stage_sizes!r} must be positive block counts")
         object.__setattr__(self, "dtype", _dtype("dtype", self.dtype))
