@@ -133,11 +133,9 @@ class _Unit(nn.Module):
             if i == 1:
                 pre = y
             y = self.conv(features, (k, k), strides=(stride, stride), name=f"conv{i}")(y)
-            if last and unit in ("preact", "bn_after_add"):
-                if k == 3:
+            if unit == "preact" or (last and unit == "bn_after_add"):  # no BN after this conv
+                if last and k == 3:
                     self._sow(y)
-                continue
-            if unit == "preact":
                 continue
             zero = last and self.zero_init_residual
             y = self.norm(name=f"bn{i}", scale_init=nn.initializers.zeros if zero

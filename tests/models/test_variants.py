@@ -216,3 +216,15 @@ def test_bad_variant_options_are_one_line_naming_the_field(name, kwargs, message
     with pytest.raises(ValueError, match=message) as raised:
         create_model(name, **kwargs)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("unit_name", ["bn_after_add", "preact"])
+def test_fig7_still_sees_every_3x3_layer(unit_name):
+    """Units whose last conv has no BN of its own before the addition still give one
+    response per 3x3 layer, in order (the analysis of Fig. 7 counts on it)."""
+    from resnet_jax import conv3x3_responses
+    model = net(unit=unit_name)
+    x = IMAGES[:2, :8, :8]
+    responses = conv3x3_responses(model, model.init(jax.random.key(0), x), x)
+    assert [r.shape[1:] for r in responses] == [(8, 8, 4)] * 3 + [(4, 4, 8)] * 2 + [
+        (2, 2, 16)] * 2
