@@ -96,7 +96,7 @@ IMAGENET_BOTTLENECK_FROM = 50  # Table 1 of the 2015 paper: 18 and 34 basic, 50+
 
 # The unit and shortcut variants at the values that build the 2015 paper's nets: what every
 # recipe starts from. The variant-specific numbers (scales, gate bias, dropout rate) act only
-# with their variant; another value with another variant is refused (`check_variant`).
+# with their variant; another value with another variant is refused (`variant_problem`).
 VARIANT_DEFAULTS: dict[str, Any] = {
     "unit": "post", "shortcut_variant": "identity", "shortcut_scale": 1.0,
     "residual_scale": 1.0, "gate_bias": 0.0, "shortcut_dropout": 0.5}

@@ -48,10 +48,6 @@ REPLICAS_FIELD = "train.replicas"
 Axis = Union[str, tuple[str, ...]]  # a field, or the fields of a joint axis
 
 
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 def axis_fields(axes: Sequence[tuple[Axis, Any]]) -> list[str]:
     """The fields of `axes`, a joint axis's in its order."""
     return [f for field, _ in axes for f in ((field,) if isinstance(field, str) else field)]
@@ -126,8 +122,7 @@ class Sweep:
             "name": self.name,
             "base": self.base,
             "overrides": [[f, v] for f, v in self.overrides],
-            "axes": [[f if isinstance(f, str) else list(f), [_jsonable(v) for v in vs]]
-                     for f, vs in self.axes],
+            "axes": [[f if isinstance(f, str) else list(f), list(vs)] for f, vs in self.axes],
             "recipe_args": [[f, a] for f, a in self.recipe_args],
             "members": [m.name for m in self.members(pack)],
             "pack": bool(pack),
@@ -195,10 +190,10 @@ def with_seeds(sweep: "Sweep", count: int) -> "Sweep":
     if count < 1:
         raise ValueError(f"--seeds {count} must be >= 1")
     if SEED_FIELD in sweep.fields:
-        axis = next(((f, list(vs)) for f, vs in sweep.axes if SEED_FIELD in (f, *f)), None)
+        field, values = next(a for a in sweep.axes if SEED_FIELD in axis_fields([a]))
         raise ValueError(f"--seeds {count}: the sweep already varies {SEED_FIELD!r} (its axis: "
-                         f"{axis[1] if axis[0] == SEED_FIELD else axis}); drop --seeds or "
-                         "that axis")
+                         f"{list(values) if field == SEED_FIELD else (field, list(values))}); "
+                         "drop --seeds or that axis")
     return dataclasses.replace(sweep, axes=sweep.axes + ((SEED_FIELD, tuple(range(count))),))
 
 
