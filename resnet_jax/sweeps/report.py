@@ -170,7 +170,8 @@ def write_report(sweep_dir: files.PathLike, *, plots: bool = True) -> epath.Path
     title = desc.get("name") or root.name
     parts = [f"# Sweep report: {title}", ""]
     if desc.get("base"):
-        parts += [f"Base config `{os.path.basename(str(desc['base']))}`; varied: "
+        path, sep, arg = str(desc["base"]).partition(":")  # the argument may hold paths
+        parts += [f"Base config `{os.path.basename(path)}{sep}{arg}`; varied: "
                   + ", ".join(f"`{f}`" for f in fields) + ".", ""]
     published = desc.get("published") or []
     parts += ["Errors in percent on the run's eval split; final top-1 error as the paper "

@@ -177,6 +177,7 @@ def test_report_prints_the_papers_number_beside_ours(tmp_path, fake_train):
     ), 2)
     run.run_sweep(sweep, tmp_path, train_fn=fake_train, log=lambda _: None)
     text = report.write_report(tmp_path, plots=False).read_text()
+    assert "Base config `cifar10.py`; varied: `model.depth`, `model.block`, `model.unit`" in text
     assert "Paper column: He et al. 2016, Identity Mappings in Deep Residual Networks " \
            "(arXiv 1603.05027), Table 2" in text
     lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
