@@ -149,7 +149,8 @@ def test_cifar10_bottleneck_and_unit_arguments():
         "--config.model.shortcut_variant=exclusive_gate", "--config.model.gate_bias=-6"])
     assert gated.model.gate_bias == -6.0
     # an ImageNet depth changed by override keeps its own block ('auto')
-    assert cfg.load_config("configs/imagenet_paper.py", ["--config.model.depth=50"]).model.depth == 50
+    fifty = cfg.load_config("configs/imagenet_paper.py", ["--config.model.depth=50"])
+    assert (fifty.model.depth, fifty.model.block) == (50, "auto")
 
 
 @pytest.mark.parametrize("recipe, overrides, message", [
