@@ -43,6 +43,10 @@ def parse_args(argv=None):
     p.add_argument("--steps-per-dispatch", type=int, default=1)
     p.add_argument("--bottleneck-stride", default="v1.5", choices=["v1", "v1.5"],
                    help="v1.5 = what the flax baseline and torchvision run")
+    p.add_argument("--block", default="auto", choices=["auto", "basic", "bottleneck"],
+                   help="CIFAR nets: bottleneck = 9n+2 (cifar_resnet164, cifar_resnet1001)")
+    p.add_argument("--unit", default="post",
+                   help="the 2016 paper's unit variant (post, preact, ...)")
     p.add_argument("--scan-blocks", action="store_true",
                    help="identical blocks of a stage as one nn.scan (compiles one per stage)")
     p.add_argument("--baseline", default="auto", choices=["auto", "none"])
@@ -87,7 +91,7 @@ def measure_ours(args, image_size, num_classes, replicas=1):
     from resnet_jax.train import dispatch, optim, step
 
     overrides = {"dtype": args.dtype, "num_classes": num_classes,
-                 "scan_blocks": args.scan_blocks}
+                 "scan_blocks": args.scan_blocks, "block": args.block, "unit": args.unit}
     if not args.model.startswith("cifar_"):
         overrides["bottleneck_stride"] = args.bottleneck_stride
     model = create_model(args.model, **overrides)

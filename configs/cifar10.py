@@ -4,19 +4,27 @@ iterations, stop at 64k, pad-4 crop + flip, option A shortcuts, single-view test
     resnet-jax train --config configs/cifar10.py:depth=110,shortcut=A,plain=false --workdir W
     resnet-jax train --config configs/cifar10.py:depth=20,data=cifar10-train.tar.gz --workdir W
     resnet-jax train --config configs/cifar10.py:depth=110,replicas=5 --workdir W   # 5 seeds
+    resnet-jax train --config configs/cifar10.py:depth=164,block=bottleneck,unit=preact --workdir W
 
-Arguments (after the colon): depth (6n+2, default 20), shortcut (A|B|C, default A),
+Arguments (after the colon): depth (6n+2, or 9n+2 with block=bottleneck; default 20), block
+(auto = basic | bottleneck: the 2016 paper's ResNet-164/1001), unit (post | bn_after_add |
+relu_before_add | relu_preact | preact, default post: see resnet_jax.models.blocks), shortcut
+(A|B|C; default A with basic blocks, B with bottlenecks, as the papers),
 plain (default false), data (default: CIFAR-10 from tfds, downloaded once and cached; or a
 local copy: an image-folder .tar/.tar.gz, `train/<class>/<image>`, or such a folder),
 replicas (default 1; N trains the seeds seed .. seed + N - 1 as one program, the paper's
 mean ± std over runs at about the cost of one on a GPU).
 ResNet-110 and deeper warm up at lr 0.01 for the first 400 iterations as the paper does.
+The shortcut variants of the 2016 paper are fields: --config.model.shortcut_variant=
+exclusive_gate --config.model.gate_bias=-6 (README "Shortcut and unit variants").
 """
 import ml_collections
 
+from resnet_jax import schema
 from resnet_jax.config import parse_config_arg
 
-ARG_DEFAULTS = {"depth": 20, "shortcut": "A", "plain": False, "data": "", "replicas": 1}
+ARG_DEFAULTS = {"depth": 20, "shortcut": "", "plain": False, "data": "", "replicas": 1,
+                "block": "auto", "unit": "post"}
 
 
 def data_source(path: str) -> dict:
@@ -32,11 +40,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
+    # The 2016 paper projects where a bottleneck net's shape changes (its appendix).
+    bottleneck = schema.resolve_block("cifar", args["depth"], args["block"]) == "bottleneck"
     config.model = ml_collections.ConfigDict(dict(
-        arch="cifar", depth=args["depth"], plain=args["plain"], shortcut=args["shortcut"],
+        arch="cifar", depth=args["depth"], plain=args["plain"],
+        shortcut=args["shortcut"] or ("B" if bottleneck else "A"),
         bottleneck_stride="v1", zero_init_residual=False, width=16, dtype="float32",
-        # ResNet-1202: 200 blocks per stage compiled once each (nn.scan), not 600 times.
-        scan_blocks=args["depth"] >= 200, init_from=""))
+        # ResNet-1202 / -1001: 200 / 111 blocks per stage compiled once each (nn.scan).
+        scan_blocks=args["depth"] >= 200, init_from="", block=args["block"],
+        **{**schema.VARIANT_DEFAULTS, "unit": args["unit"]}))
 
     config.data = ml_collections.ConfigDict(dict(
         pipeline="in_memory", **data_source(args["data"]), data_dir="", num_val_examples=5000,

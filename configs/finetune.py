@@ -19,6 +19,7 @@ import os
 
 import ml_collections
 
+from resnet_jax import schema
 from resnet_jax.config import parse_config_arg
 from resnet_jax.models import parse_model_name
 
@@ -59,7 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arch=arch, depth=depth, plain=plain, shortcut=fields["shortcut"],
         bottleneck_stride=fields["bottleneck_stride"], zero_init_residual=False,
         width=int(fields["width"]), dtype="float32", scan_blocks=False,
-        init_from=args["model"]))
+        init_from=args["model"], block=fields.get("block", "auto"),
+        # model directories older than the variants hold none: the defaults are what they ran
+        **{k: fields.get(k, v) for k, v in schema.VARIANT_DEFAULTS.items()}))
 
     config.data = ml_collections.ConfigDict(dict(
         pipeline=args["pipeline"], source="tar" if tar else "folder", name="",

@@ -11,6 +11,7 @@ Arguments: depth (default 50), shortcut (default B), plain (default false), epoc
 """
 import ml_collections
 
+from resnet_jax import schema
 from resnet_jax.config import parse_config_arg
 
 ARG_DEFAULTS = {"depth": 50, "shortcut": "B", "plain": False, "epochs": 90, "batch": 1024}
@@ -27,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         arch="imagenet", depth=args["depth"], plain=args["plain"], shortcut=args["shortcut"],
         bottleneck_stride="v1.5", zero_init_residual=not args["plain"], width=64,
-        dtype="bfloat16", scan_blocks=False, init_from=""))
+        dtype="bfloat16", scan_blocks=False, init_from="",
+        block="auto", **schema.VARIANT_DEFAULTS))
 
     config.data = ml_collections.ConfigDict(dict(
         pipeline="streaming", source="tfds", name="imagenet2012", path="", data_dir="",

@@ -6,14 +6,16 @@ lr 0.1 divided by 10 at epochs 30 and 60 (and 90 in the 120-epoch run), scale au
         --workdir gs://BUCKET/runs/r34 --config.data.data_dir=gs://BUCKET/tfds
 
 Arguments: depth (18|34|50|101|152|200, default 34), shortcut (A|B|C, default B), plain
-(default false), epochs (90 or 120, default 120: the paper's 60e4 iterations).
+(default false), epochs (90 or 120, default 120: the paper's 60e4 iterations), unit (post,
+default; preact: the 2016 paper's pre-activation ResNet-200 with depth=200).
 num_steps is computed from the epochs at batch 256; change both if you change the batch.
 """
 import ml_collections
 
+from resnet_jax import schema
 from resnet_jax.config import parse_config_arg
 
-ARG_DEFAULTS = {"depth": 34, "shortcut": "B", "plain": False, "epochs": 120}
+ARG_DEFAULTS = {"depth": 34, "shortcut": "B", "plain": False, "epochs": 120, "unit": "post"}
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 BATCH = 256
 
@@ -28,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         arch="imagenet", depth=args["depth"], plain=args["plain"], shortcut=args["shortcut"],
         bottleneck_stride="v1", zero_init_residual=False, width=64,
-        dtype="float32", scan_blocks=False, init_from=""))
+        dtype="float32", scan_blocks=False, init_from="",
+        block="auto", **{**schema.VARIANT_DEFAULTS, "unit": args["unit"]}))
 
     # Per-channel mean: the per-pixel mean of random crops of randomly rescaled images is
     # flat across the 224x224 field, so it equals the per-channel mean up to noise.

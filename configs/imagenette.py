@@ -23,6 +23,7 @@ import os
 
 import ml_collections
 
+from resnet_jax import schema
 from resnet_jax.config import parse_config_arg
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
@@ -42,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         arch="imagenet", depth=args["depth"], plain=False, shortcut=args["shortcut"],
         bottleneck_stride="v1", zero_init_residual=False, width=64,
-        dtype="float32", scan_blocks=False, init_from=""))
+        dtype="float32", scan_blocks=False, init_from="",
+        block="auto", **schema.VARIANT_DEFAULTS))
 
     data = args["data"]
     config.data = ml_collections.ConfigDict(dict(

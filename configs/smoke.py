@@ -8,6 +8,7 @@ replicas (default 1: seeds trained as one program).
 """
 import ml_collections
 
+from resnet_jax import schema
 from resnet_jax.config import parse_config_arg
 
 ARG_DEFAULTS = {"depth": 8, "shortcut": "A", "plain": False, "steps": 8, "replicas": 1}
@@ -21,7 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         arch="cifar", depth=args["depth"], plain=args["plain"], shortcut=args["shortcut"],
         bottleneck_stride="v1", zero_init_residual=False, width=4,
-        dtype="float32", scan_blocks=False, init_from=""))
+        dtype="float32", scan_blocks=False, init_from="",
+        block="auto", **schema.VARIANT_DEFAULTS))
 
     config.data = ml_collections.ConfigDict(dict(
         pipeline="in_memory", source="synthetic", name="synthetic", path="", data_dir="",

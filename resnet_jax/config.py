@@ -191,10 +191,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         value = get_field(config, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config field {field}={value!r} must be a positive integer")
-    for field, (ok, what) in schema.RANGES.items():
-        value = get_field(config, field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-            raise ValueError(f"config field {field}={value!r} must be {what}")
+    for field in schema.RANGES:
+        problem = schema.range_problem(field, get_field(config, field))
+        if problem:
+            raise ValueError(f"config field {problem}")
     _validate_model(config.model)
     _validate_data(config.data)
     _validate_replicas(config)
@@ -206,12 +206,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _validate_model(model: ml_collections.ConfigDict) -> None:
-    if model.arch == "cifar" and (model.depth < 8 or (model.depth - 2) % 6):
-        raise ValueError(f"config field model.depth={model.depth}: CIFAR depths are 6n+2 "
-                         "with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...)")
-    if model.arch == "imagenet" and model.depth not in schema.IMAGENET_DEPTHS:
-        raise ValueError(f"config field model.depth={model.depth}: ImageNet depths are "
-                         f"{', '.join(map(str, schema.IMAGENET_DEPTHS))}")
+    problem = (schema.depth_problem(model.arch, model.depth, model.block)
+               or schema.variant_problem({f: model[f] for f in (
+                   "plain", "zero_init_residual", *schema.VARIANT_DEFAULTS)}))
+    if problem:
+        raise ValueError(f"config field model.{problem}")
     if model.plain and model.zero_init_residual:
         raise ValueError("config field model.zero_init_residual=True with model.plain=True: "
                          "a plain block has no shortcut, so a zero last-BN scale makes every "

@@ -127,6 +127,58 @@ def test_older_workdir_config_gets_the_fields_added_since():
     assert cfg.validate(back) is back
 
 
+def test_older_workdir_config_gets_the_variant_defaults():
+    for recipe in ("configs/cifar10.py:depth=110", "configs/imagenet_paper.py:depth=50"):
+        c = cfg.load_config(recipe).to_dict()
+        for field in ("block", *schema.VARIANT_DEFAULTS):
+            del c["model"][field]
+        back = cfg.from_json(json.dumps(c))
+        assert back.model.block == "auto" and back.model.unit == "post"
+        assert back.model.shortcut_variant == "identity" and back.model.gate_bias == 0.0
+        assert cfg.validate(back) is back
+
+
+def test_cifar10_bottleneck_and_unit_arguments():
+    c = cfg.load_config("configs/cifar10.py:depth=164,block=bottleneck,unit=preact")
+    assert (c.model.block, c.model.unit, c.model.shortcut) == ("bottleneck", "preact", "B")
+    assert c.optim.warmup == "constant" and not c.model.scan_blocks
+    deep = cfg.load_config("configs/cifar10.py:depth=1001,block=bottleneck")
+    assert deep.model.scan_blocks and deep.model.shortcut == "B"
+    assert cfg.load_config("configs/cifar10.py:depth=110").model.shortcut == "A"
+    gated = cfg.load_config("configs/cifar10.py:depth=110", [
+        "--config.model.shortcut_variant=exclusive_gate", "--config.model.gate_bias=-6"])
+    assert gated.model.gate_bias == -6.0
+    # an ImageNet depth changed by override keeps its own block ('auto')
+    fifty = cfg.load_config("configs/imagenet_paper.py", ["--config.model.depth=50"])
+    assert (fifty.model.depth, fifty.model.block) == (50, "auto")
+
+
+@pytest.mark.parametrize("recipe, overrides, message", [
+    ("configs/cifar10.py", ["--config.model.unit=pre"],
+     "config field model.unit='pre' is not allowed; allowed values: post, bn_after_add, "
+     "relu_before_add, relu_preact, preact"),
+    ("configs/cifar10.py", ["--config.model.shortcut_variant=gate"],
+     "config field model.shortcut_variant='gate' is not allowed; allowed values: identity, "),
+    ("configs/cifar10.py", ["--config.model.shortcut_variant=scale",
+                            "--config.model.shortcut_scale=0"],
+     "config field model.shortcut_scale=0.0 must be > 0"),
+    ("configs/cifar10.py:plain=true", ["--config.model.shortcut_variant=exclusive_gate"],
+     "config field model.shortcut_variant='exclusive_gate' with plain=True"),
+    ("configs/cifar10.py:depth=32,block=bottleneck", [],
+     "config field model.depth=32 is not a CIFAR bottleneck ResNet depth.*9n\\+2"),
+    ("configs/cifar10.py", ["--config.model.block=deep"],
+     "config field model.block='deep' is not allowed; allowed values: auto, basic, bottleneck"),
+    ("configs/imagenet_paper.py:depth=50", ["--config.model.block=basic"],
+     "config field model.block='basic' does not fit ImageNet depth 50"),
+    ("configs/cifar10.py", ["--config.model.gate_bias=-6"],
+     "config field model.gate_bias=-6.0 acts only with shortcut_variant in"),
+])
+def test_bad_variant_values_are_one_line_naming_the_field(recipe, overrides, message):
+    with pytest.raises(ValueError, match=message) as raised:
+        cfg.load_config(recipe, overrides)
+    assert "\n" not in str(raised.value)
+
+
 @pytest.mark.parametrize("recipe", ["configs/smoke.py:plain=true", "configs/cifar10.py:plain=true"])
 def test_plain_with_zero_init_residual_is_refused(recipe):
     with pytest.raises(ValueError, match="model.zero_init_residual=True with model.plain=True"):

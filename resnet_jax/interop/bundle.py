@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from resnet_jax import schema
 from resnet_jax.interop import preprocess as prep_lib
 from resnet_jax.interop.tree import check_shapes, flatten, unflatten
 from resnet_jax.models.layout import unstack_blocks
@@ -30,9 +31,11 @@ MODEL_FILE, VARIABLES_FILE = "model.json", "variables.safetensors"
 COLLECTIONS = ("params", "batch_stats")
 # ResNet fields a model directory records; the BN reduction (groups, axis names) is a property
 # of how a model is run, not of the model (pass it to `load` as an override).
+# (model.json files older than the unit and shortcut variants lack those fields: ResNet's
+# defaults are what they held.)
 FIELDS = ("stage_sizes", "block", "stem", "width", "num_classes", "shortcut", "plain",
           "bottleneck_stride", "zero_init_residual", "dtype", "param_dtype", "bn_momentum",
-          "bn_epsilon")
+          "bn_epsilon", *schema.VARIANT_DEFAULTS)
 
 
 def imagenet_class_names() -> list[str]:
@@ -75,7 +78,7 @@ def model_name(fields: Mapping[str, Any]) -> str:
     kind = "plain" if fields["plain"] else "resnet"
     sizes = tuple(fields["stage_sizes"])
     if fields["stem"] == "cifar" and len(set(sizes)) == 1 and len(sizes) == 3:
-        return f"cifar_{kind}{6 * sizes[0] + 2}"
+        return f"cifar_{kind}{(9 if fields['block'] == 'bottleneck' else 6) * sizes[0] + 2}"
     for depth, (block, stages) in IMAGENET_STAGES.items():
         if fields["stem"] == "imagenet" and (block, stages) == (fields["block"], sizes):
             return f"{kind}{depth}"

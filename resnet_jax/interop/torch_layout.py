@@ -56,6 +56,12 @@ def torch_compatibility_problems(model: ResNet) -> list[str]:
         problems.append(f"bottleneck_stride={model.bottleneck_stride!r}: torchvision and timm "
                         "bottleneck nets are v1.5 (stride on the 3x3 conv); the same weights "
                         "in a v1 net give different logits")
+    if model.unit != "post":
+        problems.append(f"unit={model.unit!r} (torchvision's units are 'post': "
+                        "conv-BN-ReLU-conv-BN, add, ReLU)")
+    if model.shortcut_variant != "identity":
+        problems.append(f"shortcut_variant={model.shortcut_variant!r} (torchvision adds the "
+                        "identity)")
     if model.bn_epsilon != TORCH_BN_EPSILON:
         problems.append(f"bn_epsilon={model.bn_epsilon} (torch BatchNorm2d uses 1e-5)")
     return problems

@@ -20,6 +20,16 @@ def count_params(params: Any) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
+def count_bn_params(params: Any) -> int:
+    """Scalars of the BatchNorm scales and shifts in `params` (every `scale` leaf and the
+    `bias` beside it: the only scales in these nets are BN's)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    bn_modules = {tuple(str(p) for p in path[:-1]) for path, _ in leaves
+                  if getattr(path[-1], "key", None) == "scale"}
+    return count_params([leaf for path, leaf in leaves
+                         if tuple(str(p) for p in path[:-1]) in bn_modules])
+
+
 def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> Any:
     """The model's variables as ShapeDtypeStructs, without allocating or computing them."""
     images = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)

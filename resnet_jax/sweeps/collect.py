@@ -13,7 +13,6 @@ failed record.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import Any, Sequence
 
 from etils import epath
@@ -79,13 +78,12 @@ def _tuples(value: Any) -> Any:
 def grid_values(desc: dict) -> dict[str, dict[str, Any]]:
     """``{member name: {field: value}}`` rebuilt from sweep.json's axes (what a member directory
     without member.json is known by)."""
-    axes = [(str(f), tuple(_tuples(v) for v in vs)) for f, vs in desc.get("axes") or []]
+    axes = grid.parse_axes([(f, [_tuples(v) for v in vs]) for f, vs in desc.get("axes") or []])
     if not axes:
         return {}
-    fields = [f for f, _ in axes]
-    labels = grid.axis_labels(fields)
-    return {grid.member_name(labels, combo): dict(zip(fields, combo))
-            for combo in itertools.product(*(vs for _, vs in axes))}
+    labels = grid.axis_labels(grid.axis_fields(axes))
+    return {grid.member_name(labels, [v for _, v in pairs]): dict(pairs)
+            for pairs in grid.grid_points(axes)}
 
 
 def read_member(mdir: files.PathLike, fallback_index: int = 0,
@@ -192,7 +190,7 @@ def read_sweep(sweep_dir: files.PathLike) -> tuple[dict, list[MemberRecord]]:
 def varied_fields(desc: dict, records: list[MemberRecord]) -> list[str]:
     """The sweep's axes in order (from sweep.json, else from the members' values)."""
     if desc.get("axes"):
-        return [field for field, _ in desc["axes"]]
+        return grid.axis_fields(grid.parse_axes(desc["axes"]))
     fields: list[str] = []
     for r in records:
         fields += [f for f in r.values if f not in fields]

@@ -9,11 +9,17 @@ dict) with:
   ``[('train.num_steps', 64000)]``.
 - ``axes`` (list of ``(field, values)`` pairs): the fields to vary, e.g.
   ``[('model.depth', [20, 32]), ('model.plain', [True, False]), ('seed', [0, 1])]``.
-  Pairs, not a dict, because ConfigDict refuses dotted keys and the order matters.
+  Pairs, not a dict, because ConfigDict refuses dotted keys and the order matters. A joint
+  axis sets several fields together, one tuple of values per point (rows of a table that is
+  no cartesian product): ``(('model.depth', 'model.block'), [(110, 'basic'), (164,
+  'bottleneck')])``; its fields are varied fields like any other (names, report columns).
 - ``recipe_args`` (list of ``(field, arg)`` pairs, optional): axes handed to the base recipe
   as its ``:arg`` (``('model.depth', 'depth')`` -> ``cifar10.py:depth=110``) instead of being
   set as fields, so that whatever the recipe derives from them (ResNet-110's warmup) follows.
 - ``name`` (str, optional): a title for the report.
+- ``published`` (list of ``({field: value}, text)``, optional) and ``published_source``
+  (str): a paper's number for the report rows whose values include those, e.g.
+  ``({'model.shortcut_variant': 'identity'}, '6.61')``, and where it is printed.
 
 Members are the cartesian product of the axes, the first axis outermost (itertools.product
 order), so member ``i`` means the same run on every host.
@@ -30,13 +36,56 @@ import dataclasses
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 from resnet_jax import config as config_lib
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_FIELD = "seed"
 REPLICAS_FIELD = "train.replicas"
+
+
+Axis = Union[str, tuple[str, ...]]  # a field, or the fields of a joint axis
+
+
+def axis_fields(axes: Sequence[tuple[Axis, Any]]) -> list[str]:
+    """The fields of `axes`, a joint axis's in its order."""
+    return [f for field, _ in axes for f in ((field,) if isinstance(field, str) else field)]
+
+
+def grid_points(axes: Sequence[tuple[Axis, Sequence[Any]]]
+                ) -> list[tuple[tuple[str, Any], ...]]:
+    """Every point of the grid as its (field, value) pairs, the first axis outermost."""
+    points = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        pairs: list[tuple[str, Any]] = []
+        for (field, _), value in zip(axes, combo):
+            pairs += [(field, value)] if isinstance(field, str) else list(zip(field, value))
+        points.append(tuple(pairs))
+    return points
+
+
+def parse_axes(raw: Any) -> tuple[tuple[Axis, tuple[Any, ...]], ...]:
+    """Axes as a sweep config or sweep.json gives them (lists for tuples) -> checked
+    ``((field or tuple of fields, values), ...)``; ValueError naming a malformed axis."""
+    checked = []
+    for field, values in _pairs(raw, "axes", joint=True):
+        joint = not isinstance(field, str)
+        if joint:
+            field = tuple(str(f) for f in field)
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise ValueError(f"sweep axis '{field}' must list its values, got {values!r}")
+        values = tuple(tuple(v) if joint and isinstance(v, (list, tuple)) else v
+                       for v in values)
+        if not values:
+            raise ValueError(f"sweep axis '{field}' has no values")
+        if joint and any(not isinstance(v, tuple) or len(v) != len(field) for v in values):
+            raise ValueError(f"sweep axis {list(field)} is joint: each value must be a tuple "
+                             f"of {len(field)} values, got {list(values)!r}")
+        if len(set(map(format_value, values))) != len(values):
+            raise ValueError(f"sweep axis '{field}' repeats a value: {values!r}")
+        checked.append((field, values))
+    return tuple(checked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,23 +95,23 @@ class Sweep:
     name: str
     base: str
     overrides: tuple[tuple[str, Any], ...]
-    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+    axes: tuple[tuple[Axis, tuple[Any, ...]], ...]
     recipe_args: tuple[tuple[str, str], ...] = ()
+    published: tuple[tuple[tuple[tuple[str, Any], ...], str], ...] = ()
+    published_source: str = ""
 
     @property
     def fields(self) -> list[str]:
-        """The varied fields, in axis order."""
-        return [field for field, _ in self.axes]
+        """The varied fields, in axis order (a joint axis's in its order)."""
+        return axis_fields(self.axes)
 
     def members(self, pack: bool = False) -> list["Member"]:
         """All members, in the fixed cartesian-product order; with `pack`, those that differ
         only in consecutive seeds packed into one member each (module docstring)."""
         keys = axis_labels(self.fields)
-        grid = itertools.product(*(values for _, values in self.axes))
         members = [
-            Member(index=i, values=tuple(zip(self.fields, combo)),
-                   name=member_name(keys, combo))
-            for i, combo in enumerate(grid)
+            Member(index=i, values=pairs, name=member_name(keys, [v for _, v in pairs]))
+            for i, pairs in enumerate(grid_points(self.axes))
         ]
         return pack_seeds(members, keys) if pack else members
 
@@ -73,10 +122,12 @@ class Sweep:
             "name": self.name,
             "base": self.base,
             "overrides": [[f, v] for f, v in self.overrides],
-            "axes": [[f, list(vs)] for f, vs in self.axes],
+            "axes": [[f if isinstance(f, str) else list(f), list(vs)] for f, vs in self.axes],
             "recipe_args": [[f, a] for f, a in self.recipe_args],
             "members": [m.name for m in self.members(pack)],
             "pack": bool(pack),
+            **({"published": [[dict(values), text] for values, text in self.published],
+                "published_source": self.published_source} if self.published else {}),
         }
 
 
@@ -139,8 +190,10 @@ def with_seeds(sweep: "Sweep", count: int) -> "Sweep":
     if count < 1:
         raise ValueError(f"--seeds {count} must be >= 1")
     if SEED_FIELD in sweep.fields:
+        field, values = next(a for a in sweep.axes if SEED_FIELD in axis_fields([a]))
         raise ValueError(f"--seeds {count}: the sweep already varies {SEED_FIELD!r} (its axis: "
-                         f"{list(dict(sweep.axes)[SEED_FIELD])}); drop --seeds or that axis")
+                         f"{list(values) if field == SEED_FIELD else (field, list(values))}); "
+                         "drop --seeds or that axis")
     return dataclasses.replace(sweep, axes=sweep.axes + ((SEED_FIELD, tuple(range(count))),))
 
 
@@ -162,14 +215,16 @@ def member_name(labels: Sequence[str], values: Sequence[Any]) -> str:
     return ",".join(f"{k}={format_value(v)}" for k, v in zip(labels, values))
 
 
-def _pairs(value: Any, what: str) -> tuple[tuple[str, Any], ...]:
-    """Accept a list of (field, value) pairs or a plain dict; reject anything else."""
+def _pairs(value: Any, what: str, joint: bool = False) -> tuple[tuple[Any, Any], ...]:
+    """Accept a list of (field, value) pairs or a plain dict; reject anything else. `joint`:
+    a field may be a list or tuple of fields (axes)."""
     if value is None:
         return ()
     if isinstance(value, dict):
         return tuple(value.items())
     try:
-        pairs = tuple((str(f), v) for f, v in value)
+        pairs = tuple((f if joint and isinstance(f, (list, tuple)) else str(f), v)
+                      for f, v in value)
     except (TypeError, ValueError):
         raise ValueError(
             f"sweep field '{what}' must be a list of (field, value) pairs, got {value!r}"
@@ -184,20 +239,10 @@ def sweep_from_config(config: Any, source: str | os.PathLike = "") -> Sweep:
     if not isinstance(base, str) or not base:
         raise ValueError("sweep field 'base' must be a config spec string like "
                          "'configs/cifar10.py'")
-    axes = _pairs(get("axes", None), "axes")
-    if not axes:
+    checked = parse_axes(get("axes", None))
+    if not checked:
         raise ValueError("sweep field 'axes' must name at least one (field, values) pair")
-    checked = []
-    for field, values in axes:
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-            raise ValueError(f"sweep axis '{field}' must list its values, got {values!r}")
-        values = tuple(values)
-        if not values:
-            raise ValueError(f"sweep axis '{field}' has no values")
-        if len(set(map(format_value, values))) != len(values):
-            raise ValueError(f"sweep axis '{field}' repeats a value: {values!r}")
-        checked.append((field, values))
-    fields = [f for f, _ in checked]
+    fields = axis_fields(checked)
     if len(set(fields)) != len(fields):
         raise ValueError(f"sweep field 'axes' names a field twice: {fields}")
     recipe_args = tuple((f, str(a)) for f, a in _pairs(get("recipe_args", None), "recipe_args"))
@@ -207,8 +252,22 @@ def sweep_from_config(config: Any, source: str | os.PathLike = "") -> Sweep:
                              f"axes: {fields}")
     name = get("name", None) or (Path(source).stem if source else "sweep")
     return Sweep(name=str(name), base=resolve_spec(base, source),
-                 overrides=_pairs(get("overrides", None), "overrides"), axes=tuple(checked),
-                 recipe_args=recipe_args)
+                 overrides=_pairs(get("overrides", None), "overrides"), axes=checked,
+                 recipe_args=recipe_args, published=_published(get("published", None), fields),
+                 published_source=str(get("published_source", None) or ""))
+
+
+def _published(raw: Any, fields: Sequence[str]) -> tuple:
+    """A sweep's ``published`` numbers, each keyed by varied fields only."""
+    out = []
+    for values, text in raw or ():
+        values = tuple(dict(values).items())
+        unknown = [f for f, _ in values if f not in fields]
+        if unknown:
+            raise ValueError(f"sweep field 'published' names {unknown}, which no axis varies; "
+                             f"axes: {list(fields)}")
+        out.append((values, str(text)))
+    return tuple(out)
 
 
 def resolve_spec(spec: str, source: str | os.PathLike = "") -> str:

@@ -3,7 +3,9 @@
 Writes into DIR:
 - ``report.md``: one row per model (members grouped by every varied field but the seed):
   top-1 error of the final evaluation in the paper's form, best run (mean ± sample std over
-  seeds), e.g. ``6.43 (6.61 ± 0.16)``; the best evaluation's and the final top-5 error as
+  seeds), e.g. ``6.43 (6.61 ± 0.16)``, beside the paper's own number when the sweep config
+  gives them (``published``, with ``published_source`` cited above the table); the best
+  evaluation's and the final top-5 error as
   mean ± std; parameters, multiply-adds, training time; then each member's status. Seeds
   that trained packed, as the replicas of one run, count as the runs they stand for.
 - ``fig6_training_curves.png``: train error (dashed) and eval error (solid) against iterations,
@@ -99,11 +101,23 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds:.1f}s"
 
 
-def render_table(rows: Sequence[dict], fields: Sequence[str]) -> str:
-    """The paper-style markdown table."""
+def published_error(published: Sequence, group: dict) -> str:
+    """The paper's number for a row: the first entry of sweep.json's ``published`` (pairs of
+    ``{field: value}`` and text) whose values the row has, or ``-``."""
+    for values, text in published:
+        if all(grid.format_value(group.get(f)) == grid.format_value(v)
+               for f, v in dict(values).items()):
+            return str(text)
+    return "-"
+
+
+def render_table(rows: Sequence[dict], fields: Sequence[str], published: Sequence = ()) -> str:
+    """The paper-style markdown table; with `published` (sweep.json's), the paper's number
+    beside ours."""
     keys = [f for f in fields if not collect.is_seed_field(f)]
     labels = grid.axis_labels(keys)
     head = [*labels, "model", "runs", "top-1 err % (final): best (mean ± std)",
+            *(["paper top-1 err %"] if published else []),
             "top-1 err % (best eval)", "top-5 err % (final)", "params", "mult-adds", "steps",
             "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -112,7 +126,9 @@ def render_table(rows: Sequence[dict], fields: Sequence[str]) -> str:
         if row["failed"]:
             runs += f" ({row['failed']} failed)"
         cells = [*(grid.format_value(row["group"][k]) for k in keys), row["model"] or "-", runs,
-                 replicas.paper_form(row["final"]), fmt_error(row["best"]),
+                 replicas.paper_form(row["final"]),
+                 *([published_error(published, row["group"])] if published else []),
+                 fmt_error(row["best"]),
                  fmt_error(row["final_top5"]), fmt_count(row["params"]),
                  fmt_count(row["macs"]), str(row["steps"] if row["steps"] is not None else "-"),
                  fmt_time(row["train_time_s"])]
@@ -154,11 +170,16 @@ def write_report(sweep_dir: files.PathLike, *, plots: bool = True) -> epath.Path
     title = desc.get("name") or root.name
     parts = [f"# Sweep report: {title}", ""]
     if desc.get("base"):
-        parts += [f"Base config `{os.path.basename(str(desc['base']))}`; varied: "
+        path, sep, arg = str(desc["base"]).partition(":")  # the argument may hold paths
+        parts += [f"Base config `{os.path.basename(path)}{sep}{arg}`; varied: "
                   + ", ".join(f"`{f}`" for f in fields) + ".", ""]
+    published = desc.get("published") or []
     parts += ["Errors in percent on the run's eval split; final top-1 error as the paper "
-              "prints it: the best run (mean ± sample std over seeds).", "",
-              render_table(rows, fields), "", "## Members", "", render_members(records), ""]
+              "prints it: the best run (mean ± sample std over seeds).", ""]
+    if published:
+        parts += [f"Paper column: {desc.get('published_source') or 'published numbers'}.", ""]
+    parts += [render_table(rows, fields, published), "", "## Members", "",
+              render_members(records), ""]
     if plots:
         from resnet_jax.sweeps import plots as plotting  # lazy: matplotlib
 

@@ -334,14 +334,18 @@ def check_same_model(expected: dict, added: dict | None = None) -> Callable[[dic
     """A `check_meta` that refuses checkpoints whose meta['model'] differs from `expected`.
 
     `added`: keys introduced after older checkpoints were written, with the value those
-    checkpoints implicitly have.
+    checkpoints implicitly have, or a function of their meta['model'] giving it.
     """
-    expected = {**(added or {}), **expected}
+    def complete(model: dict) -> dict:
+        return {**{k: v(model) if callable(v) else v for k, v in (added or {}).items()},
+                **model}
+
+    expected = complete(expected)
 
     def check(meta: dict) -> None:
         found = meta.get("model")
         if isinstance(found, dict):
-            found = {**(added or {}), **found}
+            found = complete(found)
         if found != expected:
             raise CheckpointMismatchError(
                 f"the workdir holds checkpoints of another model: {found} (step "

@@ -18,7 +18,8 @@ from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
 from resnet_jax import parallel, schema
 from resnet_jax.data.prefetch import prefetch
-from resnet_jax.models import abstract_variables, create_model, model_name, stack_blocks
+from resnet_jax.models import (abstract_variables, create_model, model_name,
+                               parse_model_name, stack_blocks)
 from resnet_jax.train import checkpoint as ckpt_lib
 from resnet_jax.train import dispatch, optim, replicas
 from resnet_jax.train import metrics as metrics_lib
@@ -43,11 +44,21 @@ def model_meta(config: ml_collections.ConfigDict, num_classes: int,
     m = config.model
     return {"name": model_name(m.arch, m.depth, m.plain), "num_classes": int(num_classes),
             "shortcut": m.shortcut, "bottleneck_stride": m.bottleneck_stride, "width": m.width,
-            "scan_blocks": m.scan_blocks, "image_shape": [int(d) for d in image_shape]}
+            "scan_blocks": m.scan_blocks, "image_shape": [int(d) for d in image_shape],
+            "block": schema.resolve_block(m.arch, m.depth, m.block),
+            **{k: m[k] for k in schema.VARIANT_DEFAULTS}}
 
 
-# Model-identity keys newer than some checkpoints, with the value those checkpoints have.
-_META_ADDED = {"scan_blocks": schema.ADDED_FIELDS["model.scan_blocks"]}
+def _block_of(meta: dict) -> str:
+    """The block of a checkpoint written before `block` was recorded: its family's."""
+    arch, depth, _ = parse_model_name(meta["name"])
+    return schema.resolve_block(arch, depth)
+
+
+# Model-identity keys newer than some checkpoints, with the value those checkpoints have (a
+# function of the checkpoint's meta where it depends on the model).
+_META_ADDED = {"scan_blocks": schema.ADDED_FIELDS["model.scan_blocks"], "block": _block_of,
+               **schema.VARIANT_DEFAULTS}
 
 
 def check_model(meta: dict):
@@ -65,7 +76,8 @@ def make_model(config: ml_collections.ConfigDict, meta: dict, num_devices: int, 
     return create_model(meta["name"], num_classes=meta["num_classes"], shortcut=m.shortcut,
                         bottleneck_stride=m.bottleneck_stride, width=m.width,
                         zero_init_residual=m.zero_init_residual, dtype=m.dtype,
-                        scan_blocks=m.scan_blocks, bn_num_groups=bn_num_groups)
+                        scan_blocks=m.scan_blocks, bn_num_groups=bn_num_groups,
+                        block=m.block, **{k: m[k] for k in schema.VARIANT_DEFAULTS})
 
 
 def check_data_paths(config: ml_collections.ConfigDict) -> None:

@@ -18,7 +18,9 @@ logits are cast to float32 before the loss, and the optimizer state stays float3
 
 rng: the `rng` handed to the step functions is the run's base key; step s uses
 `jax.random.fold_in(rng, s)` (s = state.step), so results do not depend on how many steps a
-dispatch runs.
+dispatch runs, and a resumed run draws what the uninterrupted one drew. The augmentation takes
+that key itself and the model's 'dropout' rng collection (the dropout shortcut) a key folded
+from it (`dropout_key`).
 """
 from __future__ import annotations
 
@@ -110,6 +112,16 @@ def select(pred: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
+# Folded into a step's key for the model's own randomness: a stream apart from the
+# augmentation's, which uses the step's key as it is.
+_DROPOUT_STREAM = 1
+
+
+def dropout_key(step_key: jax.Array) -> jax.Array:
+    """The 'dropout' rng of the step whose key is `step_key` (= fold_in(base, step))."""
+    return jax.random.fold_in(step_key, _DROPOUT_STREAM)
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
                tx: optax.GradientTransformation, preprocess: Optional[Preprocess] = None,
                label_smoothing: float = 0.0) -> tuple[TrainState, dict]:
@@ -124,12 +136,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
     finite, the input state is returned unchanged and metrics['finite'] is False.
     """
     preprocess = preprocess or _as_float
-    images = preprocess(jax.random.fold_in(rng, state.step), batch["image"], True)
+    step_key = jax.random.fold_in(rng, state.step)
+    images = preprocess(step_key, batch["image"], True)
     labels = batch["label"]
 
     def loss_fn(params):
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                      images, train=True, mutable=["batch_stats"])
+                                      images, train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": dropout_key(step_key)})
         logits = logits.astype(jnp.float32)
         return jnp.mean(cross_entropy(logits, labels, label_smoothing)), (logits, updates)
 

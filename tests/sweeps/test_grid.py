@@ -1,12 +1,13 @@
 """Sweep configs -> members: order, names, specs and the shipped configs."""
 import functools
+import json
 import operator
 from pathlib import Path
 
 import pytest
 
 from resnet_jax import cli
-from resnet_jax.sweeps import grid, recipes, run
+from resnet_jax.sweeps import collect, grid, recipes, report, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -169,3 +170,61 @@ def test_seeds_adds_a_seed_axis_once():
         grid.with_seeds(sweep, 2)
     with pytest.raises(ValueError, match="--seeds 0 must be >= 1"):
         grid.with_seeds(_sweep([("model.shortcut", ["A"])]), 0)
+
+
+def test_a_joint_axis_sets_its_fields_together_and_reads_back_from_sweep_json():
+    sweep = _sweep([(("model.depth", "model.block"), [(110, "basic"), (164, "bottleneck")]),
+                    ("model.unit", ["post", "preact"])])
+    assert sweep.fields == ["model.depth", "model.block", "model.unit"]
+    members = sweep.members()
+    assert [m.name for m in members] == [
+        "depth=110,block=basic,unit=post", "depth=110,block=basic,unit=preact",
+        "depth=164,block=bottleneck,unit=post", "depth=164,block=bottleneck,unit=preact"]
+    assert members[3].values == (("model.depth", 164), ("model.block", "bottleneck"),
+                                 ("model.unit", "preact"))
+    desc = json.loads(json.dumps(sweep.to_json()))  # what sweep.json holds
+    assert collect.grid_values(desc) == {m.name: dict(m.values) for m in members}
+    assert collect.varied_fields(desc, []) == sweep.fields
+    with pytest.raises(ValueError, match="joint: each value must be a tuple of 2 values"):
+        _sweep([(("model.depth", "model.block"), [(110, "basic"), (164,)])])
+    with pytest.raises(ValueError, match="names a field twice"):
+        _sweep([(("model.depth", "model.block"), [(110, "basic")]), ("model.depth", [20])])
+
+
+@pytest.mark.parametrize("name, count, table", [
+    ("cifar10_shortcut_variants.py", 11, 1), ("cifar10_unit_variants.py", 10, 2)])
+def test_identity_mapping_tables_have_a_published_number_for_every_row(name, count, table):
+    sweep = grid.load_sweep(str(REPO / "configs/sweeps" / name))
+    members = sweep.members()
+    assert len(members) == count and f"Table {table}" in sweep.published_source
+    for member in members:
+        config = run.member_config(sweep, member)  # every row is a valid config
+        values = dict(member.values)
+        for field, value in values.items():
+            assert functools.reduce(operator.getitem, field.split("."), config) == value
+        assert report.published_error(sweep.to_json()["published"], values) != "-"
+        assert config.optim.warmup == "constant"  # the paper warms up every CIFAR run
+
+
+def test_identity_mapping_tables_quote_the_paper():
+    t1 = grid.load_sweep(str(REPO / "configs/sweeps/cifar10_shortcut_variants.py"))
+    text = {dict(v)["model.shortcut_variant"] + str(dict(v)["model.gate_bias"]): t
+            for v, t in t1.published if not dict(v)["model.plain"]
+            and dict(v)["model.shortcut"] == "A"}
+    assert (text["identity0.0"], text["exclusive_gate-6.0"], text["shortcut_gate-6.0"]) == (
+        "6.61", "8.70", "6.91")
+    t2 = grid.load_sweep(str(REPO / "configs/sweeps/cifar10_unit_variants.py"))
+    preact = {dict(v)["model.depth"]: t for v, t in t2.published
+              if dict(v)["model.unit"] == "preact"}
+    assert preact == {110: "6.37", 164: "5.46"}
+    configs = [run.member_config(t2, m) for m in t2.members()]
+    assert {(c.model.depth, c.model.block, c.model.shortcut) for c in configs} == {
+        (110, "basic", "A"), (164, "bottleneck", "B")}
+    # another depth has no published numbers; a subset of rows and units
+    small = grid.load_sweep(str(REPO / "configs/sweeps/cifar10_shortcut_variants.py:depth=20,"
+                                      "rows=original/dropout"))
+    assert len(small.members()) == 2 and not small.published
+    assert len(grid.load_sweep(str(REPO / "configs/sweeps/cifar10_unit_variants.py:"
+                                          "bottleneck=0,units=post/preact")).members()) == 2
+    with pytest.raises(ValueError, match="rows: \\['gated'\\] unknown"):
+        grid.load_sweep(str(REPO / "configs/sweeps/cifar10_shortcut_variants.py:rows=gated"))

@@ -167,3 +167,24 @@ def test_report_and_plots_do_not_import_each_other():
 
     assert "report" not in imported(plots)
     assert "plots" in imported(report)          # lazily, for the figures
+
+
+def test_report_prints_the_papers_number_beside_ours(tmp_path, fake_train):
+    """A sweep config's `published` numbers reach sweep.json and the report's own column,
+    row by row, with the table they come from cited above it."""
+    sweep = grid.with_seeds(grid.load_sweep(str(
+        REPO / "configs/sweeps/cifar10_unit_variants.py:steps=40,bottleneck=0,units=post/preact")
+    ), 2)
+    run.run_sweep(sweep, tmp_path, train_fn=fake_train, log=lambda _: None)
+    text = report.write_report(tmp_path, plots=False).read_text()
+    assert "Base config `cifar10.py`; varied: `model.depth`, `model.block`, `model.unit`" in text
+    assert "Paper column: He et al. 2016, Identity Mappings in Deep Residual Networks " \
+           "(arXiv 1603.05027), Table 2" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| depth | block | unit | model | runs | top-1 err % (final): "
+                               "best (mean ± std) | paper top-1 err % | top-1 err % (best eval)")
+    # fake error 30 - 110/10 + seed: 19 and 20
+    assert lines[1].startswith("| 110 | basic | post | ResNet-110 | 2/2 | 19.00 (19.50 ± 0.71) "
+                               "| 6.61 |")
+    assert lines[2].startswith("| 110 | basic | preact | ResNet-110 | 2/2 | 19.00 "
+                               "(19.50 ± 0.71) | 6.37 |")

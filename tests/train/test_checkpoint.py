@@ -160,6 +160,23 @@ def test_model_mismatch_is_a_clear_error(tmp_path):
             {**older, "scan_blocks": True}, added={"scan_blocks": False}))
 
 
+@pytest.mark.parametrize("recipe", ["configs/cifar10.py:depth=110",
+                                    "configs/imagenet_paper.py:depth=50"])
+def test_checkpoints_older_than_the_variants_are_the_default_variant(recipe):
+    """A checkpoint's meta written before `block` and the unit/shortcut variants existed is
+    the post-activation, identity-shortcut net of its family's block; nothing else."""
+    from resnet_jax import config as cfg
+    from resnet_jax import schema
+    from resnet_jax.train import run as run_lib
+    meta = run_lib.model_meta(cfg.load_config(recipe), 10, (32, 32, 3))
+    older = {k: v for k, v in meta.items() if k not in ("block", *schema.VARIANT_DEFAULTS)}
+    run_lib.check_model(meta)({"model": older, "step": 1})
+    for change in (["--config.model.unit=preact"], ["--config.model.shortcut_variant=dropout"]):
+        other = run_lib.model_meta(cfg.load_config(recipe, change), 10, (32, 32, 3))
+        with pytest.raises(ckpt.CheckpointMismatchError):
+            run_lib.check_model(other)({"model": older, "step": 1})
+
+
 def _failing_save(c, step):
     """Saves `step` and waits: the CheckpointSaveError, from whichever of the two raised."""
     with pytest.raises(ckpt.CheckpointSaveError) as raised:

@@ -9,6 +9,7 @@ a mesh per test, because the compiled steps donate (and so delete) the state the
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -176,6 +177,31 @@ def test_many_steps_per_dispatch_and_indexed_path_equal_step_by_step(loop):
     si, mi = fn(fresh_state(mesh), D.put_chunk({"index": indices}, mesh, loop), rng)
     assert_trees_close(jax.device_get(si.params), s1.params)
     np.testing.assert_allclose(np.asarray(mi["loss"]), [m["loss"] for m in m1], rtol=1e-5)
+
+
+class _DropoutNet(nn.Module):
+    """Pooling, dropout, a dense layer: the smallest net with a 'dropout' rng (the ResNet's
+    dropout shortcut draws from the same collection, tests/models/test_variants.py)."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(10)(nn.Dropout(0.5, deterministic=not train)(x))
+
+
+def test_dropout_masks_are_a_function_of_the_step_key():
+    """The model's 'dropout' rng comes from the step's key (fold_in(base, step)): the same
+    step from the same state redraws the masks bitwise (what a resumed run does); another
+    step draws others."""
+    model = _DropoutNet()
+    state = S.create_train_state(jax.random.key(0), model, tx(), (HW, HW, 3))
+    step = jax.jit(functools.partial(S.train_step, model=model, tx=tx()))
+    batch, key = batches(1)[0], jax.random.key(7)
+    first, _ = step(state, batch, key)
+    chex.assert_trees_all_equal(step(state, batch, key)[0], first)
+    # only the dropout key tells step 1 from step 0 here (same lr, preprocessing unkeyed)
+    later, _ = step(state.replace(step=state.step + 1), batch, key)
+    assert not np.allclose(later.params["Dense_0"]["kernel"], first.params["Dense_0"]["kernel"])
 
 
 def test_loop_kind():

@@ -1,0 +1,60 @@
+"""The shortcut variants of He et al. 2016, "Identity Mappings in Deep Residual Networks"
+(Fig. 2, Table 1): how a unit's residual F(x) and shortcut h(x) are added.
+
+  'identity'        F + h                                  (the 2015 paper; default)
+  'scale'           residual_scale * F + shortcut_scale * h  (constant scaling, lambda)
+  'exclusive_gate'  g * F + (1 - g) * h                    (highway-style gating)
+  'shortcut_gate'   F + (1 - g) * h                        (gating the shortcut only)
+  'dropout'         F + dropout(h)                         (at training only)
+
+g(x) = sigmoid(1x1 conv(x) + b_g) has the unit's output channels and stride, reads the unit's
+input x, and its bias starts at `gate_bias` (b_g: very negative opens the shortcut, very
+positive the residual branch). The paper's 1x1-conv shortcut on every unit is option C
+(`shortcut='C'`), a shortcut option rather than a variant here. The dropout shortcut draws
+its mask from the 'dropout' rng collection: `apply(..., rngs={'dropout': key})`, which the
+training step derives from the step's own key (`resnet_jax.train.step`), so a resumed run
+draws the same masks.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+
+from resnet_jax import schema
+
+SHORTCUT_VARIANTS = schema.ENUMS["model.shortcut_variant"]
+
+
+class ShortcutMerge(nn.Module):
+    """residual (B, H, W, C), shortcut (B, H, W, C), x (B, H*stride, W*stride, C_in) ->
+    the variant's sum (B, H, W, C). Parameters: the gate's 1x1 conv (kernel and bias) for
+    the gating variants, none otherwise."""
+
+    variant: str
+    stride: int
+    conv: Callable[..., nn.Module]
+    shortcut_scale: float = 1.0
+    residual_scale: float = 1.0
+    gate_bias: float = 0.0
+    dropout_rate: float = 0.5
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, residual: jax.Array, shortcut: jax.Array, x: jax.Array) -> jax.Array:
+        if self.variant == "scale":
+            return residual * self.residual_scale + shortcut * self.shortcut_scale
+        if self.variant == "dropout":
+            return residual + nn.Dropout(self.dropout_rate, deterministic=self.deterministic,
+                                         name="dropout")(shortcut)
+        if self.variant not in ("exclusive_gate", "shortcut_gate"):
+            raise ValueError(f"shortcut_variant must be one of {SHORTCUT_VARIANTS}, got "
+                             f"{self.variant!r}")
+        s = (self.stride, self.stride)
+        g = nn.sigmoid(self.conv(residual.shape[-1], (1, 1), strides=s, use_bias=True,
+                                 bias_init=nn.initializers.constant(self.gate_bias),
+                                 name="gate")(x))
+        if self.variant == "exclusive_gate":
+            return g * residual + (1.0 - g) * shortcut
+        return residual + (1.0 - g) * shortcut
