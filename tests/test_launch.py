@@ -85,7 +85,10 @@ def test_tpu_bad_mode_names_the_modes():
 @pytest.mark.multiprocess
 def test_local_launcher_two_processes_stop_and_resume(tmp_path, mp_worker):
     """launch/local.sh runs 2 CPU processes (4 devices each) that checkpoint; SIGTERM to the
-    launcher makes both save at the same step and exit 0; the same command then resumes."""
+    launcher makes both save at the same step and exit 0; the same command then resumes.
+
+    Slow: 4 `train` processes (2 at a time, each starting Python and JAX and joining
+    jax.distributed), since the launcher script, signals and exit codes are what is tested."""
     import json
     import os
     import signal
@@ -101,7 +104,9 @@ def test_local_launcher_two_processes_stop_and_resume(tmp_path, mp_worker):
                           + " --xla_backend_optimization_level=0").strip())
     cmd = ["bash", "launch/local.sh", "-n", "2", "--port", str(port), "--cpu-devices", "4",
            "--log-dir", str(tmp_path / "logs"), "--", "--config", "configs/smoke.py:steps=60",
-           "--workdir", str(workdir), "--config.train.eval_every_steps=60"]
+           "--workdir", str(workdir), "--config.train.eval_every_steps=60",
+           # a save is a barrier of both processes: the preemption's own and two more
+           "--config.train.checkpoint_every_steps=30"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 240
