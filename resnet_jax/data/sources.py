@@ -113,7 +113,10 @@ class TfdsRecords(Records):
             self._source = tfds.data_source(self.dataset, split=self.split,
                                             data_dir=self.data_dir, download=False,
                                             decoders={"image": tfds.decode.SkipDecoding()})
-        example = self._source[int(i)]
+        try:
+            example = self._source[int(i)]
+        except RuntimeError as err:  # ArrayRecord's C++ reader: a failed read of its file
+            raise OSError(f"{type(err).__name__}: {err}") from err
         return bytes(example["image"]), int(example["label"])
 
 

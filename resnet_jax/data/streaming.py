@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from resnet_jax.data import order, sources
-from resnet_jax.data.decode import CorruptImageError
+from resnet_jax.data.decode import CorruptImageError, ReadError
 from resnet_jax.data.device_ops import IMAGENET_MEAN, IMAGENET_STD, make_device_preprocess
 from resnet_jax.data.elements import EvalElement, TrainElement, TrainPlan
 
@@ -183,9 +183,13 @@ class StreamingPipeline:
 
     def _check(self, batch: dict, what: str) -> dict:
         """Raise an element's error (with `what`: the step) or count what it skipped."""
-        bad = [(str(name), str(reason)) for name, reason in batch.pop("error") if str(name)]
+        bad = [tuple(map(str, e)) for e in batch.pop("error") if str(e[0])]
         if bad:
-            name, reason = bad[0]
+            name, reason, kind = bad[0]
+            if kind == "read":
+                raise ReadError(f"cannot read image {name!r} ({what}): {reason}: a read error, "
+                                "not a corrupt image (data.on_corrupt does not apply); check "
+                                "the storage, then run the same command again to resume")
             raise CorruptImageError(f"cannot decode image {name!r} ({what}; set data.on_corrupt="
                                     f"'skip' to skip it): {reason}")
         skipped = int(batch.pop("skipped").sum())
