@@ -17,9 +17,11 @@ evaluation plan with the views of `views` (decoded once for all scales).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import threading
+import time
 from typing import Iterator
 
 import numpy as np
@@ -50,14 +52,33 @@ def one_opencv_thread() -> None:
     cv2.setNumThreads(1)
 
 
-def init_worker(worker_index: int = 0, worker_count: int = 1) -> None:
+def init_worker(worker_index: int = 0, worker_count: int = 1, parent: int | None = None) -> None:
     """In each grain worker: SIGTERM and SIGINT are the training process's to handle (a
     preemption that signals every process must let the run save its checkpoint); grain stops
-    its workers itself (a flag, then SIGKILL) when the pipeline closes. One OpenCV thread."""
+    its workers itself (a flag, then SIGKILL) when the pipeline closes, but a training process
+    that dies without closing it (SIGKILL, the OOM killer, a second Ctrl-C) leaves them
+    waiting for ever, and they ignore both signals: so they watch their parent (`parent`, the
+    training process's pid) and end with it. One OpenCV thread."""
     import signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None:
+        threading.Thread(target=end_with_parent, args=(parent,), name="end-with-parent",
+                         daemon=True).start()
     one_opencv_thread()
+
+
+PARENT_POLL_S = 0.25
+
+
+def end_with_parent(parent: int) -> None:
+    """Ends this process once `parent` is no longer its parent (a process whose parent died
+    is re-parented: to init, or a subreaper). Polled rather than PR_SET_PDEATHSIG, whose signal
+    comes when the *thread* that started the process ends: grain starts its workers from
+    short-lived threads of its own."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def make_iterator(ds, workers: int, buffer: int = 2):
@@ -74,7 +95,8 @@ def make_iterator(ds, workers: int, buffer: int = 2):
     if not flags.FLAGS.is_parsed():  # grain's worker pool reads its absl flags (defaults)
         flags.FLAGS.mark_as_parsed()
     return iter(ds.to_iter_dataset(read).mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=init_worker))
+        num_workers=workers, per_worker_buffer_size=buffer),
+        worker_init_fn=functools.partial(init_worker, parent=os.getpid())))
 
 
 WORKER_DIED = "Worker process was terminated unexpectedly"  # grain's RuntimeError
