@@ -138,7 +138,7 @@ class Subset(Records):
 
 @dataclasses.dataclass
 class Splits:
-    train: Records
+    train: Optional[Records]  # None: not listed (`open_splits(train=False)`)
     eval: Records
     class_names: list
     where: str        # what the run's first line says, e.g. "tar x.tar"
@@ -161,14 +161,16 @@ def _with_held_out(train: Records, num_val: int) -> tuple[Records, Records, str]
     return Subset(train, t), Subset(train, v), f"{num_val:,} held out of train"
 
 
-def open_splits(cfg) -> Splits:
-    """The training and evaluation records of `cfg` (a `data` config section)."""
+def open_splits(cfg, train: bool = True) -> Splits:
+    """The training and evaluation records of `cfg` (a `data` config section). `train=False`
+    (to evaluate): `Splits.train` is None unless the evaluation split is held out of it, and
+    the training split is not listed (its class names come from its class folders)."""
     if cfg.source == "folder":
-        return _folder(cfg.path, cfg.num_val_examples)
+        return _folder(cfg.path, cfg.num_val_examples, train)
     if cfg.source == "tar":
-        return _tar(cfg.path, cfg.num_val_examples)
+        return _tar(cfg.path, cfg.num_val_examples, train)
     if cfg.source == "tfds":
-        return _tfds(cfg.name, cfg.data_dir or None, cfg.num_val_examples)
+        return _tfds(cfg.name, cfg.data_dir or None, cfg.num_val_examples, train)
     raise ValueError(f"config field data.source={cfg.source!r} is not supported by "
                      "data.pipeline='streaming'; allowed values: folder, tar, tfds")
 
@@ -190,10 +192,13 @@ def folder_split_dirs(path: str, need_eval: bool = True) -> tuple:
     return train, None
 
 
-def _folder(path: str, num_val: int) -> Splits:
+def _folder(path: str, num_val: int, list_train: bool = True) -> Splits:
     train_dir, eval_dir = folder_split_dirs(path, need_eval=num_val == 0)
-    paths, labels, names = folders.list_image_folder(train_dir)
-    train = FolderRecords(train_dir, paths, labels)
+    if list_train or num_val:
+        paths, labels, names = folders.list_image_folder(train_dir)
+        train = FolderRecords(train_dir, paths, labels)
+    else:
+        train, names = None, folders.class_names(train_dir)
     if num_val:
         train, ev, eval_name = _with_held_out(train, num_val)
     else:
@@ -243,13 +248,16 @@ def tar_split(path: str, members: dict, class_names: Optional[list], split: str)
     return TarRecords(path, names, offsets, sizes, labels), sorted(files)
 
 
-def _tar(path: str, num_val: int) -> Splits:
+def _tar(path: str, num_val: int, list_train: bool = True) -> Splits:
     index = index_tar(path)
     splits = sorted(s for s in index if not folders.is_hidden(s))
     if folders.TRAIN_SPLIT not in index:
         raise ValueError(f"data.path={path!r} has no 'train' split (layout: train/<class>/"
                          f"<image>); splits there: {', '.join(splits) or 'none'}")
-    train, names = tar_split(path, index[folders.TRAIN_SPLIT], None, folders.TRAIN_SPLIT)
+    if list_train or num_val:
+        train, names = tar_split(path, index[folders.TRAIN_SPLIT], None, folders.TRAIN_SPLIT)
+    else:  # the index is read whole anyway: only the training records are not built
+        train, names = None, folders.classes_of(index[folders.TRAIN_SPLIT], path)
     if num_val:
         train, ev, eval_name = _with_held_out(train, num_val)
     else:
@@ -303,7 +311,7 @@ def tfds_split_files(builder, split: str) -> list:
     return paths
 
 
-def _tfds(name: str, data_dir: Optional[str], num_val: int) -> Splits:
+def _tfds(name: str, data_dir: Optional[str], num_val: int, list_train: bool = True) -> Splits:
     builder = tfds_builder(name, data_dir)
     have = sorted(builder.info.splits.keys())
     if "train" not in have:
@@ -316,7 +324,7 @@ def _tfds(name: str, data_dir: Optional[str], num_val: int) -> Splits:
         tfds_split_files(builder, split)
         return TfdsRecords(name, split, data_dir, int(builder.info.splits[split].num_examples))
 
-    train = records("train")
+    train = records("train") if list_train or num_val else None  # its files not checked
     if num_val:
         train, ev, eval_name = _with_held_out(train, num_val)
     else:
