@@ -45,14 +45,16 @@ class FolderRecords(Records):
     def __init__(self, root: str, paths: Sequence[str], labels: np.ndarray):
         self.root = root
         # Relative, as bytes: ImageNet's 1.28M paths pickle to each worker in ~60 MB, not 300.
-        self.paths = np.asarray([os.path.relpath(p, root).encode() for p in paths])
+        # os.fsencode: a name that is not UTF-8 (Latin-1 'caf\xe9.jpg') is a str with
+        # surrogates here, which str.encode refuses.
+        self.paths = np.asarray([os.fsencode(os.path.relpath(p, root)) for p in paths])
         self.labels = np.asarray(labels, np.int32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def name(self, i: int) -> str:
-        return os.path.join(self.root, self.paths[i].decode())
+        return os.path.join(self.root, os.fsdecode(self.paths[i]))
 
     def read(self, i: int) -> tuple[bytes, int]:
         with open(self.name(i), "rb") as f:
@@ -63,7 +65,7 @@ class TarRecords(Records):
     """Members of an uncompressed tar, read with one `pread` each by offset."""
 
     def __init__(self, path: str, names: Sequence[str], offsets, sizes, labels):
-        self.path, self.names = path, np.asarray([n.encode() for n in names])
+        self.path, self.names = path, np.asarray([os.fsencode(n) for n in names])
         self.offsets = np.asarray(offsets, np.int64)
         self.sizes = np.asarray(sizes, np.int64)
         self.labels = np.asarray(labels, np.int32)
@@ -76,7 +78,7 @@ class TarRecords(Records):
         return len(self.labels)
 
     def name(self, i: int) -> str:
-        return f"{self.path}:{self.names[i].decode()}"
+        return f"{self.path}:{os.fsdecode(self.names[i])}"
 
     def read(self, i: int) -> tuple[bytes, int]:
         if self._fd is None:

@@ -51,6 +51,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     run on the same workdir raises `lease.WorkdirBusyError` naming this one; a workdir that
     cannot be written is a ValueError, before any data is loaded.
     """
+    files.check_remote(workdir, "--workdir")  # on every process, before the lease
     with lease_lib.hold(workdir) as lease:
         return _train_and_evaluate(config, workdir, on_step, lease)
 

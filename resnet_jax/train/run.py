@@ -16,7 +16,7 @@ from etils import epath
 
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
-from resnet_jax import parallel, schema
+from resnet_jax import files, parallel, schema
 from resnet_jax.data.prefetch import prefetch
 from resnet_jax.models import create_model, model_name, stack_blocks
 from resnet_jax.train import checkpoint as ckpt_lib
@@ -256,6 +256,7 @@ def evaluate(run: Run, state: step_lib.TrainState, eval_fn: Any = None) -> dict:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run wrote to `workdir/config.json`."""
+    files.check_remote(workdir, "--workdir")
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise ValueError(f"--workdir {workdir}: no config.json (not a training workdir)")
