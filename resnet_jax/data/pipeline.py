@@ -37,6 +37,10 @@ class Pipeline(Protocol):
     def describe(self) -> str:
         """Where the images come from, in a few words (for the run's first lines)."""
 
+    def identity(self) -> dict:
+        """What the data is, to record and check in a workdir (`data.identity`): class
+        names, and each split's size and fingerprint."""
+
     def with_seed(self, seed: int) -> "Pipeline":
         """This pipeline (data shared, nothing loaded again) with the training order and
         augmentation of run seed `seed`: what replica i of a packed run (seed + i) reads."""

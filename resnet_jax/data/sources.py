@@ -14,20 +14,23 @@ files missing: each one `ValueError` line naming the file or split.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tarfile
 from typing import Optional, Sequence
 
 import numpy as np
 
-from resnet_jax.data import folders
+from resnet_jax.data import folders, identity
 
 TFDS_FORMATS = ("array_record",)  # what tfds.data_source reads by index
 
 
 class Records:
     """Encoded images by index: `len(r)`, `r.read(i) -> (bytes, label)`, `r.name(i)` (for
-    error messages)."""
+    error messages), `r.keys()` (each example's identity: what the held-out part is chosen
+    by) and `r.fingerprint()` (of the keys and labels in order: `data.identity`)."""
+    labels: np.ndarray
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -37,6 +40,12 @@ class Records:
 
     def name(self, i: int) -> str:
         raise NotImplementedError
+
+    def keys(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        return identity.fingerprint(b"\n".join(self.keys()), self.labels.astype("<i4"))
 
 
 class FolderRecords(Records):
@@ -55,6 +64,9 @@ class FolderRecords(Records):
 
     def name(self, i: int) -> str:
         return os.path.join(self.root, os.fsdecode(self.paths[i]))
+
+    def keys(self) -> np.ndarray:
+        return self.paths  # class/file: the same wherever the tree is, and in its tar
 
     def read(self, i: int) -> tuple[bytes, int]:
         with open(self.name(i), "rb") as f:
@@ -80,6 +92,11 @@ class TarRecords(Records):
     def name(self, i: int) -> str:
         return f"{self.path}:{os.fsdecode(self.names[i])}"
 
+    def keys(self) -> np.ndarray:
+        """class/file of each member (what is above the split, such as a top folder, is not
+        the image's identity: a tree and its tar hold out the same images)."""
+        return np.asarray([b"/".join(n.split(b"/")[-2:]) for n in self.names])
+
     def read(self, i: int) -> tuple[bytes, int]:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
@@ -95,8 +112,10 @@ class TfdsRecords(Records):
     """A split of a tfds dataset stored as ArrayRecord (`tfds.data_source`, images left
     encoded)."""
 
-    def __init__(self, name: str, split: str, data_dir: Optional[str], length: int):
+    def __init__(self, name: str, split: str, data_dir: Optional[str], length: int,
+                 version: str = ""):
         self.dataset, self.split, self.data_dir, self.length = name, split, data_dir, length
+        self.version = version
         self._source = None
 
     def __getstate__(self):
@@ -107,6 +126,13 @@ class TfdsRecords(Records):
 
     def name(self, i: int) -> str:
         return f"tfds {self.dataset} {self.split} example {i}"
+
+    def keys(self) -> np.ndarray:
+        """The example's index: a prepared tfds split of a version does not change."""
+        return np.char.encode(np.arange(self.length).astype(str))
+
+    def fingerprint(self) -> str:  # its labels are in the records: the version stands for them
+        return identity.fingerprint(self.dataset, self.version, self.split, str(self.length))
 
     def read(self, i: int) -> tuple[bytes, int]:
         if self._source is None:
@@ -131,6 +157,12 @@ class Subset(Records):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def keys(self) -> np.ndarray:
+        return self.records.keys()[self.indices]
+
+    def fingerprint(self) -> str:
+        return identity.fingerprint(self.records.fingerprint(), self.indices.astype("<i8"))
+
     def name(self, i: int) -> str:
         return self.records.name(int(self.indices[i]))
 
@@ -147,19 +179,27 @@ class Splits:
     eval_split: str   # e.g. "val", or "1,000 held out of train (seed 0)"
 
 
-def held_out(n: int, num_val: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, held-out indices) of n examples: the in-memory pipeline's seeded rule
-    (`in_memory.split_train_val`, seed 0: every run validates on the same part)."""
-    from resnet_jax.data.in_memory import split_train_val
+def held_out(keys: np.ndarray, num_val: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices) of the examples of `keys` (each one's identity,
+    `Records.keys`): the `num_val` whose keys hash lowest are held out, both parts in their
+    order. An example's part depends on its own name, not its position: deleting a training
+    image moves no other, deleting a held-out one moves one training image (the next lowest)
+    into the held-out part, and every run holds out the same images of the same files.
+    (The in-memory pipeline holds out by position, `in_memory.split_train_val`: CIFAR's 45k/5k
+    split as it always was; a changed file list is refused on resume there too.)"""
+    n = len(keys)
     if not 0 < num_val < n:
         raise ValueError(f"config field data.num_val_examples={num_val} must be in [0, {n}) "
                          f"(the training split has {n} examples)")
-    (train, _), (val, _) = split_train_val(np.arange(n), np.zeros(n), num_val, seed=0)
-    return train, val
+    ranks = np.asarray([int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "big")
+                        for k in keys], np.uint64)
+    is_val = np.zeros(n, bool)
+    is_val[np.argsort(ranks, kind="stable")[:num_val]] = True
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 def _with_held_out(train: Records, num_val: int) -> tuple[Records, Records, str]:
-    t, v = held_out(len(train), num_val)
+    t, v = held_out(train.keys(), num_val)
     return Subset(train, t), Subset(train, v), f"{num_val:,} held out of train"
 
 
@@ -324,7 +364,8 @@ def _tfds(name: str, data_dir: Optional[str], num_val: int, list_train: bool = T
 
     def records(split: str) -> TfdsRecords:
         tfds_split_files(builder, split)
-        return TfdsRecords(name, split, data_dir, int(builder.info.splits[split].num_examples))
+        return TfdsRecords(name, split, data_dir, int(builder.info.splits[split].num_examples),
+                           str(builder.info.version))
 
     train = records("train") if list_train or num_val else None  # its files not checked
     if num_val:

@@ -193,6 +193,16 @@ class StreamingPipeline:
         other._eval_stream = None
         return other
 
+    def identity(self) -> dict:
+        """What the data is (`data.identity`): class names, and each split's size and the
+        fingerprint of its examples' names and labels."""
+        from resnet_jax.data.identity import of_split
+        train = self.splits.train
+        return {"class_names": self.class_names,
+                "train": of_split(self.num_train_examples, train.fingerprint() if train else ""),
+                "eval": of_split(self.num_eval_examples, self.splits.eval.fingerprint(),
+                                 self.splits.eval_split)}
+
     def describe(self) -> str:
         """Where the images come from, in a few words."""
         workers = (f"{self.workers} worker process{'es' if self.workers > 1 else ''}"

@@ -68,10 +68,12 @@ def take(it, n):
 
 
 class CountingRecords:
-    """Records that note every index read (in-process pipelines only)."""
+    """Records that note every index read (in-process pipelines only); example `bad` fails to
+    read (EIO) its first `failures` times."""
 
-    def __init__(self, records):
+    def __init__(self, records, bad: int = -1, failures: int = 0):
         self.records, self.reads = records, []
+        self.bad, self.failures = bad, failures
 
     def __len__(self):
         return len(self.records)
@@ -81,6 +83,10 @@ class CountingRecords:
 
     def read(self, i):
         self.reads.append(int(i))
+        if int(i) == self.bad and self.failures > 0:
+            import errno
+            self.failures -= 1
+            raise OSError(errno.EIO, "Input/output error", self.name(i))
         return self.records.read(i)
 
 

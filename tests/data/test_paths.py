@@ -8,10 +8,6 @@ import pytest
 
 from resnet_jax.data import prepare, sources
 
-_spec = importlib.util.spec_from_file_location(
-    "data_helpers", os.path.join(os.path.dirname(__file__), "conftest.py"))
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
 _sweeps = importlib.util.spec_from_file_location(
     "sweeps_helpers", os.path.join(os.path.dirname(__file__), "..", "sweeps", "conftest.py"))
 sweeps_helpers = importlib.util.module_from_spec(_sweeps)
@@ -37,7 +33,7 @@ def test_prepare_convert_writes_array_record_files_into_gs(fake_gcs, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["folder", "tar"])
-def test_prepare_folder_refuses_both_val_and_validation(tmp_path, kind):
+def test_prepare_folder_refuses_both_val_and_validation(tmp_path, kind, helpers):
     """Both are the tfds split 'validation': prepare kept one of them, training on the folder
     reads `val` (`folders.eval_split`): refused in one line, nothing written."""
     for split in ("train", "val", "validation"):
@@ -53,7 +49,7 @@ def test_prepare_folder_refuses_both_val_and_validation(tmp_path, kind):
     assert not (tmp_path / "tfds").exists()
 
 
-def test_a_file_name_that_is_not_utf8_is_read_on_every_path(tmp_path):
+def test_a_file_name_that_is_not_utf8_is_read_on_every_path(tmp_path, helpers):
     """A name such as Latin-1 'caf\\xe9.jpg' on a UTF-8 system (os.fsencode, as the in-memory
     loader already read it): listed, read, named in messages; it stopped the whole folder
     with a UnicodeEncodeError naming no file."""
