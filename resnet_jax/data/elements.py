@@ -62,7 +62,8 @@ class TrainPlan:
         """The positions of the epoch order whose examples stand in, in turn, for that of
         position `at` when it does not decode: the same global row of the epoch's next steps
         (wrapping to its first), then the examples the epoch leaves over (n % B). None is in
-        `at`'s own batch, and two rows of a batch never share one."""
+        `at`'s own batch, and two rows of a batch share none of the next steps' (only when
+        all of those fail too do they meet among the left-over ones)."""
         b, steps = self.global_batch, self.steps_per_epoch
         step, row = divmod(at, b)
         for j in range(1, steps):

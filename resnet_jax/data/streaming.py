@@ -226,7 +226,7 @@ class StreamingPipeline:
             if kind == "read":
                 raise ReadError(f"cannot read image {name!r} ({what}): {reason}: a read error, "
                                 "not a corrupt image (data.on_corrupt does not apply); check "
-                                "the storage, then run the same command again to resume")
+                                "the storage, then run the same command again (a run resumes)")
             raise CorruptImageError(f"cannot decode image {name!r} ({what}; set data.on_corrupt="
                                     f"'skip' to skip it): {reason}")
         skipped = int(batch.pop("skipped").sum())
