@@ -226,6 +226,7 @@ def test_workers_leave_sigterm_to_the_training_process(tree, monkeypatch, readin
         ref = [b["image"] for b in make(cfg, eval_batch=2).eval_batches()]
         p = make(stream_config(path=tree, eval_crops="10crop", workers=2), eval_batch=2)
         got = [b["image"] for b in p.eval_batches()]
+        p.close()  # its evaluation workers wait for the next evaluation until then
         assert len(spawned) > 2 and len(got) == len(ref)
         for a, b in zip(got, ref, strict=True):
             np.testing.assert_array_equal(a, b)
