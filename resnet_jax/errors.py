@@ -5,8 +5,9 @@
     1  training stopped at a non-finite loss or gradient (FloatingPointError)
     2  bad input: a config, an argument, data, or a workdir that cannot be used (ValueError)
     3  the workdir is in use by another run, or this run lost it to another (WorkdirBusyError)
-    4  storage failed: a checkpoint or a run file could not be written or read back
-       (StorageError, OSError); the checkpoints committed before are left as they were
+    4  storage failed: a checkpoint or a run file could not be written or read back, or an
+       image file could not be read after retries (StorageError, OSError: data.decode's
+       ReadError); the checkpoints committed before are left as they were
   130  interrupted before anything could be saved, or a second Ctrl-C (abort at once)
 """
 from __future__ import annotations

@@ -29,3 +29,24 @@ def test_torn_last_line_is_dropped_and_repaired_before_append(tmp_path):
 
 def test_read_jsonl_of_a_missing_file_is_empty(tmp_path):
     assert files.read_jsonl(tmp_path / "none.jsonl") == []
+
+
+def test_a_gs_workdir_without_the_gcs_extra_is_one_line_before_anything(monkeypatch, capsys):
+    """Without google-cloud-storage and gcsfs, `train`, `eval` and `sweep` on a gs:// workdir
+    stop with one line naming the extra (exit 2), before the lease: every process checks it
+    itself, so none waits for process 0 (whose client import failed with a traceback)."""
+    import sys
+
+    from resnet_jax import cli
+    from resnet_jax.train import lease
+    for module in ("google.cloud.storage", "gcsfs"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    monkeypatch.setattr(lease, "hold", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("the lease was asked for")))
+    for argv in (["train", "--config", "configs/smoke.py", "--workdir", "gs://bucket/run"],
+                 ["eval", "--workdir", "gs://bucket/run"],
+                 ["sweep", "configs/sweeps/smoke.py", "--workdir", "gs://bucket/sweep"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "gs://bucket/" in err, err
+        assert "pip install 'resnet-jax[gcs]'" in err and "google.cloud.storage" in err

@@ -29,10 +29,14 @@ Window = Tuple[float, float, float, float]
 TRAIN_AUGMENTS = ("scale", "inception", "none")
 
 
-def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+def example_rng(seed: int, epoch: int, index: int, slot: int | None = None
+                ) -> np.random.Generator:
     """The generator of example `index` in epoch `epoch`: its augmentation depends on nothing
-    else (not the process, the worker or where the run restarted)."""
-    return np.random.default_rng([seed & 0xFFFFFFFF, epoch, index, 0xA9])
+    else (not the process, the worker or where the run restarted). `slot`: the position of the
+    epoch order it stands in for (a corrupt image's, `elements.TrainPlan.stand_ins`), which
+    draws it another view than the one of its own position."""
+    key = [seed & 0xFFFFFFFF, epoch, index, 0xA9] + ([] if slot is None else [1 + slot])
+    return np.random.default_rng(key)
 
 
 def scale_window(h: int, w: int, rng: np.random.Generator, size: int = 224,

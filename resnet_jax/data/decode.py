@@ -9,6 +9,8 @@ conversion clips a 16-bit grayscale PNG to 255: all white). An unreadable file r
 from __future__ import annotations
 
 import io
+import time
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -20,6 +22,35 @@ ON_CORRUPT_CHOICES = schema.ENUMS["data.on_corrupt"]
 
 class CorruptImageError(ValueError):
     """An image file that cannot be decoded; the message names its path."""
+
+
+class ReadError(OSError):
+    """An image file that could not be read, after retries: the storage failed, not the image
+    (data.on_corrupt does not apply: skipping it would change the batch of a step)."""
+
+
+# A transient EIO on a network filesystem or a 5xx of an object store passes in seconds: read
+# again after 0.5, 1, 2 and 4 s (7.5 s in all) before the run stops.
+READ_TRIES, READ_BACKOFF_S = 5, 0.5
+T = TypeVar("T")
+
+
+def read_retrying(read: Callable[[], T], name: str) -> T:
+    """`read()`, again after a growing pause while it raises OSError; then `ReadError` naming
+    `name`, the last error and the tries."""
+    waited = 0.0
+    for attempt in range(READ_TRIES - 1):
+        try:
+            return read()
+        except OSError:
+            pause = READ_BACKOFF_S * 2 ** attempt
+            time.sleep(pause)
+            waited += pause
+    try:
+        return read()
+    except OSError as err:
+        raise ReadError(f"cannot read image {name!r}: {type(err).__name__}: {err} "
+                        f"({READ_TRIES} tries over {waited:.1f} s)") from None
 
 
 def decode_rgb(data: bytes, path: str = "<bytes>") -> np.ndarray:

@@ -8,17 +8,20 @@ reads, decodes and augments it with the generator of (seed, epoch, example index
 element depends on the seed, its step and row, and the data alone: not on the number of
 processes, workers or threads, nor on where the run started.
 
-Unreadable images: with on_corrupt='error' the element carries the message (the pipeline
-raises it in the main process with the step, whatever grain does with worker exceptions);
-with 'skip' the next readable example of the same epoch order takes its place (the batch of
-a step stays a function of the step) and the element counts what it skipped.
+Bad files: an image that does not decode is corrupt; a file that cannot be read is a read
+error (`decode.read_retrying`: tried again with growing pauses first), never skipped: the
+batch of a step stays a function of the step. The element carries either as its 'error'
+(the pipeline raises it in the main process with the step, whatever grain does with worker
+exceptions). With on_corrupt='skip' a corrupt training image is replaced by the example at the
+same row of the next step of its epoch (`stand_ins`), with an augmentation of its own: never a
+duplicate in the batch, nor the view that example has in its own step.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from resnet_jax.data import augment, order
-from resnet_jax.data.decode import CorruptImageError
+from resnet_jax.data.decode import CorruptImageError, ReadError, read_retrying
 
 
 class TrainPlan:
@@ -55,17 +58,32 @@ class TrainPlan:
         return int(self.permutation(epoch)[at])
 
 
-def _read(records, i: int) -> bytes:
-    try:
-        return records.read(i)
-    except OSError as err:  # a file gone or unreadable: the same one line as a corrupt one
-        raise CorruptImageError(f"cannot decode image {records.name(i)!r}: "
-                                f"{type(err).__name__}: {err}") from None
+    def stand_ins(self, at: int):
+        """The positions of the epoch order whose examples stand in, in turn, for that of
+        position `at` when it does not decode: the same global row of the epoch's next steps
+        (wrapping to its first), then the examples the epoch leaves over (n % B). None is in
+        `at`'s own batch, and two rows of a batch share none of the next steps' (only when
+        all of those fail too do they meet among the left-over ones)."""
+        b, steps = self.global_batch, self.steps_per_epoch
+        step, row = divmod(at, b)
+        for j in range(1, steps):
+            yield ((step + j) % steps) * b + row
+        rest = self.n - steps * b
+        for k in range(rest):
+            yield steps * b + (row + k) % rest
+
+
+def _read(records, i: int) -> tuple[bytes, int]:
+    """(bytes, label) of example i, read again on an OSError (`decode.read_retrying`)."""
+    return read_retrying(lambda: records.read(i), records.name(i))
 
 
 def _reason(err: Exception, name: str) -> str:
-    """The reason of a `CorruptImageError` about `name`, without the name."""
-    return str(err).removeprefix(f"cannot decode image {name!r}: ")
+    """The reason of a `CorruptImageError` or `ReadError` about `name`, without the name."""
+    for prefix in (f"cannot decode image {name!r}: ", f"cannot read image {name!r}: "):
+        if str(err).startswith(prefix):
+            return str(err)[len(prefix):]
+    return str(err)
 
 
 class TrainElement:
@@ -77,9 +95,12 @@ class TrainElement:
         self.augment, self.size, self.eval_resize = augment_name, size, eval_resize
         self.on_corrupt = on_corrupt
 
-    def view(self, epoch: int, i: int) -> tuple[np.ndarray, int]:
+    def view(self, epoch: int, i: int, slot: int | None = None) -> tuple[np.ndarray, int]:
+        """The training view of example i (standing in for position `slot`: a view drawn
+        for that)."""
         data, label = _read(self.records, i)
-        rng = None if self.augment == "none" else augment.example_rng(self.plan.seed, epoch, i)
+        rng = (None if self.augment == "none"
+               else augment.example_rng(self.plan.seed, epoch, i, slot))
         return augment.train_view(data, self.records.name(i), self.augment, rng, self.size,
                                   self.eval_resize), label
 
@@ -87,22 +108,33 @@ class TrainElement:
         step, row = divmod(int(position), self.plan.batch)
         epoch, at = self.plan.locate(step, row)
         perm = self.plan.permutation(epoch)
-        for skipped in range(self.plan.n):
-            i = int(perm[(at + skipped) % self.plan.n])
+        i = int(perm[at])
+        try:
             try:
-                image, label = self.view(epoch, i)
-                return _element(image, label, skipped=skipped)
+                return _element(*self.view(epoch, i))
             except CorruptImageError as err:
                 if self.on_corrupt != "skip":
-                    name = self.records.name(i)
-                    return _element(np.zeros((self.size, self.size, 3), np.uint8), 0,
-                                    error=(name, _reason(err, name)))
+                    return self.failed(i, err, "decode")
+            for skipped, stand_in in enumerate(self.plan.stand_ins(at), start=1):
+                i = int(perm[stand_in])
+                try:
+                    return _element(*self.view(epoch, i, slot=at), skipped=skipped)
+                except CorruptImageError:
+                    continue
+        except ReadError as err:
+            return self.failed(i, err, "read")
         raise CorruptImageError(f"data.on_corrupt='skip': none of the {self.plan.n} training "
                                 "images can be decoded")
 
+    def failed(self, i: int, err: Exception, kind: str) -> dict:
+        name = self.records.name(i)
+        return _element(np.zeros((self.size, self.size, 3), np.uint8), 0,
+                        error=(name, _reason(err, name), kind))
 
-def _element(image, label: int, skipped: int = 0, error: tuple = ("", "")) -> dict:
-    """'error': (file, reason) of an image that could not be decoded, else empty strings."""
+
+def _element(image, label: int, skipped: int = 0, error: tuple = ("", "", "")) -> dict:
+    """'error': (file, reason, 'decode' | 'read') of an image that could not be decoded or
+    read, else empty strings."""
     return {"image": image, "label": np.int32(label), "skipped": np.int32(skipped),
             "error": np.asarray(error)}
 
@@ -120,16 +152,18 @@ class EvalElement:
 
     def __call__(self, row: tuple) -> dict:
         i, mask = int(row[0]), bool(row[1])
-        error = ("", "")
+        error = ("", "", "")
         image, label = self.blank(), 0
         if mask:
             name = self.records.name(i)
             try:
                 data, label = _read(self.records, i)
                 image = self.views.of(name, data)
-            except ValueError as err:  # CorruptImageError, or an image the views refuse
-                image, label, mask = self.blank(), 0, False
-                error = (name, _reason(err, name).removeprefix(f"{name}: "))
-        skipped = bool(error[0]) and self.on_corrupt == "skip"
+            except (ValueError, ReadError) as err:  # CorruptImageError, an image the views
+                image, label, mask = self.blank(), 0, False  # refuse, or a read error
+                kind = "read" if isinstance(err, ReadError) else "decode"
+                error = (name, _reason(err, name).removeprefix(f"{name}: "), kind)
+        skipped = error[2] == "decode" and self.on_corrupt == "skip"
         return {"image": image, "label": np.int32(label), "mask": np.bool_(mask),
-                "skipped": np.int32(skipped), "error": np.asarray(("", "") if skipped else error)}
+                "skipped": np.int32(skipped),
+                "error": np.asarray(("", "", "") if skipped else error)}

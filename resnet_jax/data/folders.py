@@ -91,6 +91,22 @@ def scan_folder(root: str) -> dict[str, list[str]]:
     return {c: files[c] for c in classes_of(files, root)}
 
 
+def class_names(root: str) -> list[str]:
+    """The sorted classes of `root/<class>/<image>`, as `scan_folder` finds them, without
+    listing every image: a folder is a class once it holds one image file."""
+    if not os.path.isdir(root):
+        raise ValueError(f"data.path: {root!r} is not a directory")
+
+    def holds_an_image(folder: str) -> bool:
+        with os.scandir(folder) as entries:
+            return any(is_image_file(e.name) and e.is_file() for e in entries)
+
+    names = [c for c in visible_dirs(root) if holds_an_image(os.path.join(root, c))]
+    if not names:
+        raise ValueError(f"data.path: no images under {root!r} (expected <class>/<image>)")
+    return names
+
+
 def label_index(found: Iterable[str], class_names: Optional[Sequence[str]],
                 where: str) -> dict[str, int]:
     """{class name: label} for the classes `found` in a split: the index of each name in the

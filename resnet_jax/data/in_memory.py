@@ -17,7 +17,8 @@ from typing import Optional
 import numpy as np
 
 from resnet_jax.data import folders
-from resnet_jax.data.decode import CorruptImageError, check_on_corrupt, decode_rgb
+from resnet_jax.data.decode import (CorruptImageError, check_on_corrupt, decode_rgb,
+                                    read_retrying)
 from resnet_jax.data.device_ops import pad_crop_flip  # noqa: F401  (public here by contract)
 from resnet_jax.data.tf_import import quiet_native_logs
 
@@ -67,6 +68,11 @@ def relabel(arrays: Arrays, class_names: Optional[list], where: str) -> Arrays:
     return images, remap[labels], list(class_names)
 
 
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def load_image_folder(path: str, on_corrupt: str = "error",
                       class_names: Optional[list] = None) -> Arrays:
     """Load `path/<class>/<image>` (sorted) into memory with Pillow; labels index
@@ -74,8 +80,7 @@ def load_image_folder(path: str, on_corrupt: str = "error",
     items = []
     for cls, paths in folders.scan_folder(path).items():
         for file in paths:
-            with open(file, "rb") as f:
-                items.append((file, cls, f.read()))
+            items.append((file, cls, read_retrying(lambda: _read_file(file), file)))
     return relabel(_stack(items, on_corrupt, f"folder {path!r}"), class_names, path)
 
 

@@ -82,6 +82,7 @@ class InMemoryPipeline:
         images, labels, self.class_names = _load_split(cfg, "train")
         self._source = _describe_source(cfg)
         num_val = cfg.num_val_examples
+        self._held_out = num_val > 0
         if num_val > 0:
             # The split seed is fixed (not the run seed) so every run validates on the same 5k.
             train, val = in_memory.split_train_val(images, labels, num_val, seed=0)
@@ -122,6 +123,16 @@ class InMemoryPipeline:
             seed=self.seed, n=self.num_train_examples, global_batch=self.global_batch_size,
             start_step=start_step, num_steps=num_steps, process_index=self.process_index,
             process_count=self.process_count)
+
+    def identity(self) -> dict:
+        """What the data is (`data.identity`): class names, and each split's size and the
+        fingerprint of its decoded images and labels."""
+        from resnet_jax.data.identity import fingerprint, of_split
+        (ti, tl), (ei, el) = self.train_arrays, self.eval_arrays
+        split = "held out" if self._held_out else "eval"
+        return {"class_names": [str(c) for c in self.class_names],
+                "train": of_split(len(tl), fingerprint(ti, tl.astype("<i4"))),
+                "eval": of_split(len(el), fingerprint(ei, el.astype("<i4")), split)}
 
     def describe(self) -> str:
         """Where the images come from, in a few words."""

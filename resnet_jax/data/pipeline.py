@@ -37,6 +37,10 @@ class Pipeline(Protocol):
     def describe(self) -> str:
         """Where the images come from, in a few words (for the run's first lines)."""
 
+    def identity(self) -> dict:
+        """What the data is, to record and check in a workdir (`data.identity`): class
+        names, and each split's size and fingerprint."""
+
     def with_seed(self, seed: int) -> "Pipeline":
         """This pipeline (data shared, nothing loaded again) with the training order and
         augmentation of run seed `seed`: what replica i of a packed run (seed + i) reads."""
@@ -57,11 +61,16 @@ class Pipeline(Protocol):
 
 
 def make_pipeline(data_config: Any, *, global_batch_size: int, eval_batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> Pipeline:
+                  process_index: int = 0, process_count: int = 1,
+                  eval_only: bool = False) -> Pipeline:
     """Build the pipeline named by `data_config.pipeline` ('in_memory' | 'streaming').
 
     `data_config` is a full `data` section (`resnet_jax.schema.FIELDS['data']`); its allowed
     values are checked here too, for callers that did not load it through `load_config`.
+    `eval_only`: a pipeline to evaluate with (streaming: the training split is not listed
+    unless the evaluation split is held out of it; the class names come from its class
+    folders, `num_train_examples` and `steps_per_epoch` are 0 and `train_chunk` raises; in
+    memory: no difference, the training split gives the normalization's statistics).
     """
     schema.check_data(data_config)
     kwargs = dict(global_batch_size=global_batch_size, eval_batch_size=eval_batch_size,
@@ -70,4 +79,4 @@ def make_pipeline(data_config: Any, *, global_batch_size: int, eval_batch_size: 
         from resnet_jax.data.in_memory_pipeline import InMemoryPipeline
         return InMemoryPipeline(data_config, **kwargs)
     from resnet_jax.data.streaming import StreamingPipeline
-    return StreamingPipeline(data_config, **kwargs)
+    return StreamingPipeline(data_config, **kwargs, eval_only=eval_only)

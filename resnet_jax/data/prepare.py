@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def folder_splits(path: str) -> tuple[dict, list]:
     """({split: Records}, training class names) of an image folder or uncompressed tar."""
     if os.path.isdir(path):
+        _one_validation_split(path, folders.visible_dirs(path))
         train_dir = os.path.join(path, folders.TRAIN_SPLIT)
         if not os.path.isdir(train_dir):
             raise ValueError(f"{path!r} has no 'train' folder (layout: split/<class>/<image>)")
@@ -76,6 +77,7 @@ def folder_splits(path: str) -> tuple[dict, list]:
                 out[TFDS_SPLIT.get(split, split)] = sources.FolderRecords(d, e_paths, e_labels)
         return out, list(names)
     index = sources.index_tar(path)
+    _one_validation_split(path, index)
     if "train" not in index:
         raise ValueError(f"{path!r} has no 'train' split (layout: train/<class>/<image>)")
     train, names = sources.tar_split(path, index["train"], None, "train")
@@ -85,6 +87,15 @@ def folder_splits(path: str) -> tuple[dict, list]:
             out[TFDS_SPLIT.get(split, split)] = sources.tar_split(path, index[split], names,
                                                                    split)[0]
     return out, names
+
+
+def _one_validation_split(path: str, splits) -> None:
+    """Refuses `val` beside `validation`: both become the tfds split 'validation', and
+    training on the folder itself evaluates on `val` (`folders.eval_split`)."""
+    if {"val", "validation"} <= set(splits):
+        raise ValueError(f"{path!r} has both 'val' and 'validation' folders, which would both "
+                         "be the tfds split 'validation' (training on the folder evaluates on "
+                         "'val'): rename or remove one")
 
 
 def _builder_class():
@@ -153,17 +164,29 @@ def read_tfrecord(path) -> Iterator[bytes]:
 
 
 def _write_array_record(records, path) -> int:
+    """Writes `records` as the ArrayRecord file `path` under a temporary name renamed when
+    whole; returns their number. ArrayRecord's writer opens local files only: a remote file
+    (gs://) is written in a local temporary folder first (one file at a time: a shard's size
+    of local disk), then copied."""
+    import shutil
+    import tempfile
+
     from array_record.python.array_record_module import ArrayRecordWriter
     from etils import epath
-    tmp = epath.Path(f"{path}.incomplete")
-    writer = ArrayRecordWriter(os.fspath(tmp), "group_size:1")  # random access, as tfds writes
-    n = 0
-    try:
-        for record in records:
-            writer.write(record)
-            n += 1
-    finally:
-        writer.close()
+    tmp, remote = epath.Path(f"{path}.incomplete"), "://" in os.fspath(path)
+    with tempfile.TemporaryDirectory(prefix="resnet-jax-prepare-") as scratch:
+        local = os.path.join(scratch, "file.array_record") if remote else os.fspath(tmp)
+        writer = ArrayRecordWriter(local, "group_size:1")  # random access, as tfds writes
+        n = 0
+        try:
+            for record in records:
+                writer.write(record)
+                n += 1
+        finally:
+            writer.close()
+        if remote:
+            with open(local, "rb") as src, tmp.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
     tmp.rename(path)
     return n
 

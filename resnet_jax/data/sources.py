@@ -14,20 +14,23 @@ files missing: each one `ValueError` line naming the file or split.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tarfile
 from typing import Optional, Sequence
 
 import numpy as np
 
-from resnet_jax.data import folders
+from resnet_jax.data import folders, identity
 
 TFDS_FORMATS = ("array_record",)  # what tfds.data_source reads by index
 
 
 class Records:
     """Encoded images by index: `len(r)`, `r.read(i) -> (bytes, label)`, `r.name(i)` (for
-    error messages)."""
+    error messages), `r.keys()` (each example's identity: what the held-out part is chosen
+    by) and `r.fingerprint()` (of the keys and labels in order: `data.identity`)."""
+    labels: np.ndarray
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -38,6 +41,12 @@ class Records:
     def name(self, i: int) -> str:
         raise NotImplementedError
 
+    def keys(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        return identity.fingerprint(b"\n".join(self.keys()), self.labels.astype("<i4"))
+
 
 class FolderRecords(Records):
     """Image files by path; labels given."""
@@ -45,14 +54,19 @@ class FolderRecords(Records):
     def __init__(self, root: str, paths: Sequence[str], labels: np.ndarray):
         self.root = root
         # Relative, as bytes: ImageNet's 1.28M paths pickle to each worker in ~60 MB, not 300.
-        self.paths = np.asarray([os.path.relpath(p, root).encode() for p in paths])
+        # os.fsencode: a name that is not UTF-8 (Latin-1 'caf\xe9.jpg') is a str with
+        # surrogates here, which str.encode refuses.
+        self.paths = np.asarray([os.fsencode(os.path.relpath(p, root)) for p in paths])
         self.labels = np.asarray(labels, np.int32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def name(self, i: int) -> str:
-        return os.path.join(self.root, self.paths[i].decode())
+        return os.path.join(self.root, os.fsdecode(self.paths[i]))
+
+    def keys(self) -> np.ndarray:
+        return self.paths  # class/file: the same wherever the tree is, and in its tar
 
     def read(self, i: int) -> tuple[bytes, int]:
         with open(self.name(i), "rb") as f:
@@ -63,7 +77,7 @@ class TarRecords(Records):
     """Members of an uncompressed tar, read with one `pread` each by offset."""
 
     def __init__(self, path: str, names: Sequence[str], offsets, sizes, labels):
-        self.path, self.names = path, np.asarray([n.encode() for n in names])
+        self.path, self.names = path, np.asarray([os.fsencode(n) for n in names])
         self.offsets = np.asarray(offsets, np.int64)
         self.sizes = np.asarray(sizes, np.int64)
         self.labels = np.asarray(labels, np.int32)
@@ -76,7 +90,12 @@ class TarRecords(Records):
         return len(self.labels)
 
     def name(self, i: int) -> str:
-        return f"{self.path}:{self.names[i].decode()}"
+        return f"{self.path}:{os.fsdecode(self.names[i])}"
+
+    def keys(self) -> np.ndarray:
+        """class/file of each member (what is above the split, such as a top folder, is not
+        the image's identity: a tree and its tar hold out the same images)."""
+        return np.asarray([b"/".join(n.split(b"/")[-2:]) for n in self.names])
 
     def read(self, i: int) -> tuple[bytes, int]:
         if self._fd is None:
@@ -93,8 +112,10 @@ class TfdsRecords(Records):
     """A split of a tfds dataset stored as ArrayRecord (`tfds.data_source`, images left
     encoded)."""
 
-    def __init__(self, name: str, split: str, data_dir: Optional[str], length: int):
+    def __init__(self, name: str, split: str, data_dir: Optional[str], length: int,
+                 version: str = ""):
         self.dataset, self.split, self.data_dir, self.length = name, split, data_dir, length
+        self.version = version
         self._source = None
 
     def __getstate__(self):
@@ -106,6 +127,13 @@ class TfdsRecords(Records):
     def name(self, i: int) -> str:
         return f"tfds {self.dataset} {self.split} example {i}"
 
+    def keys(self) -> np.ndarray:
+        """The example's index: a prepared tfds split of a version does not change."""
+        return np.char.encode(np.arange(self.length).astype(str))
+
+    def fingerprint(self) -> str:  # its labels are in the records: the version stands for them
+        return identity.fingerprint(self.dataset, self.version, self.split, str(self.length))
+
     def read(self, i: int) -> tuple[bytes, int]:
         if self._source is None:
             from resnet_jax.data.tf_import import tensorflow_datasets
@@ -113,7 +141,10 @@ class TfdsRecords(Records):
             self._source = tfds.data_source(self.dataset, split=self.split,
                                             data_dir=self.data_dir, download=False,
                                             decoders={"image": tfds.decode.SkipDecoding()})
-        example = self._source[int(i)]
+        try:
+            example = self._source[int(i)]
+        except RuntimeError as err:  # ArrayRecord's C++ reader: a failed read of its file
+            raise OSError(f"{type(err).__name__}: {err}") from err
         return bytes(example["image"]), int(example["label"])
 
 
@@ -126,6 +157,12 @@ class Subset(Records):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def keys(self) -> np.ndarray:
+        return self.records.keys()[self.indices]
+
+    def fingerprint(self) -> str:
+        return identity.fingerprint(self.records.fingerprint(), self.indices.astype("<i8"))
+
     def name(self, i: int) -> str:
         return self.records.name(int(self.indices[i]))
 
@@ -135,37 +172,47 @@ class Subset(Records):
 
 @dataclasses.dataclass
 class Splits:
-    train: Records
+    train: Optional[Records]  # None: not listed (`open_splits(train=False)`)
     eval: Records
     class_names: list
     where: str        # what the run's first line says, e.g. "tar x.tar"
     eval_split: str   # e.g. "val", or "1,000 held out of train (seed 0)"
 
 
-def held_out(n: int, num_val: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, held-out indices) of n examples: the in-memory pipeline's seeded rule
-    (`in_memory.split_train_val`, seed 0: every run validates on the same part)."""
-    from resnet_jax.data.in_memory import split_train_val
+def held_out(keys: np.ndarray, num_val: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices) of the examples of `keys` (each one's identity,
+    `Records.keys`): the `num_val` whose keys hash lowest are held out, both parts in their
+    order. An example's part depends on its own name, not its position: deleting a training
+    image moves no other, deleting a held-out one moves one training image (the next lowest)
+    into the held-out part, and every run holds out the same images of the same files.
+    (The in-memory pipeline holds out by position, `in_memory.split_train_val`: CIFAR's 45k/5k
+    split as it always was; a changed file list is refused on resume there too.)"""
+    n = len(keys)
     if not 0 < num_val < n:
         raise ValueError(f"config field data.num_val_examples={num_val} must be in [0, {n}) "
                          f"(the training split has {n} examples)")
-    (train, _), (val, _) = split_train_val(np.arange(n), np.zeros(n), num_val, seed=0)
-    return train, val
+    ranks = np.asarray([int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "big")
+                        for k in keys], np.uint64)
+    is_val = np.zeros(n, bool)
+    is_val[np.argsort(ranks, kind="stable")[:num_val]] = True
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 def _with_held_out(train: Records, num_val: int) -> tuple[Records, Records, str]:
-    t, v = held_out(len(train), num_val)
+    t, v = held_out(train.keys(), num_val)
     return Subset(train, t), Subset(train, v), f"{num_val:,} held out of train"
 
 
-def open_splits(cfg) -> Splits:
-    """The training and evaluation records of `cfg` (a `data` config section)."""
+def open_splits(cfg, train: bool = True) -> Splits:
+    """The training and evaluation records of `cfg` (a `data` config section). `train=False`
+    (to evaluate): `Splits.train` is None unless the evaluation split is held out of it, and
+    the training split is not listed (its class names come from its class folders)."""
     if cfg.source == "folder":
-        return _folder(cfg.path, cfg.num_val_examples)
+        return _folder(cfg.path, cfg.num_val_examples, train)
     if cfg.source == "tar":
-        return _tar(cfg.path, cfg.num_val_examples)
+        return _tar(cfg.path, cfg.num_val_examples, train)
     if cfg.source == "tfds":
-        return _tfds(cfg.name, cfg.data_dir or None, cfg.num_val_examples)
+        return _tfds(cfg.name, cfg.data_dir or None, cfg.num_val_examples, train)
     raise ValueError(f"config field data.source={cfg.source!r} is not supported by "
                      "data.pipeline='streaming'; allowed values: folder, tar, tfds")
 
@@ -187,10 +234,13 @@ def folder_split_dirs(path: str, need_eval: bool = True) -> tuple:
     return train, None
 
 
-def _folder(path: str, num_val: int) -> Splits:
+def _folder(path: str, num_val: int, list_train: bool = True) -> Splits:
     train_dir, eval_dir = folder_split_dirs(path, need_eval=num_val == 0)
-    paths, labels, names = folders.list_image_folder(train_dir)
-    train = FolderRecords(train_dir, paths, labels)
+    if list_train or num_val:
+        paths, labels, names = folders.list_image_folder(train_dir)
+        train = FolderRecords(train_dir, paths, labels)
+    else:
+        train, names = None, folders.class_names(train_dir)
     if num_val:
         train, ev, eval_name = _with_held_out(train, num_val)
     else:
@@ -240,13 +290,16 @@ def tar_split(path: str, members: dict, class_names: Optional[list], split: str)
     return TarRecords(path, names, offsets, sizes, labels), sorted(files)
 
 
-def _tar(path: str, num_val: int) -> Splits:
+def _tar(path: str, num_val: int, list_train: bool = True) -> Splits:
     index = index_tar(path)
     splits = sorted(s for s in index if not folders.is_hidden(s))
     if folders.TRAIN_SPLIT not in index:
         raise ValueError(f"data.path={path!r} has no 'train' split (layout: train/<class>/"
                          f"<image>); splits there: {', '.join(splits) or 'none'}")
-    train, names = tar_split(path, index[folders.TRAIN_SPLIT], None, folders.TRAIN_SPLIT)
+    if list_train or num_val:
+        train, names = tar_split(path, index[folders.TRAIN_SPLIT], None, folders.TRAIN_SPLIT)
+    else:  # the index is read whole anyway: only the training records are not built
+        train, names = None, folders.classes_of(index[folders.TRAIN_SPLIT], path)
     if num_val:
         train, ev, eval_name = _with_held_out(train, num_val)
     else:
@@ -300,7 +353,7 @@ def tfds_split_files(builder, split: str) -> list:
     return paths
 
 
-def _tfds(name: str, data_dir: Optional[str], num_val: int) -> Splits:
+def _tfds(name: str, data_dir: Optional[str], num_val: int, list_train: bool = True) -> Splits:
     builder = tfds_builder(name, data_dir)
     have = sorted(builder.info.splits.keys())
     if "train" not in have:
@@ -311,9 +364,10 @@ def _tfds(name: str, data_dir: Optional[str], num_val: int) -> Splits:
 
     def records(split: str) -> TfdsRecords:
         tfds_split_files(builder, split)
-        return TfdsRecords(name, split, data_dir, int(builder.info.splits[split].num_examples))
+        return TfdsRecords(name, split, data_dir, int(builder.info.splits[split].num_examples),
+                           str(builder.info.version))
 
-    train = records("train")
+    train = records("train") if list_train or num_val else None  # its files not checked
     if num_val:
         train, ev, eval_name = _with_held_out(train, num_val)
     else:

@@ -17,15 +17,17 @@ evaluation plan with the views of `views` (decoded once for all scales).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import threading
+import time
 from typing import Iterator
 
 import numpy as np
 
 from resnet_jax.data import order, sources
-from resnet_jax.data.decode import CorruptImageError
+from resnet_jax.data.decode import CorruptImageError, ReadError
 from resnet_jax.data.device_ops import IMAGENET_MEAN, IMAGENET_STD, make_device_preprocess
 from resnet_jax.data.elements import EvalElement, TrainElement, TrainPlan
 
@@ -50,14 +52,33 @@ def one_opencv_thread() -> None:
     cv2.setNumThreads(1)
 
 
-def init_worker(worker_index: int = 0, worker_count: int = 1) -> None:
+def init_worker(worker_index: int = 0, worker_count: int = 1, parent: int | None = None) -> None:
     """In each grain worker: SIGTERM and SIGINT are the training process's to handle (a
     preemption that signals every process must let the run save its checkpoint); grain stops
-    its workers itself (a flag, then SIGKILL) when the pipeline closes. One OpenCV thread."""
+    its workers itself (a flag, then SIGKILL) when the pipeline closes, but a training process
+    that dies without closing it (SIGKILL, the OOM killer, a second Ctrl-C) leaves them
+    waiting for ever, and they ignore both signals: so they watch their parent (`parent`, the
+    training process's pid) and end with it. One OpenCV thread."""
     import signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None:
+        threading.Thread(target=end_with_parent, args=(parent,), name="end-with-parent",
+                         daemon=True).start()
     one_opencv_thread()
+
+
+PARENT_POLL_S = 0.25
+
+
+def end_with_parent(parent: int) -> None:
+    """Ends this process once `parent` is no longer its parent (a process whose parent died
+    is re-parented: to init, or a subreaper). Polled rather than PR_SET_PDEATHSIG, whose signal
+    comes when the *thread* that started the process ends: grain starts its workers from
+    short-lived threads of its own."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def make_iterator(ds, workers: int, buffer: int = 2):
@@ -74,7 +95,8 @@ def make_iterator(ds, workers: int, buffer: int = 2):
     if not flags.FLAGS.is_parsed():  # grain's worker pool reads its absl flags (defaults)
         flags.FLAGS.mark_as_parsed()
     return iter(ds.to_iter_dataset(read).mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=init_worker))
+        num_workers=workers, per_worker_buffer_size=buffer),
+        worker_init_fn=functools.partial(init_worker, parent=os.getpid())))
 
 
 WORKER_DIED = "Worker process was terminated unexpectedly"  # grain's RuntimeError
@@ -123,7 +145,7 @@ class StreamingPipeline:
     `eval_scales` of each batch, from one decode."""
 
     def __init__(self, cfg, *, global_batch_size: int, eval_batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, eval_only: bool = False):
         self.augment, self.eval_crops, self.on_corrupt = (cfg.train_augment, cfg.eval_crops,
                                                           cfg.on_corrupt)
         self.size, self.eval_resize = int(cfg.image_size), int(cfg.eval_resize)
@@ -136,14 +158,17 @@ class StreamingPipeline:
                                                  "eval_batch_size")
         self.workers = num_workers(int(cfg.workers))
         self.num_skipped, self.resident = 0, None
-        self.splits = sources.open_splits(cfg)
+        # eval_only: the training split is not listed unless the evaluation split is held out
+        # of it (splits.train None: 0 training examples, and no training stream).
+        self.splits = sources.open_splits(cfg, train=not eval_only)
         self.class_names = list(self.splits.class_names)
         self.num_classes = len(self.class_names)
-        self.num_train_examples = len(self.splits.train)
+        listed = self.splits.train is not None
+        self.num_train_examples = len(self.splits.train) if listed else 0
         self.num_eval_examples = len(self.splits.eval)
         self.plan = TrainPlan(seed, self.num_train_examples, global_batch_size, process_index,
-                              process_count)
-        self.steps_per_epoch = self.plan.steps_per_epoch
+                              process_count) if listed else None
+        self.steps_per_epoch = self.plan.steps_per_epoch if self.plan else 0
         self.image_shape = (self.size, self.size, 3)
         # ImageNet constants: the mean colour (a random crop's mean image is flat), divided by
         # each channel's std or ('channel_mean_scalar_std') by one scalar, their mean.
@@ -152,8 +177,9 @@ class StreamingPipeline:
             np.float32(IMAGENET_STD.mean())
         self.device_preprocess = make_device_preprocess(
             mean=self.mean, std=self.std, lighting_std=float(cfg.lighting_std))
-        self._lock = threading.Lock()
+        self._lock, self._eval_lock = threading.Lock(), threading.Lock()
         self._stream, self._next_step, self._closed = None, None, False
+        self._eval_stream = None  # between evaluations (`_eval_pass`)
 
     def with_seed(self, seed: int) -> "StreamingPipeline":
         """This pipeline (sources shared) with the order and augmentation of run seed `seed`,
@@ -162,9 +188,20 @@ class StreamingPipeline:
         other.seed = seed
         other.plan = TrainPlan(seed, self.num_train_examples, self.global_batch_size,
                                self.process_index, self.process_count)
-        other._lock, other.num_skipped = threading.Lock(), 0
+        other._lock, other._eval_lock, other.num_skipped = threading.Lock(), threading.Lock(), 0
         other._stream, other._next_step, other._closed = None, None, False
+        other._eval_stream = None
         return other
+
+    def identity(self) -> dict:
+        """What the data is (`data.identity`): class names, and each split's size and the
+        fingerprint of its examples' names and labels."""
+        from resnet_jax.data.identity import of_split
+        train = self.splits.train
+        return {"class_names": self.class_names,
+                "train": of_split(self.num_train_examples, train.fingerprint() if train else ""),
+                "eval": of_split(self.num_eval_examples, self.splits.eval.fingerprint(),
+                                 self.splits.eval_split)}
 
     def describe(self) -> str:
         """Where the images come from, in a few words."""
@@ -183,9 +220,13 @@ class StreamingPipeline:
 
     def _check(self, batch: dict, what: str) -> dict:
         """Raise an element's error (with `what`: the step) or count what it skipped."""
-        bad = [(str(name), str(reason)) for name, reason in batch.pop("error") if str(name)]
+        bad = [tuple(map(str, e)) for e in batch.pop("error") if str(e[0])]
         if bad:
-            name, reason = bad[0]
+            name, reason, kind = bad[0]
+            if kind == "read":
+                raise ReadError(f"cannot read image {name!r} ({what}): {reason}: a read error, "
+                                "not a corrupt image (data.on_corrupt does not apply); check "
+                                "the storage, then run the same command again (a run resumes)")
             raise CorruptImageError(f"cannot decode image {name!r} ({what}; set data.on_corrupt="
                                     f"'skip' to skip it): {reason}")
         skipped = int(batch.pop("skipped").sum())
@@ -209,8 +250,9 @@ class StreamingPipeline:
         read on from the previous chunk (a stream is opened at `step` when it does not follow
         on: a resume reads nothing before it)."""
         with self._lock:
-            if self._closed:
-                raise RuntimeError(f"StreamingPipeline.train_chunk({step}, {k}) after close()")
+            if self._closed or self.plan is None:
+                raise RuntimeError(f"StreamingPipeline.train_chunk({step}, {k}) " + (
+                    "after close()" if self._closed else "of an evaluation-only pipeline"))
             if self._stream is None or step != self._next_step:
                 self._close_stream()
                 self._stream = self.train_batches(step)
@@ -230,11 +272,16 @@ class StreamingPipeline:
             self._stream = None
 
     def close(self) -> None:
-        """Stops and joins the training stream's workers (waits for a `train_chunk` in
-        progress); idempotent. A later `train_chunk` raises RuntimeError."""
+        """Stops and joins the training and evaluation streams' workers (waits for a
+        `train_chunk` in progress; an evaluation in progress closes its stream when it ends);
+        idempotent. A later `train_chunk` or `eval_batches` raises RuntimeError."""
         with self._lock:
             self._closed = True
             self._close_stream()
+        with self._eval_lock:
+            stream, self._eval_stream = self._eval_stream, None
+        if stream is not None:
+            stream.close()
 
     # ---- evaluation -----------------------------------------------------------------------
     def _views(self, scales: tuple):
@@ -248,19 +295,45 @@ class StreamingPipeline:
                                self.process_index, self.process_count)
         return [(int(i), bool(m)) for idx, mask in plan for i, m in zip(idx, mask)]
 
-    def _eval(self, scales: tuple) -> Iterator[dict]:
+    def _eval_batches_per_pass(self) -> int:
+        return -(-self.num_eval_examples // (self.eval_batch_size * self.process_count))
+
+    def _eval_pass(self) -> Iterator[dict]:
+        """The batches of one pass over the evaluation plan, from a stream that reads pass
+        after pass and is kept open between evaluations: its workers are spawned once, not at
+        every evaluation (seconds each; `data.workers` idle processes in between, holding the
+        next pass's first batches). A pass left unfinished closes the stream (the next one
+        opens another at its start)."""
         import grain
-        element = EvalElement(self.splits.eval, self._views(scales), self.on_corrupt)
-        ds = grain.MapDataset.source(self._eval_rows()).map(element).batch(self.eval_batch_size)
-        for batch in read_on(lambda at: make_iterator(ds[at:], self.workers), 0):
-            yield self._check(batch, "evaluation")
+        with self._eval_lock:
+            if self._closed:
+                raise RuntimeError("StreamingPipeline.eval_batches() after close()")
+            stream, self._eval_stream = self._eval_stream, None
+        if stream is None:
+            element = EvalElement(self.splits.eval, self._views(self.eval_scales),
+                                  self.on_corrupt)
+            ds = (grain.MapDataset.source(self._eval_rows()).map(element)
+                  .batch(self.eval_batch_size).repeat())
+            stream = read_on(lambda at: make_iterator(ds[at:], self.workers), 0)
+        whole = False
+        try:
+            for _ in range(self._eval_batches_per_pass()):
+                yield self._check(next(stream), "evaluation")
+            whole = True
+        finally:
+            with self._eval_lock:
+                kept = whole and not self._closed and self._eval_stream is None
+                if kept:
+                    self._eval_stream = stream
+            if not kept:
+                stream.close()
 
     def eval_batches(self) -> Iterator[dict]:
         """{'image': uint8 (b, V, H, W, 3), 'label': int32 (b,), 'mask': bool (b,)}: V = 1
         ('center') or 10 ('10crop'); multi-scale: 'image' is a tuple with the (b, 2, s, s, 3)
         views of each scale s of the same examples (`eval_step` averages them all). Every
         example once (padding rows masked), every process the same number of batches."""
-        for batch in self._eval(self.eval_scales):
+        for batch in self._eval_pass():
             if self.eval_crops != "multiscale":
                 batch["image"] = batch["image"][0]
             yield batch

@@ -139,8 +139,11 @@ def evaluate_run(workdir: str, checkpoint: str = "newest", crops: Optional[str] 
     step = None if checkpoint == "newest" else workdir_lib.checkpoint_step(workdir, checkpoint,
                                                                            replica)
     run, state, step = run_lib.restore_for_eval(workdir, config, step=step)
-    i = replicas.check_index(replica, replicas.count(config), f"--workdir {workdir}")
-    summary = run_lib.evaluate_all(run, state)[i]
+    try:
+        i = replicas.check_index(replica, replicas.count(config), f"--workdir {workdir}")
+        summary = run_lib.evaluate_all(run, state)[i]
+    finally:
+        run.pipeline.close()  # its workers (a streaming pipeline keeps them between passes)
     record = {"model": run.meta["name"], "step": int(step), "checkpoint": checkpoint,
               "workdir": workdir, "source": "run", "split": RUN_SPLIT,
               "crops": config.data.eval_crops}

@@ -95,16 +95,19 @@ def eval_images(config: Any, num_images: int, batch_size: int) -> Iterator[jax.A
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.eval_crops = "center"
     pipeline = make_pipeline(data, global_batch_size=config.train.batch_size,
-                             eval_batch_size=batch_size, seed=config.seed)
+                             eval_batch_size=batch_size, seed=config.seed, eval_only=True)
     preprocess = jax.jit(lambda x: pipeline.device_preprocess(jax.random.key(0), x, False))
     left = num_images
-    for batch in pipeline.eval_batches():
-        images = np.asarray(batch["image"])[:, 0][np.asarray(batch["mask"], bool)][:left]
-        if len(images):
-            yield preprocess(images)
-            left -= len(images)
-        if left <= 0:
-            return
+    try:
+        for batch in pipeline.eval_batches():
+            images = np.asarray(batch["image"])[:, 0][np.asarray(batch["mask"], bool)][:left]
+            if len(images):
+                yield preprocess(images)
+                left -= len(images)
+            if left <= 0:
+                return
+    finally:
+        pipeline.close()
 
 
 def analyze_run(workdir: files.PathLike, num_images: int = 1000, batch_size: int = 250) -> dict:

@@ -176,6 +176,19 @@ def can_pack(sweep: grid.Sweep, extra_overrides: Sequence[str] = (),
     return all(c.data.pipeline == "in_memory" for c in configs.values())
 
 
+def packing(sweep: grid.Sweep, pack: bool, extra_overrides: Sequence[str] = (),
+            load_fn: LoadFn | None = None, log: Callable[[str], None] = print) -> bool:
+    """`pack`, unless the sweep's seeds cannot train as replicas (`can_pack`): then False,
+    said in one line. The one rule of `resnet-jax sweep` and `run_sweep`."""
+    if not pack or sweep.members(True) == sweep.members(False):
+        return pack
+    if can_pack(sweep, extra_overrides, load_fn):
+        return True
+    log("sweep: the seeds run one by one, not as replicas (data.pipeline='streaming' trains "
+        "one replica)")
+    return False
+
+
 def check_packing(sweep: grid.Sweep, workdir: files.PathLike, pack: bool) -> None:
     """Refuses to continue a sweep directory under another packing than it was started with
     (its members would be other runs): one line naming --no-pack."""
@@ -197,7 +210,8 @@ def run_sweep(sweep: grid.Sweep, workdir: files.PathLike, *,
               log: Callable[[str], None] = print, pack: bool = True) -> list[dict]:
     """Run the selected members (all by default) in order; return one record per member.
     `pack`: members that differ only in consecutive seeds run as one run of replicas
-    (`grid.pack_seeds`; `indices` then index the packed members).
+    (`grid.pack_seeds`; `indices` then index the packed members), where they can
+    (`packing`: not on the streaming pipeline, said in one line).
 
     Every member's config is loaded and validated first (``member_configs``): an invalid one
     raises ValueError before anything is written. Records: ``{"index", "name", "status":
@@ -207,6 +221,8 @@ def run_sweep(sweep: grid.Sweep, workdir: files.PathLike, *,
     overrides)`` default to the real trainer and ``resnet_jax.config.load_config``; tests
     inject fakes.
     """
+    files.check_remote(workdir, "--workdir")
+    pack = packing(sweep, pack, extra_overrides, load_fn, log)
     members = sweep.members(pack)
     configs = member_configs(sweep, members, extra_overrides, load_fn)
     check_packing(sweep, workdir, pack)
@@ -286,12 +302,7 @@ def run(args: argparse.Namespace) -> int:
     sweep = grid.load_sweep(args.sweep_config)
     if args.seeds is not None:
         sweep = grid.with_seeds(sweep, args.seeds)
-    pack = not args.no_pack
-    if pack and sweep.members(True) != sweep.members(False) and not can_pack(
-            sweep, _parse_set(args.set)):
-        pack = False
-        print("sweep: the seeds run one by one, not as replicas (data.pipeline='streaming' "
-              "trains one replica)")
+    pack = packing(sweep, not args.no_pack, _parse_set(args.set))
     members = sweep.members(pack)
     indices = select_indices(len(members), args.member, args.num_shards, args.shard_index)
     if args.list:

@@ -19,6 +19,7 @@ import numpy as np
 from etils import epath
 
 from resnet_jax import files, parallel
+from resnet_jax.data import identity
 from resnet_jax.interop import preprocess
 from resnet_jax.models import count_macs, count_params
 from resnet_jax.train import checkpoint as ckpt_lib
@@ -56,6 +57,7 @@ class Session:
         """The replicas that trained up to `step` (frozen ones only before their bad step)."""
         return [i for i in range(self.n) if self.frozen.get(i, step + 1) > step]
     lease: Any = None  # the workdir's (`lease.hold`); checked before anything is written
+    data_record: Optional[dict] = None  # data.json to write with the run's files (`identity`)
 
 
 def finite(entry: Optional[dict]) -> bool:
@@ -73,6 +75,7 @@ def open_files(s: Session) -> None:
         s.work.mkdir(parents=True, exist_ok=True)
         files.write_json(s.work / "config.json", s.run.config.to_dict(), sort_keys=True)
         preprocess.save_run(os.fspath(s.work), s.run.config, s.run.pipeline)
+        identity.record(os.fspath(s.work), s.data_record)
     if s.checkpoints is None:
         s.checkpoints = run_lib.checkpointer(os.fspath(s.work),
                                              keep=s.run.config.train.keep_checkpoints,

@@ -26,6 +26,7 @@ import numpy as np
 from etils import epath
 
 from resnet_jax import files
+from resnet_jax.data import identity
 from resnet_jax.models import count_params
 from resnet_jax.train import actions, dispatch, feed, replicas
 from resnet_jax.train import preemption
@@ -51,6 +52,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     run on the same workdir raises `lease.WorkdirBusyError` naming this one; a workdir that
     cannot be written is a ValueError, before any data is loaded.
     """
+    files.check_remote(workdir, "--workdir")  # on every process, before the lease
     with lease_lib.hold(workdir) as lease:
         return _train_and_evaluate(config, workdir, on_step, lease)
 
@@ -99,13 +101,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         say(f"resuming from the checkpoint of step {step} of {config.train.num_steps} in "
             f"{work}" if step else f"starting a new run of {config.train.num_steps} steps in "
             f"{work}")
+        # The data a resumed run trained on must be the data it reads now (one line if not).
+        data_record = identity.check(workdir, run.pipeline, resumed=restored is not None,
+                                     say=say)
         writer = MetricsWriter(workdir, enabled=lead, resume_step=step)
         progress = Progress(config.train.num_steps, run.pipeline.steps_per_epoch,
                             enabled=lead, bar=config.train.progress)
         session = actions.Session(run, work, checkpoints, writer, progress, meta.get("best"),
                                   meta.get("train_time_s", 0.0), say,
                                   actions.restored_pending(meta), actions.restored_frozen(meta),
-                                  lease=lease)
+                                  lease=lease, data_record=data_record)
         with preemption.PreemptionWatcher() as watcher:
             result = _train(session, state, rng, step, watcher, on_step)
         session.checkpoints.wait()

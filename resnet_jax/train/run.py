@@ -16,7 +16,7 @@ from etils import epath
 
 from resnet_jax import config as config_lib
 from resnet_jax import data as data_lib
-from resnet_jax import parallel, schema
+from resnet_jax import files, parallel, schema
 from resnet_jax.data.prefetch import prefetch
 from resnet_jax.models import (abstract_variables, create_model, model_name,
                                parse_model_name, stack_blocks)
@@ -115,8 +115,9 @@ def build(config: ml_collections.ConfigDict) -> Run:
 def build_for_eval(config: ml_collections.ConfigDict) -> Run:
     """`build` for evaluating a trained run on this machine, whatever it trained on: BN in
     one group (evaluation uses the running statistics), nothing asked of the training batch
-    or BN grouping, and the eval batch rounded up to a multiple of the devices and processes
-    if it does not split over them (more padding rows, the same examples)."""
+    or BN grouping, the eval batch rounded up to a multiple of the devices and processes
+    if it does not split over them (more padding rows, the same examples), and an
+    evaluation-only pipeline (streaming: the training files are not listed)."""
     mesh = parallel.make_mesh()
     check_data_paths(config)
     t, n, procs = config.train, mesh.size, jax.process_count()
@@ -124,10 +125,11 @@ def build_for_eval(config: ml_collections.ConfigDict) -> Run:
     pipeline = data_lib.make_pipeline(
         config.data, global_batch_size=max(procs, t.batch_size - t.batch_size % procs),
         eval_batch_size=-(-t.eval_batch_size // unit) * unit, seed=config.seed,
-        process_index=jax.process_index(), process_count=procs)
+        process_index=jax.process_index(), process_count=procs, eval_only=True)
     meta = model_meta(config, pipeline.num_classes, pipeline.image_shape)
+    # The optimizer only shapes the restore target (an evaluation-only pipeline has no epochs).
     return Run(config, mesh, pipeline, make_model(config, meta, n, bn_num_groups=1),
-               _optimizer(config, pipeline.steps_per_epoch), meta)
+               _optimizer(config, max(1, pipeline.steps_per_epoch)), meta)
 
 
 def _base_rng(seed: int) -> tuple:
@@ -279,6 +281,7 @@ def evaluate(run: Run, state: step_lib.TrainState, eval_fn: Any = None) -> dict:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run wrote to `workdir/config.json`."""
+    files.check_remote(workdir, "--workdir")
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise ValueError(f"--workdir {workdir}: no config.json (not a training workdir)")

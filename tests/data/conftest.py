@@ -44,6 +44,52 @@ def write_tar(path: str, folder_root: str, split: str = "train") -> None:
         tar.add(folder_root, arcname=split)
 
 
+def stream_config(**over):
+    """A streaming `data` section over a small image folder (32-pixel crops), in-process."""
+    import ml_collections
+    cfg = ml_collections.ConfigDict(dict(
+        pipeline="streaming", source="folder", name="", path="", data_dir="",
+        num_val_examples=0, train_augment="scale", image_size=32, eval_resize=40,
+        lighting_std=0.1, normalize="per_channel", eval_crops="center",
+        multiscale_sizes=(32, 48), on_corrupt="error",
+        synthetic_examples=1, num_classes=0, prefetch=2, workers=0))
+    cfg.update(over)
+    return cfg
+
+
+def make(cfg, batch=8, eval_batch=4, seed=0, pi=0, pc=1):
+    from resnet_jax import data
+    return data.make_pipeline(cfg, global_batch_size=batch, eval_batch_size=eval_batch,
+                              seed=seed, process_index=pi, process_count=pc)
+
+
+def take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+class CountingRecords:
+    """Records that note every index read (in-process pipelines only); example `bad` fails to
+    read (EIO) its first `failures` times."""
+
+    def __init__(self, records, bad: int = -1, failures: int = 0):
+        self.records, self.reads = records, []
+        self.bad, self.failures = bad, failures
+
+    def __len__(self):
+        return len(self.records)
+
+    def name(self, i):
+        return self.records.name(i)
+
+    def read(self, i):
+        self.reads.append(int(i))
+        if int(i) == self.bad and self.failures > 0:
+            import errno
+            self.failures -= 1
+            raise OSError(errno.EIO, "Input/output error", self.name(i))
+        return self.records.read(i)
+
+
 import sys  # noqa: E402
 
 import pytest  # noqa: E402

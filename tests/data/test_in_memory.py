@@ -126,6 +126,33 @@ def test_corrupt_file_error_names_path_or_is_skipped(tmp_path, helpers, caplog):
         in_memory.load_image_folder(str(tmp_path), on_corrupt="ignore")
 
 
+def test_a_read_error_is_retried_then_one_line_never_skipped(tmp_path, helpers, monkeypatch):
+    """A file that fails to read twice loads as if it had not; one that never reads stops the
+    load with a ReadError saying so, with on_corrupt='skip' too (it is not a corrupt image)."""
+    import errno
+
+    from resnet_jax.data import decode
+    helpers.write_folder(str(tmp_path), per_class=2)
+    monkeypatch.setattr(decode, "READ_BACKOFF_S", 0.0)
+    clean = in_memory.load_image_folder(str(tmp_path))
+    real, fails = in_memory._read_file, {"left": 2}
+
+    def flaky(path):
+        if path.endswith("0001.jpg") and fails["left"] > 0:
+            fails["left"] -= 1
+            raise OSError(errno.EIO, "Input/output error", path)
+        return real(path)
+
+    monkeypatch.setattr(in_memory, "_read_file", flaky)
+    for a, b in zip(in_memory.load_image_folder(str(tmp_path)), clean, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert fails["left"] == 0
+    fails["left"] = 10 ** 6
+    with pytest.raises(decode.ReadError, match=r"cannot read image '.*cat/0001.jpg': OSError: "
+                                               r".*Input/output error.*5 tries"):
+        in_memory.load_image_folder(str(tmp_path), on_corrupt="skip")
+
+
 def test_tar_loader_caches_decoded_arrays(tmp_path, helpers, monkeypatch):
     helpers.write_folder(str(tmp_path / "src"), per_class=3)
     tar = str(tmp_path / "d.tar.gz")

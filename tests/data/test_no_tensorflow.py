@@ -3,6 +3,7 @@
 if it were not installed: tfds and etils look for it with `find_spec`, so putting None in
 sys.modules would not do)."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,13 @@ def test_prepare_train_eval_and_sweep_without_tensorflow(tmp_path, helpers):
     assert "step 2: val loss" in out.stdout and "(6 examples)" in out.stdout
     assert '"source": "tfds:no_tf_photos", "split": "validation"' in out.stdout  # eval --data
     assert '"count": 6' in out.stdout
+
+
+def test_no_data_test_module_skips_itself_where_tensorflow_is_missing():
+    """The streaming path is for machines without TensorFlow: a module-level `importorskip`
+    of it skips every test of the module exactly there (tests/data/test_streaming.py had
+    one); a test that needs TensorFlow to write a fixture skips alone."""
+    module_level = re.compile(r"^\S.*importorskip\(\s*[\"']tensorflow", re.MULTILINE)
+    found = [p.name for p in Path(__file__).parent.glob("test_*.py")
+             if module_level.search(p.read_text())]
+    assert found == []

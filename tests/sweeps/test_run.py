@@ -234,3 +234,18 @@ def test_streaming_members_run_their_seeds_one_by_one(tmp_path, capsys):
     assert out[0].startswith("sweep: the seeds run one by one, not as replicas")
     assert [line.split()[1] for line in out[1:]] == [
         "plain=false,seed=0", "plain=false,seed=1", "plain=true,seed=0", "plain=true,seed=1"]
+
+
+def test_run_sweep_from_python_packs_no_streaming_member(tmp_path, fake_train):
+    """`run_sweep` (pack=True by default) applies the CLI's rule itself: it packed the seeds of
+    streaming members into runs of replicas, which the trainer then refused, every one."""
+    sweep, lines = grid.load_sweep(SMOKE), []
+    train = Recorder(fake_train)
+    streaming = run._parse_set(["data.pipeline=streaming", "data.source=folder",
+                                "data.train_augment=scale", "data.normalize=per_channel",
+                                f"data.path={tmp_path}"])
+    records = run.run_sweep(sweep, tmp_path / "s", extra_overrides=streaming, train_fn=train,
+                            log=lines.append)
+    assert lines[0].startswith("sweep: the seeds run one by one, not as replicas")
+    assert train.calls == [m.name for m in sweep.members()] and len(records) == 4
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["pack"] is False

@@ -56,8 +56,8 @@ def test_resume_after_a_torn_metrics_line(helpers, finished, tmp_path):
     results = json.loads(open(os.path.join(workdir, "results.json")).read())
     assert results["final"] == full["final"]
     assert sorted(os.listdir(workdir)) == [   # no temporary left
-        "checkpoints", "class_names.txt", "config.json", "metrics.jsonl", "preprocessing.json",
-        "results.json", "tb"]
+        "checkpoints", "class_names.txt", "config.json", "data.json", "metrics.jsonl",
+        "preprocessing.json", "results.json", "tb"]
 
 
 def _truncate_data(step_dir):
