@@ -29,9 +29,16 @@ class LocalStore:
             d = os.path.dirname(d)
         if not os.path.isdir(d):
             raise NotADirectoryError(20, "a file where a folder is expected", d)
+        made = []
         for path in reversed(missing):
-            os.mkdir(path)
-        return list(reversed(missing))
+            try:
+                os.mkdir(path)
+            except FileExistsError:  # a run started at the same moment made it
+                if not os.path.isdir(path):
+                    raise
+                continue
+            made.append(path)
+        return made
 
     def numbers(self) -> list[int]:
         return sorted(int(m.group(1)) for m in map(NAME.match, os.listdir(self.directory))
@@ -67,6 +74,10 @@ class LocalStore:
     def delete(self, n: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.path(n))
+
+    def holds_only(self, n: int) -> bool:
+        """Whether lease n is all the directory holds (a run that wrote nothing)."""
+        return os.listdir(self.directory) == [f"lease.{n}.json"]
 
     def remove_if_empty(self, created: list[str]) -> None:
         for path in reversed(created):
@@ -123,6 +134,9 @@ class GcsStore:
     def delete(self, n: int) -> None:
         with contextlib.suppress(self._exceptions.NotFound):
             self._blob(n).delete()
+
+    def holds_only(self, n: int) -> bool:
+        return False  # no folder to remove: the released lease stays
 
     def remove_if_empty(self, created: list[str]) -> None:
         pass

@@ -6,7 +6,7 @@ test_multiprocess.py) checking what must be one decision for all processes:
   worth retrying seen by process 1 alone: both stop with an error, nothing moved; the same
   failure once, then gone: both restore step 2;
 - the workdir's lease: held by process 0 alone, a second holder refused on both processes,
-  a lost lease stops both;
+  a lost lease stops both, any failure of process 0 to take it stops both;
 - `eval --data` scoring on a mesh whose device order puts process 1's devices first: every
   prediction is paired with its own label.
 
@@ -104,6 +104,26 @@ def lease(root: str) -> dict:
     return out
 
 
+def lease_failure(root: str) -> dict:
+    """Process 0 fails to take the lease with an error of no kind the lease knows (its store
+    broke): both processes raise, neither waits for the other."""
+    import jax
+    from resnet_jax.train import lease as lease_lib
+    from resnet_jax.train import lease_stores
+    real = lease_stores.store
+    if jax.process_index() == 0:
+        def broken(workdir):
+            raise KeyError("the store broke")
+        lease_stores.store = broken
+    try:
+        with lease_lib.hold(os.path.join(root, "broken")):
+            return {"error": None}
+    except Exception as err:  # noqa: BLE001 - recorded for the test
+        return {"error": type(err).__name__, "message": str(err)}
+    finally:
+        lease_stores.store = real
+
+
 def permuted_eval() -> dict:
     """Scores 20 images whose labels are the model's own predictions (so a correct pairing
     is 0% top-1 error) on the mesh ordered [process 1's devices, process 0's devices]."""
@@ -149,7 +169,7 @@ def main(argv: list) -> int:
     from resnet_jax import parallel
     mesh = parallel.make_mesh()
     result = {"restore": restore_decisions(root, mesh), "lease": lease(root),
-              "eval": permuted_eval()}
+              "lease_failure": lease_failure(root), "eval": permuted_eval()}
     with open(os.path.join(root, f"p{pid}.json"), "w") as f:
         json.dump(result, f, indent=1)
     jax.distributed.shutdown()

@@ -200,7 +200,8 @@ def test_gs_lease(gcs_emulator):
     store = lease_stores.GcsStore(workdir)
     assert not store.create(0, "{}")
     first.release()
-    assert gcs_emulator.names() == []
+    assert gcs_emulator.names() == ["run/lease.0.json"]   # released: numbers never go down
+    assert lease_lib.Holder.parse(store.read(0)).released
     # A holder on another host that stopped renewing: taken over after its ttl.
     clock = FakeClock()
     store.create(3, json.dumps({"host": "elsewhere", "pid": 1, "since": 0.0,

@@ -80,6 +80,17 @@ def test_the_lease_is_held_by_process_0_for_all(lifecycle):
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
+def test_any_failure_to_take_the_lease_stops_every_process(lifecycle):
+    """Process 0's store raised an error the lease does not know (it used to forward only 3
+    kinds: process 1 then waited for process 0 in a broadcast for ever)."""
+    p0, p1 = (p["lease_failure"] for p in lifecycle)
+    assert p0 == {"error": "KeyError", "message": "'the store broke'"}
+    assert p1["error"] == "RuntimeError"
+    assert "process 0 could not take the workdir's lease" in p1["message"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_eval_data_pairs_predictions_with_labels_whatever_the_device_order(lifecycle):
     """Labels are the model's own top-1: 0% error when every prediction meets its own label.
     On a mesh that puts process 1's devices first, process 0's labels met process 1's
