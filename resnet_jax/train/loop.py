@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from resnet_jax import files
+from resnet_jax import files, parallel
 from resnet_jax.models import count_params
 from resnet_jax.train import actions, dispatch, feed, replicas
 from resnet_jax.train import preemption
@@ -60,7 +60,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     lead = jax.process_index() == 0
     say = (lambda text: print(text, flush=True)) if lead else (lambda text: None)
     work = epath.Path(workdir)
-    resuming = (work / "checkpoints").exists()
+    # Fresh or resumed: process 0's look, for every process, before any builds (a slower
+    # process would see the checkpoints/ that process 0 makes for a new run, and restore
+    # while process 0 trains: their collectives would never meet).
+    resuming = bool(parallel.from_process_0(lead and (work / "checkpoints").exists()))
     d = config.data
     where = {"tar": d.path, "folder": d.path, "tfds": d.name}.get(d.source, "")
     say(f"data: loading {d.source} {where} ({d.pipeline} pipeline) ..." + (

@@ -91,6 +91,15 @@ def test_any_failure_to_take_the_lease_stops_every_process(lifecycle):
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
+def test_one_start_decision_for_all_processes(lifecycle):
+    """checkpoints/ appeared between process 0's look and a slow process 1's: both start
+    the new run (process 1 resumed, and entered the restore's collectives while process 0
+    was in the fresh start's)."""
+    assert [p["start"]["took"] for p in lifecycle] == [["fresh"], ["fresh"]]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_eval_data_pairs_predictions_with_labels_whatever_the_device_order(lifecycle):
     """Labels are the model's own top-1: 0% error when every prediction meets its own label.
     On a mesh that puts process 1's devices first, process 0's labels met process 1's
