@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from resnet_jax.data import order, sources
+from resnet_jax.data import main_guard, order, sources
 from resnet_jax.data.decode import CorruptImageError
 from resnet_jax.data.device_ops import IMAGENET_MEAN, IMAGENET_STD, make_device_preprocess
 from resnet_jax.data.elements import EvalElement, TrainElement, TrainPlan
@@ -125,6 +125,7 @@ class StreamingPipeline:
         self.eval_batch_size = order.per_process(eval_batch_size, process_count,
                                                  "eval_batch_size")
         self.workers = num_workers(int(cfg.workers))
+        main_guard.check(self.workers)  # before any worker runs the user's script again
         self.num_skipped, self.resident = 0, None
         self.splits = sources.open_splits(cfg)
         self.class_names = list(self.splits.class_names)
