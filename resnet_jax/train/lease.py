@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import socket
 import sys
@@ -103,7 +104,7 @@ class Lease:
         self._token = uuid.uuid4().hex
         self._since, self._beat = 0.0, 0
         self._lost: Optional[str] = None
-        self._last_renewal = 0.0
+        self._last_renewal, self._looked = 0.0, -math.inf
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -262,10 +263,15 @@ class Lease:
             self._unreachable(err)
 
     def lost(self) -> Optional[str]:
-        """Why the lease is lost, or None while it is held, as the store shows it now."""
-        if self.number is not None and not self._lost:
+        """Why the lease is lost, or None while it is held, as the store shows it now (a
+        remote store: as it showed it less than `look_every_s` ago on our monotonic clock,
+        which a pause advances too)."""
+        now = self.monotonic()
+        if self.number is not None and not self._lost and \
+                now - self._looked >= self._store.look_every_s:
             try:
-                self._look()
+                if self._look():
+                    self._looked = now
             except Exception as err:  # noqa: BLE001 - judged as a failed renewal is
                 self._unreachable(err)
         return self._lost

@@ -17,6 +17,7 @@ NAME = re.compile(r"^lease\.(\d+)\.json$")
 
 class LocalStore:
     """Lease files in a local (or NFS) directory."""
+    look_every_s = 0.0  # a listing costs microseconds: before every write
 
     def __init__(self, directory: str):
         self.directory = directory
@@ -90,6 +91,9 @@ class LocalStore:
 class GcsStore:
     """Lease objects under a gs:// prefix, through google-cloud-storage (no listing cache;
     creation with the precondition `if_generation_match=0`)."""
+    # A listing is a request (tens of ms): at most one a second before writes, which a fast
+    # run makes several times a second (its log rows reach GCS every 10 s anyway).
+    look_every_s = 1.0
 
     def __init__(self, directory: str):
         from google.api_core import exceptions  # the gcs extra (orbax needs it too)
