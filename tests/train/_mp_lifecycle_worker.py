@@ -7,8 +7,8 @@ test_multiprocess.py) checking what must be one decision for all processes:
   failure once, then gone: both restore step 2;
 - the workdir's lease: held by process 0 alone, a second holder refused on both processes,
   a lost lease stops both, any failure of process 0 to take it stops both;
-- fresh or resumed: a new run whose checkpoints/ appears between process 0's look and a
-  slow process 1's starts fresh on both;
+- fresh or resumed: a new run whose checkpoints/ appears between process 0's look and that
+  of a process 1 slow once it has the lease starts fresh on both;
 - `eval --data` scoring on a mesh whose device order puts process 1's devices first: every
   prediction is paired with its own label.
 
@@ -131,26 +131,30 @@ class _Started(Exception):
 
 
 def start_decision(root: str) -> dict:
-    """A new smoke run on both processes, process 1 slow to build, and its checkpoints/
-    appearing between process 0's look and process 1's (process 1 makes it here, as it
-    builds late: process 0 cannot make it that early today, since its fresh state waits for
+    """A new smoke run on both processes, process 1 slow once it has the lease, and the
+    run's checkpoints/ appearing between process 0's look and process 1's (process 1 makes
+    it here: process 0 cannot make it that early today, since its fresh state waits for
     process 1 in a collective; a host whose NFS view lags, or any start path without that
-    collective, does the same). Both must start the new run: which each did is recorded,
-    and the run is stopped there (nothing is compiled beyond the initialization)."""
+    collective, sees the same). Both must start the new run: which each did is recorded, and
+    the run is stopped there (nothing is compiled beyond the initialization)."""
+    import contextlib
     import time
 
     import jax
     from resnet_jax.config import load_config
+    from resnet_jax.train import lease as lease_lib
     from resnet_jax.train import loop
     from resnet_jax.train import run as run_lib
-    workdir, real = os.path.join(root, "start"), (run_lib.build, run_lib.fresh_state,
+    workdir, real = os.path.join(root, "start"), (lease_lib.hold, run_lib.fresh_state,
                                                   run_lib.restore)
     took = []
 
-    def slow_build(config):
-        time.sleep(2)
-        os.makedirs(os.path.join(workdir, "checkpoints"))
-        return real[0](config)
+    @contextlib.contextmanager
+    def slow_hold(*args, **kwargs):
+        with real[0](*args, **kwargs) as held:
+            time.sleep(1)
+            os.makedirs(os.path.join(workdir, "checkpoints"))
+            yield held
 
     def fresh_state(run):
         real[1](run)
@@ -161,7 +165,7 @@ def start_decision(root: str) -> dict:
         took.append("restore")
         raise _Started
     if jax.process_index() == 1:
-        run_lib.build = slow_build
+        lease_lib.hold = slow_hold
     run_lib.fresh_state, run_lib.restore = fresh_state, restore
     smoke = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "smoke.py")
     try:
@@ -169,7 +173,7 @@ def start_decision(root: str) -> dict:
     except _Started:
         pass
     finally:
-        run_lib.build, run_lib.fresh_state, run_lib.restore = real
+        lease_lib.hold, run_lib.fresh_state, run_lib.restore = real
     return {"took": took}
 
 

@@ -94,7 +94,7 @@ def test_any_failure_to_take_the_lease_stops_every_process(lifecycle):
 def test_one_start_decision_for_all_processes(lifecycle):
     """checkpoints/ appeared between process 0's look and a slow process 1's: both start
     the new run (process 1 resumed, and entered the restore's collectives while process 0
-    was in the fresh start's)."""
+    was in the fresh start's; a look of its own at any point would see the folder)."""
     assert [p["start"]["took"] for p in lifecycle] == [["fresh"], ["fresh"]]
 
 
