@@ -51,7 +51,9 @@ def lifecycle(tmp_path_factory, mp_worker):
 @pytest.mark.slow
 def test_one_restore_decision_for_all_processes(lifecycle):
     """Only process 1 sees a failure: each time both processes act alike (each used to pick
-    its own fallback, and a failure worth retrying counted as damage)."""
+    its own fallback, and a failure worth retrying counted as damage).
+    Slow: the first test of the `lifecycle` fixture, whose 2 processes (joined by
+    jax.distributed: the thing tested) run every scenario of `_mp_lifecycle_worker.py`."""
     p0, p1 = (p["restore"] for p in lifecycle)
     for p in (p0, p1):
         # Worth retrying, and retries did not help: both stop, nothing set aside.
