@@ -9,9 +9,10 @@ Arguments: model (a model directory, required), data (an image folder: `data/tra
 <image>` and `data/val/<class>/<image>` (or `validation`, `test`), or, with pipeline=in_memory,
 an image-folder .tar.gz), pipeline (streaming, the default: Inception crop and ImageNet
 mean/std, as the ImageNet weights expect; in_memory: same-size images, pad-4 crop + flip and
-the data's own statistics), size (training crop; default the model's own eval crop), steps
-(default 2000), lr (default 0.01: SGD momentum 0.9, cosine, 100 steps of warmup), batch
-(default 64). The architecture comes from the model directory; the number of classes from
+the data's own statistics), size (training crop; default the model's own eval crop; the
+evaluation resizes the shorter side to the model's resize x size / its crop, so its centre
+crop shows as much of the image as the model's own view), steps (default 2000), lr (default
+0.01: SGD momentum 0.9, cosine, 100 steps of warmup), batch (default 64). The architecture comes from the model directory; the number of classes from
 the data; every layer but the classifier starts from the model's weights.
 """
 import json
@@ -42,6 +43,15 @@ def _model_dir(path: str) -> tuple[dict, dict]:
     return model, prep
 
 
+def _eval_resize(prep: dict, size: int) -> int:
+    """The model's own eval resize scaled with the crop (256 for 224 -> 128 for 112), so the
+    view shows as much of the image as the model's own (and as the Inception crops of
+    training cover); the model's resize itself would leave a centre patch (112 of 256)."""
+    if not prep.get("resize") or not prep.get("crop"):
+        return size
+    return max(size, round(int(prep["resize"]) * size / int(prep["crop"])))
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_config_arg(arg, ARG_DEFAULTS)
     if not args["data"]:
@@ -68,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         pipeline=args["pipeline"], source="tar" if tar else "folder", name="",
         path=args["data"], data_dir="", num_val_examples=0,
         train_augment="inception" if streaming else "pad_crop_flip", image_size=size,
-        eval_resize=int(prep["resize"] or size) if streaming else size, lighting_std=0.0,
+        eval_resize=_eval_resize(prep, size) if streaming else size, lighting_std=0.0,
         normalize="per_channel", eval_crops="center", multiscale_sizes=(size,),
         on_corrupt="error", synthetic_examples=1, num_classes=0,
         prefetch=2, workers=-1))

@@ -105,6 +105,15 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
+def from_process_0(value: int) -> int:
+    """Process 0's `value` (an int) on every process: one decision for all hosts (a
+    collective: every process calls it at the same point)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def bn_num_groups(bn_mode: str, bn_group_size: int, num_devices: int) -> int:
     """How many groups the global batch's BN statistics are split into.
 

@@ -183,14 +183,19 @@ def load_tfds(name: str, split: Optional[str], data_dir: Optional[str] = None) -
 
 
 def load_synthetic(num_examples: int, image_size: int, num_classes: int = 10,
-                   seed: int = 0) -> Arrays:
+                   seed: int = 0, colour_seed: int = 0) -> Arrays:
     """Seeded random uint8 images with a learnable signal: each class has its own mean colour.
 
     Pixel = uniform noise in [0, 128) + the class colour in [0, 128): a small model can
     separate the classes from channel means, so short training runs show falling loss.
+    `seed` draws the labels and the noise, `colour_seed` the class colours: another split of
+    the same data is another `seed` with the same `colour_seed`.
     """
+    colours = np.random.default_rng(colour_seed).integers(0, 128, (num_classes, 3))
     rng = np.random.default_rng(seed)
-    colours = rng.integers(0, 128, (num_classes, 3))
+    # Skip the draw the colours once took from `seed`: the training set (seed = colour_seed)
+    # keeps its labels and noise bit for bit, and every run on it its numbers.
+    rng.integers(0, 128, (num_classes, 3))
     labels = rng.integers(0, num_classes, num_examples).astype(np.int32)
     noise = rng.integers(0, 128, (num_examples, image_size, image_size, 3))
     images = (noise + colours[labels][:, None, None, :]).astype(np.uint8)

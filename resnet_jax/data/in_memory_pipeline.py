@@ -14,9 +14,10 @@ from resnet_jax.data import folders, in_memory, order
 from resnet_jax.data.device_ops import make_device_preprocess
 
 # The data is one for every run seed, as CIFAR's own images are: generated images are drawn
-# from this fixed seed (train; test from DATA_SEED + 1) and the 45k/5k split from 0, so the
-# run seed picks only the initialization, the order and the augmentation, and replica i of a
-# packed run (seed + i) sees the data of the solo run with that seed.
+# from this fixed seed (train; test: other labels and noise from DATA_SEED + 1 on the same
+# class colours) and the 45k/5k split from 0, so the run seed picks only the initialization,
+# the order and the augmentation, and replica i of a packed run (seed + i) sees the data of
+# the solo run with that seed.
 DATA_SEED = 0
 
 
@@ -28,7 +29,8 @@ def _load_split(cfg, split: str, class_names: list | None = None) -> tuple:
     if cfg.source == "synthetic":
         return in_memory.load_synthetic(cfg.synthetic_examples, cfg.image_size,
                                         cfg.num_classes or 10,
-                                        seed=DATA_SEED + (0 if split == "train" else 1))
+                                        seed=DATA_SEED + (0 if split == "train" else 1),
+                                        colour_seed=DATA_SEED)
     if cfg.source == "tar":
         if split != "train":
             split = folders.eval_split(in_memory.tar_splits(cfg.path))

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from resnet_jax.data import order, sources
+from resnet_jax.data import main_guard, order, sources
 from resnet_jax.data.decode import CorruptImageError, ReadError
 from resnet_jax.data.device_ops import IMAGENET_MEAN, IMAGENET_STD, make_device_preprocess
 from resnet_jax.data.elements import EvalElement, TrainElement, TrainPlan
@@ -157,6 +157,7 @@ class StreamingPipeline:
         self.eval_batch_size = order.per_process(eval_batch_size, process_count,
                                                  "eval_batch_size")
         self.workers = num_workers(int(cfg.workers))
+        main_guard.check(self.workers)  # before any worker runs the user's script again
         self.num_skipped, self.resident = 0, None
         # eval_only: the training split is not listed unless the evaluation split is held out
         # of it (splits.train None: 0 training examples, and no training stream).

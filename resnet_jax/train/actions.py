@@ -71,6 +71,8 @@ def finite(entry: Optional[dict]) -> bool:
 def open_files(s: Session) -> None:
     """The run's files, once its first batch has been read: config.json, what `resnet-jax
     export` needs to take the model home without the data, and the checkpoint directory."""
+    if s.lease is not None:
+        s.lease.check()
     if jax.process_index() == 0:
         s.work.mkdir(parents=True, exist_ok=True)
         files.write_json(s.work / "config.json", s.run.config.to_dict(), sort_keys=True)
@@ -291,6 +293,8 @@ def finish(s: Session, state, eval_fn, step: int, final: Any) -> dict:
         results.update(replicas=each, summary=replicas.summarize(each))
         s.progress.message(replicas.summary_line(results["summary"]))
     results.update(train_time_s=s.train_time_s, steps=step)
+    if s.lease is not None:
+        s.lease.check()
     if jax.process_index() == 0:
         files.write_json(s.work / "results.json", results, sort_keys=True)
     return results

@@ -3,26 +3,28 @@
 A training run takes the lease of its workdir before it reads any data and gives it back when
 it ends; a second run on the same workdir (the same command started twice, or a scheduler
 that requeues a job whose old copy is still alive) refuses at once in one line naming the
-holder. A crash gives the lease back too: a holder on the same host whose process is gone is
-taken over at once; a holder on another host that stops renewing is taken over once its
-lease expires (`ttl_s` after its last renewal, measured on the taker's own clock).
+holder. A crash gives the lease back too: a holder on this machine (the same host, boot and
+pid namespace, `lease_holders`) whose process is gone is taken over at once; any other holder
+once its renewals have not changed for its `ttl_s`, watched on the taker's own clock (the
+holder's clock may be skewed either way: its stamps can only say "renewed just now").
 
 Layout: `<workdir>/lease.<n>.json`, n = 0, 1, 2, ...; the file with the highest n is the
-lease. Taking a free or expired lease is creating the next number, which only one contender
-can do: `O_EXCL` on a local disk (also across NFS clients), `if_generation_match=0` on GCS.
-Nothing else needs to be atomic. The holder rewrites its own file every `heartbeat_s`
-seconds; when it finds a higher number (it was taken over, e.g. after a pause longer than the
-ttl) or cannot renew for a whole ttl, the lease is lost and `check()` raises, so the run
-stops before it writes again. With several processes only process 0 holds the lease (`hold`)
-and every process learns the outcome from it, so all of them refuse or stop together.
+lease. Taking a free, released or expired lease is creating the next number, which only one
+contender can do: `O_EXCL` on a local disk (also across NFS clients), `if_generation_match=0`
+on GCS. The highest number is never deleted (a run that ends marks its file released), so the
+number a contender creates was never another holder's: two runs cannot both take the lease.
+The holder rewrites its own file every `heartbeat_s` seconds; when it finds a higher number
+(it was taken over, e.g. after a pause longer than the ttl) or cannot renew for a whole ttl,
+the lease is lost. `check()`, called before every write, looks at the store itself (a pause
+may have outlived the lease with no heartbeat since) and raises, so the run stops before it
+writes again. With several processes only process 0 holds the lease (`hold`) and every
+process learns each outcome, and any failure, from it, so all refuse or stop together.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime
 import errno
-import json
+import math
 import os
 import socket
 import sys
@@ -33,6 +35,8 @@ from typing import Callable, Iterator, Optional
 
 from resnet_jax.errors import StorageError, WorkdirBusyError
 from resnet_jax.train import lease_stores
+from resnet_jax.train.lease_holders import Holder, boot_id, pid_namespace, process_alive, \
+    start_ticks
 
 HEARTBEAT_S = 15.0
 TTL_S = 90.0
@@ -40,61 +44,6 @@ TTL_S = 90.0
 
 class LeaseLostError(WorkdirBusyError):
     """This run's lease was taken over (or could not be renewed) while it ran."""
-
-
-def _start_ticks(pid: int) -> Optional[int]:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart;
-    None where /proc has no such process or does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    if fields[0] == "Z":  # a zombie has exited; only its parent has not reaped it yet
-        return -1
-    return int(fields[19])
-
-
-def _process_alive(pid: int, start: Optional[int]) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        pass
-    now = _start_ticks(pid)
-    if now == -1:
-        return False
-    return start is None or now is None or now == start
-
-
-@dataclasses.dataclass
-class Holder:
-    """What a lease file says about the run that holds it."""
-    host: str
-    pid: int
-    since: float          # unix time the lease was taken
-    renewed: float        # unix time of the last heartbeat (the holder's clock)
-    heartbeat_s: float
-    ttl_s: float
-    token: str
-    start: Optional[int] = None
-    command: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> Optional["Holder"]:
-        try:
-            d = json.loads(text)
-            return cls(host=str(d["host"]), pid=int(d["pid"]), since=float(d["since"]),
-                       renewed=float(d["renewed"]), heartbeat_s=float(d["heartbeat_s"]),
-                       ttl_s=float(d["ttl_s"]), token=str(d["token"]), start=d.get("start"),
-                       command=str(d.get("command", "")))
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    def describe(self) -> str:
-        since = datetime.datetime.fromtimestamp(self.since, datetime.timezone.utc)
-        return f"host {self.host}, pid {self.pid}, since {since:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _unusable(workdir: str, err: Exception) -> Exception:
@@ -123,16 +72,19 @@ class Lease:
 
     Args:
       workdir: local path or gs://...; other remote schemes are not locked (a warning).
-      heartbeat_s: how often the holder renews; ttl_s: how long after its last renewal an
-        absent holder on another host keeps the lease. Both are written into the lease, so
-        the taker judges by the holder's own values.
+      heartbeat_s: how often the holder renews; ttl_s: how long an absent holder keeps the
+        lease after a taker last saw its renewals change. Both are written into the lease,
+        so the taker judges by the holder's own values.
       say: where the one line "waiting for an expiring lease" goes.
+      host, pid, boot, pid_ns, clock, monotonic, sleep: this process's identity and time
+        (the defaults: this machine's; tests pose as other ones).
     """
 
     def __init__(self, workdir: str, *, heartbeat_s: Optional[float] = None,
                  ttl_s: Optional[float] = None,
                  say: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
                  host: Optional[str] = None, pid: Optional[int] = None,
+                 boot: Optional[str] = None, pid_ns: Optional[str] = None,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
@@ -143,14 +95,16 @@ class Lease:
         self.say = say
         self.host = host or socket.gethostname()
         self.pid = os.getpid() if pid is None else pid
+        self.boot = boot or boot_id()
+        self.pid_ns = pid_ns or pid_namespace()
         self.clock, self.monotonic, self.sleep = clock, monotonic, sleep
         self.number: Optional[int] = None
         self._store = None
         self._created: list[str] = []
         self._token = uuid.uuid4().hex
-        self._since = 0.0
+        self._since, self._beat = 0.0, 0
         self._lost: Optional[str] = None
-        self._last_renewal = 0.0
+        self._last_renewal, self._looked = 0.0, -math.inf
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -176,19 +130,23 @@ class Lease:
                                         daemon=True)
         self._thread.start()
 
-    def _record(self) -> str:
+    def _record(self, released: bool = False) -> str:
         now = self.clock()
-        return json.dumps({"host": self.host, "pid": self.pid, "start": _start_ticks(self.pid),
-                           "since": self._since or now, "renewed": now,
-                           "heartbeat_s": self.heartbeat_s, "ttl_s": self.ttl_s,
-                           "token": self._token, "command": " ".join(sys.argv)[:300]},
-                          indent=1) + "\n"
+        return Holder(host=self.host, pid=self.pid, since=self._since or now, renewed=now,
+                      heartbeat_s=self.heartbeat_s, ttl_s=self.ttl_s, token=self._token,
+                      start=start_ticks(self.pid), command=" ".join(sys.argv)[:300],
+                      boot_id=self.boot, pid_ns=self.pid_ns, beat=self._beat,
+                      released=released).to_json()
 
     def _take(self) -> None:
-        watched: dict[int, tuple[float, float]] = {}  # lease n: (its renewal, when first seen)
+        watched: dict[int, tuple] = {}  # lease n: (its renewal mark, when we first saw it)
         said = False
         while True:
-            numbers = self._store.numbers()
+            try:
+                numbers = self._store.numbers()
+            except FileNotFoundError:  # a run that made the folder for itself removed it
+                self._created += self._store.prepare()
+                continue
             top = numbers[-1] if numbers else -1
             if top >= 0:
                 verdict, holder = self._judge(top, watched)
@@ -198,6 +156,8 @@ class Lease:
                     return
                 if verdict == "alive":
                     self._refuse(top, holder)
+                if verdict == "vanished":  # deleted since it was listed: list again
+                    continue
                 if verdict == "unreadable":
                     self.sleep(0.1)
                     continue
@@ -205,37 +165,54 @@ class Lease:
                     left = holder.ttl_s - (self.monotonic() - watched[top][1])
                     if not said:
                         self.say(f"the lease of --workdir {self.shown} ({holder.describe()}) "
-                                 f"was last renewed {_ago(self.clock() - holder.renewed)}; "
-                                 f"waiting up to {left:.0f} s for it to expire")
+                                 f"was last renewed {_ago(self.clock() - holder.renewed)} "
+                                 f"by its clock; waiting up to {left:.0f} s for it to expire")
                         said = True
                     self.sleep(max(0.05, min(holder.heartbeat_s / 2, left)))
                     continue
             self._since = self.clock()
-            if self._store.create(top + 1, self._record()):
-                self.number, self._last_renewal = top + 1, self.monotonic()
-                for n in numbers:  # the expired ones: this lease is the highest now
-                    self._store.delete(n)
-                return
+            try:
+                created = self._store.create(top + 1, self._record())
+            except FileNotFoundError:
+                self._created += self._store.prepare()
+                continue
+            if not created:
+                continue
+            if self._store.numbers()[-1] > top + 1:
+                # Our listing is older than a run that took the lease since (this process was
+                # paused before it created): a number below the lease, deleted, made again.
+                self._store.delete(top + 1)
+                continue
+            self.number, self._last_renewal = top + 1, self.monotonic()
+            for n in numbers:  # free or expired, and below this lease now
+                self._store.delete(n)
+            return
 
     def _judge(self, n: int, watched: dict) -> tuple[str, Optional[Holder]]:
-        """'alive' | 'stale' | 'watch' | 'unreadable' for lease file n, and what it says."""
+        """'alive' | 'stale' | 'watch' | 'unreadable' | 'vanished' for lease file n, and
+        what it says."""
         text = self._store.read(n)
-        holder = Holder.parse(text) if text is not None else None
         if text is None:
-            return "stale", None  # deleted since it was listed: look again
+            return "vanished", None
+        holder = Holder.parse(text)
         if holder is None:
             # A local O_EXCL create is visible before its content: give it a moment.
-            first = watched.setdefault(n, (float("nan"), self.monotonic()))
+            first = watched.setdefault(n, (None, self.monotonic()))
             return ("stale" if self.monotonic() - first[1] > 2.0 else "unreadable"), None
-        if holder.host == self.host:
-            return ("alive" if _process_alive(holder.pid, holder.start) else "stale"), holder
-        if self.clock() - holder.renewed < holder.heartbeat_s:
+        if holder.released:
+            return "stale", holder
+        if holder.beside(self.host, self.boot, self.pid_ns):
+            return ("alive" if process_alive(holder.pid, holder.start) else "stale"), holder
+        # Elsewhere: its stamp only ever refuses, and only when plausible on our clock (a
+        # stamp ahead of it says nothing); taking over needs its renewals to stop changing.
+        if 0 <= self.clock() - holder.renewed < holder.heartbeat_s:
             return "alive", holder
+        mark = (holder.beat, holder.renewed)
         seen = watched.get(n)
         if seen is None:
-            watched[n] = (holder.renewed, self.monotonic())
+            watched[n] = (mark, self.monotonic())
             return "watch", holder
-        if holder.renewed != seen[0]:
+        if mark != seen[0]:
             return "alive", holder  # it renewed while we watched
         if self.monotonic() - seen[1] >= holder.ttl_s:
             return "stale", holder
@@ -246,12 +223,31 @@ class Lease:
             f"--workdir {self.shown} is in use by another run ({holder.describe()}; lease "
             f"{self._store.path(n)} renewed {_ago(self.clock() - holder.renewed)}): stop that "
             "run first or use another --workdir (a crashed run's lease is taken over at once "
-            f"on its own host, elsewhere {holder.ttl_s:.0f} s after its last renewal)")
+            f"on its own machine, elsewhere {holder.ttl_s:.0f} s after its last renewal)")
 
     # ---- holding it ---------------------------------------------------------------------
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             self.renew()
+
+    def _look(self) -> bool:
+        """Whether the store still shows this lease as the highest (else marks it lost)."""
+        numbers = self._store.numbers()
+        if numbers and numbers[-1] > self.number:
+            holder = Holder.parse(self._store.read(numbers[-1]) or "")
+            who = holder.describe() if holder else "another run"
+            self._lost = f"the lease was taken over by {who}"
+        elif self.number not in numbers:
+            self._lost = f"the lease file {self._store.path(self.number)} was removed"
+        return not self._lost
+
+    def _unreachable(self, err: Exception) -> None:
+        """A store that cannot be read or written: a hiccup, until a ttl would have passed
+        for a taker since our last renewal."""
+        if self.monotonic() - self._last_renewal > self.ttl_s - self.heartbeat_s:
+            self._lost = (f"the lease could not be renewed for "
+                          f"{self.monotonic() - self._last_renewal:.0f} s "
+                          f"({type(err).__name__}: {err})")
 
     def renew(self) -> None:
         """One heartbeat (the thread calls it; tests may too): rewrites the lease, or finds
@@ -259,35 +255,38 @@ class Lease:
         if self.number is None or self._lost:
             return
         try:
-            numbers = self._store.numbers()
-            if numbers and numbers[-1] > self.number:
-                holder = Holder.parse(self._store.read(numbers[-1]) or "")
-                who = holder.describe() if holder else "another run"
-                self._lost = f"the lease was taken over by {who}"
-                return
-            if self.number not in numbers:
-                self._lost = f"the lease file {self._store.path(self.number)} was removed"
-                return
-            self._store.overwrite(self.number, self._record())
-            self._last_renewal = self.monotonic()
+            if self._look():
+                self._beat += 1
+                self._store.overwrite(self.number, self._record())
+                self._last_renewal = self.monotonic()
         except Exception as err:  # noqa: BLE001 - storage hiccups: try again next beat
-            if self.monotonic() - self._last_renewal > self.ttl_s - self.heartbeat_s:
-                self._lost = (f"the lease could not be renewed for "
-                              f"{self.monotonic() - self._last_renewal:.0f} s "
-                              f"({type(err).__name__}: {err})")
+            self._unreachable(err)
 
     def lost(self) -> Optional[str]:
-        """Why the lease is lost, or None while it is held."""
+        """Why the lease is lost, or None while it is held, as the store shows it now (a
+        remote store: as it showed it less than `look_every_s` ago on our monotonic clock,
+        which a pause advances too)."""
+        now = self.monotonic()
+        if self.number is not None and not self._lost and \
+                now - self._looked >= self._store.look_every_s:
+            try:
+                if self._look():
+                    self._looked = now
+            except Exception as err:  # noqa: BLE001 - judged as a failed renewal is
+                self._unreachable(err)
         return self._lost
 
     def check(self) -> None:
-        """Raises LeaseLostError if another run may be writing to the workdir now."""
-        if self._lost:
+        """Raises LeaseLostError if another run may be writing to the workdir now (looks at
+        the store: call it before every write)."""
+        if self.lost():
             raise LeaseLostError(f"--workdir {self.shown}: {self._lost}; this run stopped "
                                  "without writing anything more")
 
     def release(self) -> None:
-        """Stops the heartbeat and gives the lease back (of a lost one, only our own file)."""
+        """Stops the heartbeat and gives the lease back: marks its file released (it stays,
+        the highest number), or removes it with the folders made for it when nothing else
+        was written there; of a lost lease, only removes our own file."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -297,8 +296,16 @@ class Lease:
                 # A lost lease's file is garbage (a higher one exists), but a heartbeat racing
                 # the takeover may have written it again after the taker deleted it.
                 mine = Holder.parse(self._store.read(self.number) or "")
-                if not self._lost or (mine is not None and mine.token == self._token):
+                if self._lost:
+                    if mine is not None and mine.token == self._token:
+                        self._store.delete(self.number)
+                elif self._created and self._store.holds_only(self.number):
                     self._store.delete(self.number)
+                else:
+                    try:
+                        self._store.overwrite(self.number, self._record(released=True))
+                    except Exception:  # noqa: BLE001 - a full disk: give it back as before
+                        self._store.delete(self.number)
         self.number = None
         self._undo()
 
@@ -315,45 +322,59 @@ class _Shared:
         self.lease = lease
 
     def check(self) -> None:
-        """Raises LeaseLostError on every process once process 0's lease is lost (with
-        several processes this is a collective: every process calls it at the same point)."""
-        if _told_by_process_0(self.lease is not None and self.lease.lost() is not None):
+        """Raises LeaseLostError on every process once process 0's lease is lost, as the
+        store shows it now (with several processes this is a collective: every process
+        calls it at the same point)."""
+        lost = self.lease is not None and self.lease.lost() is not None
+        if _from_process_0(int(lost)):
             if self.lease is not None:
                 self.lease.check()
             raise LeaseLostError("process 0 lost the workdir's lease (its message says how); "
                                  "this process stopped without writing anything more")
 
 
-def _told_by_process_0(flag: bool) -> bool:
-    """Process 0's `flag`, on every process."""
+def _from_process_0(value: int) -> int:
+    """Process 0's `value`, on every process."""
     import jax
     if jax.process_count() == 1:
-        return flag
-    import numpy as np
-    from jax.experimental import multihost_utils
-    value = np.int32(flag and jax.process_index() == 0)
-    return bool(multihost_utils.broadcast_one_to_all(value))
+        return value
+    from resnet_jax import parallel
+    return parallel.from_process_0(value)
+
+
+# What the other processes raise when process 0 failed to take the lease, by its failure.
+_FORWARDED = (WorkdirBusyError, ValueError, StorageError, KeyboardInterrupt, RuntimeError)
+
+
+def _kind(failure: Optional[BaseException]) -> int:
+    """0 for none, else 1 + the index of the first `_FORWARDED` class `failure` is one of."""
+    if failure is None:
+        return 0
+    return 1 + next((i for i, cls in enumerate(_FORWARDED) if isinstance(failure, cls)),
+                    len(_FORWARDED) - 1)
 
 
 @contextlib.contextmanager
 def hold(workdir: str, **kwargs) -> Iterator[_Shared]:
     """The workdir's lease for the whole `with` block; process 0 takes it for every process.
-    Raises WorkdirBusyError (or a ValueError for a workdir that cannot be written) on every
-    process when process 0 cannot take it. Yields an object whose `check()` raises
-    LeaseLostError on every process once process 0 lost it."""
+    When process 0 cannot take it, every process raises: process 0 its own error, the others
+    one of the same kind (WorkdirBusyError, a ValueError for a workdir that cannot be written,
+    StorageError, KeyboardInterrupt, else RuntimeError), so none is left waiting. Yields an
+    object whose `check()` raises LeaseLostError on every process once process 0 lost it."""
     import jax
     lease, failure = None, None
     if jax.process_index() == 0:
-        lease = Lease(workdir, **kwargs)
         try:
+            lease = Lease(workdir, **kwargs)
             lease.acquire()
-        except (WorkdirBusyError, ValueError, StorageError) as err:
+        except BaseException as err:  # noqa: BLE001 - every failure is told to the others
             failure = err
-    if _told_by_process_0(failure is not None):
+    kind = _from_process_0(_kind(failure))
+    if kind:
         if failure is not None:
             raise failure
-        raise WorkdirBusyError(f"--workdir {workdir}: process 0 could not take the workdir's "
-                               "lease (its message says why)")
+        raise _FORWARDED[kind - 1](f"--workdir {workdir}: process 0 could not take the "
+                                   "workdir's lease (its message says why)")
     try:
         yield _Shared(lease)
     finally:

@@ -17,6 +17,7 @@ NAME = re.compile(r"^lease\.(\d+)\.json$")
 
 class LocalStore:
     """Lease files in a local (or NFS) directory."""
+    look_every_s = 0.0  # a listing costs microseconds: before every write
 
     def __init__(self, directory: str):
         self.directory = directory
@@ -29,9 +30,16 @@ class LocalStore:
             d = os.path.dirname(d)
         if not os.path.isdir(d):
             raise NotADirectoryError(20, "a file where a folder is expected", d)
+        made = []
         for path in reversed(missing):
-            os.mkdir(path)
-        return list(reversed(missing))
+            try:
+                os.mkdir(path)
+            except FileExistsError:  # a run started at the same moment made it
+                if not os.path.isdir(path):
+                    raise
+                continue
+            made.append(path)
+        return made
 
     def numbers(self) -> list[int]:
         return sorted(int(m.group(1)) for m in map(NAME.match, os.listdir(self.directory))
@@ -68,6 +76,10 @@ class LocalStore:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.path(n))
 
+    def holds_only(self, n: int) -> bool:
+        """Whether lease n is all the directory holds (a run that wrote nothing)."""
+        return os.listdir(self.directory) == [f"lease.{n}.json"]
+
     def remove_if_empty(self, created: list[str]) -> None:
         for path in reversed(created):
             try:
@@ -79,6 +91,9 @@ class LocalStore:
 class GcsStore:
     """Lease objects under a gs:// prefix, through google-cloud-storage (no listing cache;
     creation with the precondition `if_generation_match=0`)."""
+    # A listing is a request (tens of ms): at most one a second before writes, which a fast
+    # run makes several times a second (its log rows reach GCS every 10 s anyway).
+    look_every_s = 1.0
 
     def __init__(self, directory: str):
         from google.api_core import exceptions  # the gcs extra (orbax needs it too)
@@ -123,6 +138,9 @@ class GcsStore:
     def delete(self, n: int) -> None:
         with contextlib.suppress(self._exceptions.NotFound):
             self._blob(n).delete()
+
+    def holds_only(self, n: int) -> bool:
+        return False  # no folder to remove: the released lease stays
 
     def remove_if_empty(self, created: list[str]) -> None:
         pass

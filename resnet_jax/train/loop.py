@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from resnet_jax import files
+from resnet_jax import files, parallel
 from resnet_jax.data import identity
 from resnet_jax.models import count_params
 from resnet_jax.train import actions, dispatch, feed, replicas
@@ -61,6 +61,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         on_step: Callable[[int], None] | None, lease) -> dict:
     lead = jax.process_index() == 0
     say = (lambda text: print(text, flush=True)) if lead else (lambda text: None)
+    work = epath.Path(workdir)
+    # Fresh or resumed: process 0's look, for every process, before any builds (a slower
+    # process would see the checkpoints/ that process 0 makes for a new run, and restore
+    # while process 0 trains: their collectives would never meet).
+    resuming = bool(parallel.from_process_0(lead and (work / "checkpoints").exists()))
     d = config.data
     where = {"tar": d.path, "folder": d.path, "tfds": d.name}.get(d.source, "")
     say(f"data: loading {d.source} {where} ({d.pipeline} pipeline) ..." + (
@@ -72,16 +77,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     say(f"data: {p.describe()}: {p.num_train_examples:,} training and {p.num_eval_examples:,} "
         f"evaluation images of {'x'.join(map(str, p.image_shape))}, {p.num_classes} classes "
         f"({time.perf_counter() - started:.1f} s)")
-    work = epath.Path(workdir)
     # A new workdir gets no files before its first batch is read (a bad image folder leaves
     # nothing behind); an existing one is resumed (or refused, if of another model) first.
     n = replicas.count(config)
-    checkpoints = (run_lib.checkpointer(workdir, keep=config.train.keep_checkpoints,
-                                        num_replicas=n)
-                   if (work / "checkpoints").exists() else None)
-    writer = session = None
+    checkpoints = writer = session = restored = None
     try:
-        restored = run_lib.restore(run, checkpoints, set_aside=True) if checkpoints else None
+        if resuming:
+            lease.check()  # orbax clears unfinished saves; a torn checkpoint is set aside
+            checkpoints = run_lib.checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                               num_replicas=n)
+            restored = run_lib.restore(run, checkpoints, set_aside=True)
         if restored is None:
             (state, rng), step, meta = run_lib.fresh_state(run), 0, {}
         else:
@@ -101,6 +106,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         say(f"resuming from the checkpoint of step {step} of {config.train.num_steps} in "
             f"{work}" if step else f"starting a new run of {config.train.num_steps} steps in "
             f"{work}")
+        if step:
+            lease.check()  # the log is cut back to the checkpoint's step
         # The data a resumed run trained on must be the data it reads now (one line if not).
         data_record = identity.check(workdir, run.pipeline, resumed=restored is not None,
                                      say=say)

@@ -6,7 +6,9 @@ test_multiprocess.py) checking what must be one decision for all processes:
   worth retrying seen by process 1 alone: both stop with an error, nothing moved; the same
   failure once, then gone: both restore step 2;
 - the workdir's lease: held by process 0 alone, a second holder refused on both processes,
-  a lost lease stops both;
+  a lost lease stops both, any failure of process 0 to take it stops both;
+- fresh or resumed: a new run whose checkpoints/ appears between process 0's look and that
+  of a process 1 slow once it has the lease starts fresh on both;
 - `eval --data` scoring on a mesh whose device order puts process 1's devices first: every
   prediction is paired with its own label.
 
@@ -104,6 +106,77 @@ def lease(root: str) -> dict:
     return out
 
 
+def lease_failure(root: str) -> dict:
+    """Process 0 fails to take the lease with an error of no kind the lease knows (its store
+    broke): both processes raise, neither waits for the other."""
+    import jax
+    from resnet_jax.train import lease as lease_lib
+    from resnet_jax.train import lease_stores
+    real = lease_stores.store
+    if jax.process_index() == 0:
+        def broken(workdir):
+            raise KeyError("the store broke")
+        lease_stores.store = broken
+    try:
+        with lease_lib.hold(os.path.join(root, "broken")):
+            return {"error": None}
+    except Exception as err:  # noqa: BLE001 - recorded for the test
+        return {"error": type(err).__name__, "message": str(err)}
+    finally:
+        lease_stores.store = real
+
+
+class _Started(Exception):
+    """Raised once the run has started fresh or resumed: what is tested here is which."""
+
+
+def start_decision(root: str) -> dict:
+    """A new smoke run on both processes, process 1 slow once it has the lease, and the
+    run's checkpoints/ appearing between process 0's look and process 1's (process 1 makes
+    it here: process 0 cannot make it that early today, since its fresh state waits for
+    process 1 in a collective; a host whose NFS view lags, or any start path without that
+    collective, sees the same). Both must start the new run: which each did is recorded, and
+    the run is stopped there (nothing is compiled beyond the initialization)."""
+    import contextlib
+    import time
+
+    import jax
+    from resnet_jax.config import load_config
+    from resnet_jax.train import lease as lease_lib
+    from resnet_jax.train import loop
+    from resnet_jax.train import run as run_lib
+    workdir, real = os.path.join(root, "start"), (lease_lib.hold, run_lib.fresh_state,
+                                                  run_lib.restore)
+    took = []
+
+    @contextlib.contextmanager
+    def slow_hold(*args, **kwargs):
+        with real[0](*args, **kwargs) as held:
+            time.sleep(1)
+            os.makedirs(os.path.join(workdir, "checkpoints"))
+            yield held
+
+    def fresh_state(run):
+        real[1](run)
+        took.append("fresh")
+        raise _Started
+
+    def restore(*args, **kwargs):
+        took.append("restore")
+        raise _Started
+    if jax.process_index() == 1:
+        lease_lib.hold = slow_hold
+    run_lib.fresh_state, run_lib.restore = fresh_state, restore
+    smoke = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "smoke.py")
+    try:
+        loop.train_and_evaluate(load_config(smoke), workdir)
+    except _Started:
+        pass
+    finally:
+        lease_lib.hold, run_lib.fresh_state, run_lib.restore = real
+    return {"took": took}
+
+
 def permuted_eval() -> dict:
     """Scores 20 images whose labels are the model's own predictions (so a correct pairing
     is 0% top-1 error) on the mesh ordered [process 1's devices, process 0's devices]."""
@@ -150,7 +223,8 @@ def main(argv: list) -> int:
     from resnet_jax import parallel
     mesh = parallel.make_mesh()
     result = {"restore": restore_decisions(root, mesh), "lease": lease(root),
-              "eval": permuted_eval()}
+              "lease_failure": lease_failure(root), "eval": permuted_eval(),
+              "start": start_decision(root)}  # last: on a wrong decision nothing follows
     with open(os.path.join(root, f"p{pid}.json"), "w") as f:
         json.dump(result, f, indent=1)
     jax.distributed.shutdown()

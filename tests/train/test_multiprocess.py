@@ -51,7 +51,9 @@ def lifecycle(tmp_path_factory, mp_worker):
 @pytest.mark.slow
 def test_one_restore_decision_for_all_processes(lifecycle):
     """Only process 1 sees a failure: each time both processes act alike (each used to pick
-    its own fallback, and a failure worth retrying counted as damage)."""
+    its own fallback, and a failure worth retrying counted as damage).
+    Slow: the first test of the `lifecycle` fixture, whose 2 processes (joined by
+    jax.distributed: the thing tested) run every scenario of `_mp_lifecycle_worker.py`."""
     p0, p1 = (p["restore"] for p in lifecycle)
     for p in (p0, p1):
         # Worth retrying, and retries did not help: both stop, nothing set aside.
@@ -76,6 +78,26 @@ def test_the_lease_is_held_by_process_0_for_all(lifecycle):
     assert "process 0 could not take the workdir's lease" in p1["second"]
     assert "taken over by host elsewhere, pid 9" in p0["lost"]
     assert "process 0 lost the workdir's lease" in p1["lost"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_any_failure_to_take_the_lease_stops_every_process(lifecycle):
+    """Process 0's store raised an error the lease does not know (it used to forward only 3
+    kinds: process 1 then waited for process 0 in a broadcast for ever)."""
+    p0, p1 = (p["lease_failure"] for p in lifecycle)
+    assert p0 == {"error": "KeyError", "message": "'the store broke'"}
+    assert p1["error"] == "RuntimeError"
+    assert "process 0 could not take the workdir's lease" in p1["message"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_one_start_decision_for_all_processes(lifecycle):
+    """checkpoints/ appeared between process 0's look and a slow process 1's: both start
+    the new run (process 1 resumed, and entered the restore's collectives while process 0
+    was in the fresh start's; a look of its own at any point would see the folder)."""
+    assert [p["start"]["took"] for p in lifecycle] == [["fresh"], ["fresh"]]
 
 
 @pytest.mark.multiprocess
