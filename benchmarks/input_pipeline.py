@@ -140,7 +140,7 @@ def decoder_rates(blobs) -> dict:
     def draw(b, i):
         h, w = jpeg.header(b)
         window = augment.scale_window(h, w, np.random.default_rng(i))
-        return (h, w), window, augment.region_of(window, h, w)
+        return (h, w), window, augment.region_of(window, h, w, crop=False)
 
     def region(b, i):  # what the pipeline does: nvimgcodec region / simplejpeg at 1/4, 1/8
         shape, window, reg = draw(b, i)

@@ -2,7 +2,6 @@
 to the region (the pixels simplejpeg gave before it), whatever the chroma subsampling, scan
 mode, restart markers or EXIF orientation; reduced-scale decoding really decodes at 1/4 and
 1/8; a file cut short is never decoded in part; without nvimgcodec the views are the same."""
-import io
 import platform
 import sys
 
@@ -15,33 +14,20 @@ from resnet_jax.data import augment, jpeg
 from resnet_jax.data.decode import CorruptImageError
 
 
-def photo(h, w, seed=0, grain=12):
-    """Smooth colours plus grain: real entropy-coded data in every block."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 12 + 1, w // 12 + 1, 3), np.uint8)
-    img = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), np.float32)
-    return np.clip(img + rng.normal(0, grain, img.shape), 0, 255).astype(np.uint8)
+KINDS = ("4:2:0", "4:2:2", "4:4:4", "progressive", "restart markers", "exif rotated", "4:4:0",
+         "4:1:1")
 
 
-def encode(img, **kw):
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", **{"quality": 85, **kw})
-    return buf.getvalue()
-
-
-def variants():
-    """name -> a colour JPEG of 203 x 261 (not a multiple of any block size)."""
-    img = photo(203, 261)
+def variants(helpers):
+    """kind -> a colour JPEG of 203 x 261 (not a multiple of any block size)."""
+    img, encode = helpers.photo(203, 261), helpers.encode
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90": decoders that apply it give another shape
-    return {
-        "4:2:0": encode(img, subsampling=2), "4:2:2": encode(img, subsampling=1),
-        "4:4:4": encode(img, subsampling=0), "progressive": encode(img, progressive=True),
-        "restart markers": encode(img, restart_marker_blocks=3),
-        "exif rotated": encode(img, exif=exif.tobytes()),
-        "4:4:0": simplejpeg.encode_jpeg(img, 85, colorsubsampling="440"),
-        "4:1:1": simplejpeg.encode_jpeg(img, 85, colorsubsampling="411"),
-    }
+    return dict(zip(KINDS, (
+        encode(img, subsampling=2), encode(img, subsampling=1), encode(img, subsampling=0),
+        encode(img, progressive=True), encode(img, restart_marker_blocks=3),
+        encode(img, exif=exif.tobytes()), simplejpeg.encode_jpeg(img, 85, colorsubsampling="440"),
+        simplejpeg.encode_jpeg(img, 85, colorsubsampling="411")), strict=True))
 
 
 def regions(h, w, n, seed=0):
@@ -62,13 +48,13 @@ def test_the_region_decoder_is_installed_where_its_wheels_exist():
     assert jpeg.region_decoder() is not None
 
 
-@pytest.mark.parametrize("kind", list(variants()))
-def test_region_decoding_is_bitwise_the_full_decode_cut_to_the_region(kind):
+@pytest.mark.parametrize("kind", KINDS)
+def test_region_decoding_is_bitwise_the_full_decode_cut_to_the_region(kind, helpers):
     """Measured, not assumed: libjpeg-turbo decodes a cropped region with one extra column
     each side and the upsampling context rows, so its edges are those of the full decode."""
     if jpeg.region_decoder() is None:
         pytest.skip("nvimgcodec is not installed")
-    data = variants()[kind]
+    data = variants(helpers)[kind]
     full = simplejpeg.decode_jpeg(data, fastdct=True)  # the pixels before region decoding
     assert full.shape == (203, 261, 3) and jpeg.header(data) == (203, 261)
     for y, x, h, w in regions(203, 261, 60):
@@ -76,10 +62,10 @@ def test_region_decoding_is_bitwise_the_full_decode_cut_to_the_region(kind):
                                       full[y:y + h, x:x + w], f"{kind} {(y, x, h, w)}")
 
 
-def test_reduced_scale_decoding_happens_where_the_window_is_4_or_8_times_the_output():
+def test_reduced_scale_decoding_happens_where_the_window_is_4_or_8_times_the_output(helpers):
     """The decoded pixels' size is checked, not the factor's arithmetic (simplejpeg ignores
     min_factor unless min_height / min_width are given: it decoded at full size before)."""
-    data = encode(photo(1000, 1800, grain=0), quality=70)
+    data = helpers.encode(helpers.photo(1000, 1800, grain=0), quality=70)
     assert jpeg.decode_factor((0, 0, 895, 4000), 224) == 1  # 1/2 is never used (measured)
     assert jpeg.decode_factor((0, 0, 896, 1000), 224) == 4
     assert jpeg.decode_factor((0.5, 0, 1792, 1792), 224) == 8
@@ -96,26 +82,26 @@ def test_reduced_scale_decoding_happens_where_the_window_is_4_or_8_times_the_out
         assert img.shape[:2] == (895, 900) and origin == (3, 5) and scale == (1.0, 1.0)
 
 
-def test_a_file_cut_short_is_never_decoded_in_part():
+def test_a_file_cut_short_is_never_decoded_in_part(helpers):
     """The window lies above the cut, where a region decoder would not notice it: the file
     takes the full decode, which names it."""
-    data = encode(photo(400, 300))
+    data = helpers.encode(helpers.photo(400, 300))
     cut = data[:len(data) * 3 // 4]
     assert jpeg.header(cut) == (400, 300)
     assert jpeg.decode_region(cut, (400, 300), (0, 0, 50, 50), 1) is None
     with pytest.raises(CorruptImageError, match="cut.jpg"):
-        augment.crop_resize(cut, "cut.jpg", lambda h, w: (0, 0, 50, 50), 32)
+        augment.crop_resize(cut, "cut.jpg", lambda h, w: (0, 0, 50, 50), 32, crop=True)
     assert jpeg.is_whole(data + b"\0\0") and not jpeg.is_whole(data[:-1])
 
 
-def test_views_are_the_same_without_the_region_decoder(monkeypatch):
+def test_views_are_the_same_without_the_region_decoder(monkeypatch, helpers):
     """Where nvimgcodec has no wheel, simplejpeg's full decode cut to the window gives the
     same pixels: a batch does not depend on the platform."""
-    data = encode(photo(375, 500, seed=4))
+    data = helpers.encode(helpers.photo(375, 500, seed=4))
     draws = [lambda h, w, i=i: augment.scale_window(h, w, np.random.default_rng(i))
              for i in range(30)]
-    fast = [augment.crop_resize(data, "x", window_of, 224) for window_of in draws]
+    fast = [augment.crop_resize(data, "x", window_of, 224, False) for window_of in draws]
     monkeypatch.setattr(jpeg, "region_decoder", lambda: None)
     for i, window_of in enumerate(draws):
-        np.testing.assert_array_equal(augment.crop_resize(data, "x", window_of, 224), fast[i],
-                                      f"draw {i}")
+        np.testing.assert_array_equal(augment.crop_resize(data, "x", window_of, 224, False),
+                                      fast[i], f"draw {i}")
