@@ -2,6 +2,7 @@
 to the region (the pixels simplejpeg gave before it), whatever the chroma subsampling, scan
 mode, restart markers or EXIF orientation; reduced-scale decoding really decodes at 1/4 and
 1/8; a file cut short is never decoded in part; without nvimgcodec the views are the same."""
+import os
 import platform
 import sys
 
@@ -13,6 +14,7 @@ from PIL import Image
 from resnet_jax.data import augment, jpeg
 from resnet_jax.data.decode import CorruptImageError
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 KINDS = ("4:2:0", "4:2:2", "4:4:4", "progressive", "restart markers", "exif rotated", "4:4:0",
          "4:1:1")
@@ -94,14 +96,146 @@ def test_a_file_cut_short_is_never_decoded_in_part(helpers):
     assert jpeg.is_whole(data + b"\0\0") and not jpeg.is_whole(data[:-1])
 
 
+def without_region_decoder(monkeypatch):
+    """This test's decodes as where nvimgcodec is not installed."""
+    monkeypatch.setattr(jpeg, "region_decoder", lambda: None)
+
+
+def scale_views(data, draws=30, crop=False):
+    """The views of `draws` scale-augmentation windows of `data` (generators 0, 1, ...)."""
+    return [augment.crop_resize(data, "x", lambda h, w, i=i: augment.scale_window(
+        h, w, np.random.default_rng(i)), 224, crop) for i in range(draws)]
+
+
 def test_views_are_the_same_without_the_region_decoder(monkeypatch, helpers):
     """Where nvimgcodec has no wheel, simplejpeg's full decode cut to the window gives the
-    same pixels: a batch does not depend on the platform."""
+    same pixels: a batch does not depend on the platform. (Where nvimgcodec is absent both
+    sides are that path: nothing to compare.)"""
+    if jpeg.region_decoder() is None:
+        pytest.skip("nvimgcodec is not installed")
     data = helpers.encode(helpers.photo(375, 500, seed=4))
-    draws = [lambda h, w, i=i: augment.scale_window(h, w, np.random.default_rng(i))
-             for i in range(30)]
-    fast = [augment.crop_resize(data, "x", window_of, 224, False) for window_of in draws]
-    monkeypatch.setattr(jpeg, "region_decoder", lambda: None)
-    for i, window_of in enumerate(draws):
-        np.testing.assert_array_equal(augment.crop_resize(data, "x", window_of, 224, False),
-                                      fast[i], f"draw {i}")
+    fast = scale_views(data)
+    without_region_decoder(monkeypatch)
+    for i, (ours, want) in enumerate(zip(scale_views(data), fast, strict=True)):
+        np.testing.assert_array_equal(ours, want, f"draw {i}")
+
+
+def damaged(helpers, h, w):
+    """A complete colour JPEG with 40 bytes of its entropy-coded data overwritten halfway
+    (it still ends with its end-of-image marker): libjpeg warns of corrupt data."""
+    data = helpers.encode(helpers.photo(h, w))
+    at = (data.index(b"\xff\xda") + len(data)) // 2
+    return data[:at] + bytes(range(7, 47)) + data[at + 40:]
+
+
+def test_a_damaged_complete_jpeg_gives_the_same_pixels_on_every_path(monkeypatch, helpers):
+    """Region decoding (nvimgcodec decodes through the damage), the full decode of a platform
+    without nvimgcodec and the 1/4-scale decode all decode such a file as libjpeg-turbo does
+    (not strict), bitwise alike at full scale, where a strict simplejpeg sent it to Pillow
+    on the last two (other pixels: Pillow's IDCT) and the view depended on the platform."""
+    bad = damaged(helpers, 400, 300)
+    with pytest.raises(ValueError, match="Corrupt JPEG data"):
+        simplejpeg.decode_jpeg(bad, strict=True)
+    views = scale_views(bad, draws=8)  # windows above, across and below the damage
+    big = damaged(helpers, 1000, 1000)
+    quarter = jpeg.decode_region(big, (1000, 1000), (0, 0, 1000, 1000), 4)
+    assert quarter is not None and quarter[0].shape == (250, 250, 3)
+    without_region_decoder(monkeypatch)
+    for i, (ours, want) in enumerate(zip(scale_views(bad, draws=8), views, strict=True)):
+        np.testing.assert_array_equal(ours, want, f"draw {i}")
+
+
+class FakeNvimgcodec:
+    """What `region_decoder` uses of nvidia.nvimgcodec, with a Decoder of our own."""
+    NVIMGCODEC_DEVICE_CPU_ONLY = -99999
+    BackendKind = type("BackendKind", (), {"CPU_ONLY": 1})
+
+    def __init__(self, decoder):
+        self.Decoder = decoder
+
+    Backend = DecodeParams = staticmethod(lambda *args, **kwargs: None)
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch):
+    """jpeg's per-process and per-thread caches of nvimgcodec emptied for this test."""
+    import threading
+    monkeypatch.setattr(jpeg, "_local", threading.local())
+    monkeypatch.setattr(jpeg, "_nvimgcodec", [])
+
+
+@pytest.mark.parametrize("failure", ["import", "decoder"])
+def test_a_region_decoder_that_fails_to_load_is_said_once_and_changes_no_pixel(
+        failure, monkeypatch, caplog, fresh_loader, helpers):
+    """An nvimgcodec that raises at import (OSError: a library it links is missing) or whose
+    CPU decoder cannot be made (RuntimeError) is said in one log line, then every thread
+    decodes without it: the same pixels, no error."""
+    import builtins
+    import importlib.util
+    import threading
+    if importlib.util.find_spec("nvidia.nvimgcodec") is None:
+        pytest.skip("nvimgcodec is not installed")
+    data = helpers.encode(helpers.photo(240, 320))
+    with monkeypatch.context() as m:  # (nvimgcodec not loaded: the caches stay empty)
+        without_region_decoder(m)
+        without = scale_views(data, draws=3)
+    real_import = builtins.__import__
+
+    def failing_decoder(**options):
+        raise RuntimeError("Internal error - Could not create decoder. Code: 2")
+
+    def fake_import(name, *args, **kwargs):
+        if not name.startswith("nvidia"):
+            return real_import(name, *args, **kwargs)
+        if failure == "import":
+            raise OSError("libnvimgcodec.so.0: cannot open shared object file")
+        return type("nvidia", (), {"nvimgcodec": FakeNvimgcodec(failing_decoder)})
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with caplog.at_level("WARNING", logger=jpeg.__name__):
+        for i, view in enumerate(scale_views(data, draws=3)):
+            np.testing.assert_array_equal(view, without[i])
+        in_thread = []  # another thread: its own decoder would be made, but is not tried again
+        other = threading.Thread(target=lambda: in_thread.extend(scale_views(data, 1)))
+        other.start()
+        other.join()
+        np.testing.assert_array_equal(in_thread[0], without[0])
+    lines = [r for r in caplog.records if r.name == jpeg.__name__]
+    assert len(lines) == 1 and "region decoder" in lines[0].getMessage(), lines
+    assert jpeg.region_decoder() is None
+
+
+def test_a_region_decoder_that_ignores_the_region_is_not_used(monkeypatch, helpers):
+    """Its output must have the region's shape; the whole image instead (a decoder that ignored
+    the region) would be used as the region: the general way instead."""
+    data = helpers.encode(helpers.photo(240, 320))
+    whole = simplejpeg.decode_jpeg(data, fastdct=True)
+    image = type("Image", (), {"cpu": lambda self: whole})()
+    decoder = type("Decoder", (), {"decode": lambda self, stream, params: image})()
+    stream = type("CodeStream", (), {"get_sub_code_stream": lambda self, region: self})
+    nv = type("nv", (), {"CodeStream": lambda data: stream(), "Region": lambda *a: a})
+    monkeypatch.setattr(jpeg, "region_decoder", lambda: (nv, decoder, None))
+    assert jpeg.region_pixels(data, (10, 20, 30, 40)) is None
+    views = scale_views(data, draws=5)
+    without_region_decoder(monkeypatch)
+    for i, (ours, want) in enumerate(zip(scale_views(data, draws=5), views, strict=True)):
+        np.testing.assert_array_equal(ours, want, f"draw {i}")
+
+
+def test_loading_the_region_decoder_prints_nothing_and_leaves_stderr_alone():
+    """nvimgcodec's import printed a line per GPU codec it could not load (no CUDA here),
+    which was kept off the console by pointing file descriptor 2 at /dev/null meanwhile, for
+    every thread of the process. Now only its CPU JPEG extension is loaded: nothing to hide,
+    and fd 2 is never redirected (a new process: the import happens once per process)."""
+    import subprocess
+    if jpeg.region_decoder() is None:
+        pytest.skip("nvimgcodec is not installed")
+    code = ("import os\n"
+            "calls = []\n"
+            "os.dup2 = lambda *a, **k: calls.append(a)\n"
+            "from resnet_jax.data import jpeg\n"
+            "assert jpeg.region_decoder() is not None\n"
+            "print(calls)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert (out.stdout, out.stderr) == ("[]\n", "")
