@@ -67,14 +67,6 @@ def center_window(h: int, w: int, size: int, resize: int) -> Window:
     return (h - crop) // 2, (w - crop) // 2, crop, crop
 
 
-def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """uint8 (h, w, 3) bilinear resize (half-pixel centres, no antialiasing)."""
-    import cv2
-    if img.shape[:2] == (h, w):
-        return np.ascontiguousarray(img)
-    return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 def region_of(window: Window, h: int, w: int, crop: bool) -> Tuple[int, int, int, int]:
     """The pixels of an h x w image that a view of `window` reads. `crop`: the window is cut
     out, then resized (Inception crop, centre crop; whole pixels): its own pixels, whose
