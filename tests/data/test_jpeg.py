@@ -1,7 +1,9 @@
 """The fast JPEG path (resnet_jax/data/jpeg.py): region decoding is bitwise the full decode cut
 to the region (the pixels simplejpeg gave before it), whatever the chroma subsampling, scan
 mode, restart markers or EXIF orientation; reduced-scale decoding really decodes at 1/4 and
-1/8; a file cut short is never decoded in part; without nvimgcodec the views are the same."""
+1/8; a file cut short is never decoded in part; without nvimgcodec the views are the same,
+and so are those of a damaged but complete file on every path; an nvimgcodec that fails to
+load is said once, one that ignores the region is not used, and loading it prints nothing."""
 import os
 import platform
 import sys
