@@ -129,34 +129,29 @@ def decoder_rates(blobs) -> dict:
     (`augment.sample`), with each candidate decoder; the window drawn as in training. The
     last row decodes nothing but the entropy-coded data down to the window's last row, which
     every JPEG decoder must (tf.data's `decode_and_crop_jpeg` too): no view of that window
-    costs less with libjpeg-turbo."""
+    costs less with libjpeg-turbo (it needs nvimgcodec's region decoder: no row without)."""
     import cv2
-    import simplejpeg
     from PIL import Image
 
     from resnet_jax.data import augment, jpeg
     cv2.setNumThreads(1)
 
+    def window_of(i):
+        return lambda h, w: augment.scale_window(h, w, np.random.default_rng(i))
+
     def draw(b, i):
-        h, w = jpeg.header(b)
-        window = augment.scale_window(h, w, np.random.default_rng(i))
-        return (h, w), window, augment.region_of(window, h, w)
+        shape = jpeg.header(b)
+        window = window_of(i)(*shape)
+        return shape, window, augment.region_of(window, *shape, crop=False)
 
-    def region(b, i):  # what the pipeline does: nvimgcodec region / simplejpeg at 1/4, 1/8
-        shape, window, reg = draw(b, i)
-        return augment.sample(*jpeg.decode_region(b, shape, reg, jpeg.decode_factor(
-            window, 224)), window, 224)
+    def pipeline(b, i):  # what training does: nvimgcodec region / simplejpeg at 1/4, 1/8
+        return augment.crop_resize(b, "x", window_of(i), 224, crop=False)
 
-    def cut(img, f, reg):
-        y, x, h, w = reg
-        return img[y // f:-(-(y + h) // f), x // f:-(-(x + w) // f)], (y // f * f, x // f * f)
-
-    def full(decode):  # the whole image at the factor the window allows, then its region
+    def whole(decode):  # the whole image at the factor the window allows, then its region
         def run(b, i):
-            shape, window, reg = draw(b, i)
+            shape, window, region = draw(b, i)
             f = jpeg.decode_factor(window, 224)
-            img, origin = cut(decode(b, shape, f), f, reg)
-            return augment.sample(img, origin, (1 / f, 1 / f), window, 224)
+            return augment.sample(*jpeg.cut(decode(b, shape, f), region, f), window, 224)
         return run
 
     def pillow(b, shape, f):
@@ -169,18 +164,18 @@ def decoder_rates(blobs) -> dict:
         return jpeg.region_pixels(b, (y + h - 1, x, 1, 1))
 
     flags = {1: cv2.IMREAD_COLOR, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-    out = {}
-    for name, fn in (
-            ("nvimgcodec region (simplejpeg 1/4, 1/8): used", region),
-            ("simplejpeg whole image", full(lambda b, s, f: simplejpeg.decode_jpeg(
-                b, fastdct=True, min_factor=f, min_height=-(-s[0] // f),
-                min_width=-(-s[1] // f)))),
-            ("OpenCV whole image (reduced)", full(lambda b, s, f: cv2.imdecode(
+    rows = [("nvimgcodec region (simplejpeg 1/4, 1/8): used", pipeline),
+            ("simplejpeg whole image", whole(jpeg.decode_scaled)),
+            ("OpenCV whole image (reduced)", whole(lambda b, s, f: cv2.imdecode(
                 np.frombuffer(b, np.uint8), flags[f])[..., ::-1])),
-            ("Pillow whole image (draft)", full(pillow)),
-            ("bound: entropy decoding to the window's end", entropy_only)):
-        out[name] = timed(lambda: [fn(b, i) for i, b in enumerate(blobs)], len(blobs), True)[0]
-    return out
+            ("Pillow whole image (draft)", whole(pillow))]
+    if jpeg.region_decoder() is not None:
+        rows.append(("bound: entropy decoding to the window's end", entropy_only))
+    else:
+        print("    (nvimgcodec is not installed: the pipeline's row is simplejpeg's whole "
+              "image, and no bound row)")
+    return {name: timed(lambda fn=fn: [fn(b, i) for i, b in enumerate(blobs)], len(blobs),
+                        True)[0] for name, fn in rows}
 
 
 def spread(values) -> str:

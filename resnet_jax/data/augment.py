@@ -23,8 +23,7 @@ import numpy as np
 from resnet_jax.data import jpeg
 from resnet_jax.data.decode import decode_rgb
 
-# y, x, height, width in original pixels (edges: a window of whole pixels is a crop, one
-# with fractions the part of the image that a resize of all of it maps to the view)
+# y, x, height, width in original pixels, maybe fractions (a window of the resized image)
 Window = Tuple[float, float, float, float]
 TRAIN_AUGMENTS = ("scale", "inception", "none")
 
@@ -72,20 +71,15 @@ def center_window(h: int, w: int, size: int, resize: int) -> Window:
     return (h - crop) // 2, (w - crop) // 2, crop, crop
 
 
-def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """uint8 (h, w, 3) bilinear resize (half-pixel centres, no antialiasing)."""
-    import cv2
-    if img.shape[:2] == (h, w):
-        return np.ascontiguousarray(img)
-    return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def region_of(window: Window, h: int, w: int) -> Tuple[int, int, int, int]:
-    """The pixels that a view of `window` reads: a window of whole pixels itself (a crop,
-    then resized: the crop's edge pixels repeat beyond it, as tf.data's crop + resize); else
-    the window and one pixel more each side, within the image (a resize of the whole image
-    reads its neighbours; only the image's own edges repeat)."""
-    if all(float(v).is_integer() for v in window):
+def region_of(window: Window, h: int, w: int, crop: bool) -> Tuple[int, int, int, int]:
+    """The pixels of an h x w image that a view of `window` reads. `crop`: the window is cut
+    out, then resized (Inception crop, centre crop; whole pixels): its own pixels, whose
+    edge pixels repeat beyond it, as tf.data's crop + resize. Else the window is the part of
+    the whole image that a resize of all of it maps to the view (scale augmentation): the
+    window and one pixel more each side, within the image (only the image's own edges
+    repeat). The caller says which: a window of the resized image may be whole numbers too
+    (240 x 320 enlarged x2: (86, 52, 112, 112)), and its edges still read their neighbours."""
+    if crop:
         return tuple(int(v) for v in window)
     y, x, ch, cw = window
     y0, x0 = max(0, math.floor(y) - 1), max(0, math.floor(x) - 1)
@@ -111,8 +105,9 @@ def sample(img: np.ndarray, origin: Tuple[float, float], scale: Tuple[float, flo
 
 
 def crop_resize(data: bytes, name: str, window_of: Callable[[int, int], Window],
-                size: int) -> np.ndarray:
-    """uint8 (size, size, 3): the window `window_of(h, w)` of the encoded image, resized.
+                size: int, crop: bool) -> np.ndarray:
+    """uint8 (size, size, 3): the window `window_of(h, w)` of the encoded image, resized
+    (`crop`: cut out, then resized; else a window of the whole image resized: `region_of`).
     Colour JPEGs decode only the pixels the window reads (at 1/4 or 1/8 scale when it is
     that large: `jpeg.decode_region`); others through `decode_rgb` (CorruptImageError naming
     `name` when nothing can decode it)."""
@@ -120,13 +115,13 @@ def crop_resize(data: bytes, name: str, window_of: Callable[[int, int], Window],
     decoded = window = None
     if shape is not None:
         window = window_of(*shape)  # drawn once: a fallback decode below reuses it
-        decoded = jpeg.decode_region(data, shape, region_of(window, *shape),
+        decoded = jpeg.decode_region(data, shape, region_of(window, *shape, crop),
                                      jpeg.decode_factor(window, size))
     if decoded is None:
         img = decode_rgb(data, name)
         if window is None or img.shape[:2] != shape:
             window = window_of(*img.shape[:2])
-        y, x, h, w = region_of(window, *img.shape[:2])
+        y, x, h, w = region_of(window, *img.shape[:2], crop)
         decoded = img[y:y + h, x:x + w], (y, x), (1.0, 1.0)
     return sample(*decoded, window, size)
 
@@ -146,7 +141,8 @@ def train_view(data: bytes, name: str, augment: str, rng: np.random.Generator,
     'none': the centre crop of the evaluation (`center_window`), no flip, no randomness.
     """
     if augment == "none":
-        return crop_resize(data, name, lambda h, w: center_window(h, w, size, eval_resize), size)
+        return crop_resize(data, name, lambda h, w: center_window(h, w, size, eval_resize), size,
+                           crop=True)
     if augment == "scale":  # [256, 480] for a 224 crop, in proportion for other sizes
         lo, hi = round(256 * size / 224), round(480 * size / 224)
         window_of = lambda h, w: scale_window(h, w, rng, size, lo, hi)  # noqa: E731
@@ -154,5 +150,6 @@ def train_view(data: bytes, name: str, augment: str, rng: np.random.Generator,
         window_of = lambda h, w: inception_window(h, w, rng)  # noqa: E731
     else:
         raise ValueError(f"data.train_augment={augment!r}; allowed: {', '.join(TRAIN_AUGMENTS)}")
-    out = crop_resize(data, name, window_of, size)
+    # the paper's scale augmentation resizes the whole image; the Inception crop cuts first
+    out = crop_resize(data, name, window_of, size, crop=augment == "inception")
     return flip(out) if rng.random() < 0.5 else out

@@ -13,7 +13,7 @@ Resize styles ('resize' = the shorter side, then a centre `crop` x `crop` window
   'torchvision': Pillow resize (antialiased; `interpolation` bilinear or bicubic), long side
       int(resize * long / short), crop offset round((h - crop) / 2) (half to even): exactly
       torchvision's Resize + CenterCrop on PIL images.
-  'tf': this project's streaming eval (data/augment.py): bilinear without antialiasing, half-
+  'tf': this project's streaming eval (data/views.py): bilinear without antialiasing, half-
       pixel centres, long side max(round(long * resize / short), resize), pixels rounded to
       uint8, crop offset (h - crop) // 2 (tf.image.resize's float32 arithmetic: bitwise
       equal to it on the images checked).
@@ -172,7 +172,7 @@ def _pil_resize(img: np.ndarray, h: int, w: int, interpolation: str) -> np.ndarr
 
 def tf_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
     """tf.image.resize(method='bilinear', antialias=False) (half-pixel centres) in float32,
-    rounded half to even and clipped to uint8, as data/augment.py does."""
+    rounded half to even and clipped to uint8: the 'tf' style's resize (`_resize_crop`)."""
     def axis(n_in: int, n_out: int):
         scale = np.float32(n_in) / np.float32(n_out)
         src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)

@@ -89,6 +89,8 @@ def make_iterator(ds, workers: int, buffer: int = 2):
     import grain
     read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     if workers == 0:
+        # the maps run here: OpenCV's thread count is the process's (no per-thread setting),
+        # and a training process uses OpenCV for these maps alone
         one_opencv_thread()
         return iter(ds.to_iter_dataset(read))
     from absl import flags

@@ -6,12 +6,12 @@ the streaming pipeline's evaluation and `resnet-jax eval --data` use the same vi
     stacks = views.of(name, encoded)   # the same of JPEG/PNG bytes, a file path or an array
     means_stds = views.normalization() # ((mean, std), ...): input = (stack - mean) / std
 
-Modes (the paper's test views; the same conventions as the streaming eval in
-`resnet_jax/data/augment.py`, with the resize and crop offsets of the model's style):
+Modes (the paper's test views, with the resize and crop offsets of the model's style):
   center:     the recorded eval transform: resize the shorter side to `resize`, centre
               `crop` x `crop` (exactly `preprocess.apply`, before normalization). V = 1.
-  10crop:     the same resize, then the 4 corners and the centre (`augment.TEN_CROP_ORDER`)
-              and the same 5 flipped left-right. V = 10.
+  10crop:     the same resize, then the 4 corners (top-left, top-right, bottom-left,
+              bottom-right) and the centre, and the same 5 flipped left-right (`ten_crop`).
+              V = 10.
   multiscale: per scale s, the image resized to shorter side s and its centre s x s square,
               and that square flipped (fully convolutional: the model's global average pool
               takes any size). One stack of V = 2 per scale; the caller averages the softmax

@@ -17,6 +17,16 @@ FILE = "preprocessing.json"
 CLASS_NAMES_FILE = "class_names.txt"
 
 
+def apply(prep: Preprocessing, images: Any):
+    """Deprecated: `resnet_jax.data.preprocess.apply` (moved there by issue 25; this module's
+    docstring offered it here before)."""
+    import warnings
+    warnings.warn("resnet_jax.interop.preprocess.apply is deprecated: use "
+                  "resnet_jax.data.preprocess.apply", DeprecationWarning, stacklevel=2)
+    from resnet_jax.data.preprocess import apply as data_apply
+    return data_apply(prep, images)
+
+
 # ---- files and training runs --------------------------------------------------------------
 
 def save(prep: Preprocessing, directory: str, class_names: Optional[Sequence[str]] = None,

@@ -90,8 +90,10 @@ class ResNet(nn.Module):
       shortcut_scale, residual_scale: the lambdas of 'scale' (> 0; 1 = identity, bitwise).
       gate_bias: b_g, the initial bias of the gates' 1x1 convs ('exclusive_gate',
         'shortcut_gate'); the paper's best is -6.
-      shortcut_dropout: the dropout rate of 'dropout' (0.5, the paper's), at training only;
-        its masks come from the 'dropout' rng (`apply(..., rngs={'dropout': key})`).
+      shortcut_dropout: the dropout rate of 'dropout' (0.5, the paper's): h kept unscaled
+        with probability 1 - rate at training, h * (1 - rate) at evaluation (the paper's
+        scale of expectation 1 - rate, `variants.ShortcutDropout`); its masks come from the
+        'dropout' rng (`apply(..., rngs={'dropout': key})`).
       dtype: compute dtype (e.g. bfloat16); param_dtype: parameter dtype (float32).
       bn_momentum, bn_epsilon: BatchNorm running-average decay and epsilon.
       bn_num_groups, bn_axis_name, bn_axis_index_groups: how BN statistics are reduced

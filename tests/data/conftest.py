@@ -38,6 +38,25 @@ def odd_images(size=(8, 8)) -> dict:
             "png_in.jpg": enc(rgb, "PNG"), "rgba.png": enc(rgba, "PNG")}
 
 
+def photo(h: int, w: int, seed: int = 0, grain: float = 12, block: int = 12) -> np.ndarray:
+    """uint8 (h, w, 3) photo-like image: smooth random colours (a value per block x block
+    pixels, bicubic) plus Gaussian grain of sd `grain`, so every 8 x 8 block has real
+    entropy-coded data and a pixel differs from its neighbours (an off-by-one-pixel sample
+    shows); grain=0: smooth, where decoders and scales agree closely."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // block + 1, w // block + 1, 3), np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), np.float32)
+    return np.clip(img + rng.normal(0, grain, img.shape), 0, 255).astype(np.uint8)
+
+
+def encode(img: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
+    """The bytes of `img` saved by Pillow (JPEG quality 85 unless `options` say)."""
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, fmt, **{**({"quality": 85} if fmt == "JPEG" else {}),
+                                            **options})
+    return buf.getvalue()
+
+
 def write_tar(path: str, folder_root: str, split: str = "train") -> None:
     """Pack folder_root/<class>/<img> as split/<class>/<img> into a .tar.gz."""
     with tarfile.open(path, "w:gz") as tar:

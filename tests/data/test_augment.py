@@ -18,18 +18,6 @@ from resnet_jax.data.decode import CorruptImageError, decode_rgb
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def jpeg_bytes(arr, quality=95, fmt="JPEG"):
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, fmt, quality=quality)
-    return buf.getvalue()
-
-
-def photo(h, w, seed=0):
-    """Smooth random colours (JPEG-friendly, so decoders agree closely)."""
-    small = np.random.default_rng(seed).integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), np.uint8)
-    return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC))
-
-
 def test_scale_window_shorter_side_in_256_480_and_crop_224():
     sides = []
     for i in range(300):
@@ -43,69 +31,135 @@ def test_scale_window_shorter_side_in_256_480_and_crop_224():
     assert min(sides) < 270 and max(sides) > 466  # the whole range is used
 
 
-def reference_scale_view(img, rng, size=224, lo=256, hi=480):
-    """Paper Sec. 3.4 as written (tf.data's order before the crop came first): resize the
-    whole image to shorter side s ~ U{lo..hi}, crop size x size at a uniform position, flip
-    with p = 1/2. -> (view, the window it covers in original pixels)."""
-    import cv2
-    h, w = img.shape[:2]
+def reference_draw(h, w, rng, size=224, lo=256, hi=480):
+    """Paper Sec. 3.4 as written: the shorter side s ~ U{lo..hi}, the whole image resized to
+    (new_h, new_w) = shorter side s (at least size), a size x size crop at a uniform (oy, ox),
+    then a flip with p = 1/2 (tf.data's order before the crop came first). Only the draws:
+    -> (new_h, new_w, oy, ox, flip)."""
     s = int(rng.integers(lo, hi + 1))
     new_h, new_w = max(round(h * s / min(h, w)), size), max(round(w * s / min(h, w)), size)
     oy, ox = int(rng.integers(0, new_h - size + 1)), int(rng.integers(0, new_w - size + 1))
-    view = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    view = view[oy:oy + size, ox:ox + size]
-    window = (oy * h / new_h, ox * w / new_w, size * h / new_h, size * w / new_w)
-    return (view[:, ::-1] if rng.random() < 0.5 else view), window
+    return new_h, new_w, oy, ox, rng.random() < 0.5
 
 
-SHAPES = ((375, 500), (500, 375), (1200, 1600), (240, 260), (224, 224), (300, 1000))
+def reference_view(resized, draw, size=224):
+    """The reference's view of `resized` (the whole image resized to the draw's size)."""
+    _, _, oy, ox, flip = draw
+    view = resized[oy:oy + size, ox:ox + size]
+    return view[:, ::-1] if flip else view
 
 
-def test_the_crop_first_window_is_the_reference_window():
-    """For the same (seed, epoch, index), the window that is decoded and resized is the one
-    that the reference's crop covers in the original, within one source pixel at each edge
-    (4,000 draws)."""
-    for h, w in SHAPES:
-        for i in range(4000 // len(SHAPES)):
-            y, x, ch, cw = augment.scale_window(h, w, augment.example_rng(7, 3, i))
-            ry, rx, rh, rw = reference_window(h, w, augment.example_rng(7, 3, i))
-            edges = np.array([y - ry, x - rx, y + ch - (ry + rh), x + cw - (rx + rw)])
-            assert np.abs(edges).max() <= 1, (h, w, i, edges)
-
-
-def reference_window(h, w, rng):
-    """The reference's window without resizing anything (`reference_scale_view`)."""
-    return reference_scale_view(np.zeros((h, w, 1), np.uint8), rng)[1]
-
-
-def test_crop_first_views_match_the_reference_pipeline():
-    """Stated tolerance: at full decoding scale every pixel within 1 level of the reference
-    (OpenCV's fixed-point rounding) and on average within 0.2; a window decoded at 1/4 or
-    1/8 scale (1200 x 1600 here) averages where the reference samples: within 3 levels on
-    average on this smooth image."""
-    for h, w in SHAPES:
-        data = jpeg_bytes(photo(h, w, seed=h))
-        full = simplejpeg.decode_jpeg(data, fastdct=True)  # the fast path's pixels
-        for i in range(12):
-            ours = augment.train_view(data, "x", "scale", augment.example_rng(0, 1, i))
-            ref, _ = reference_scale_view(full, augment.example_rng(0, 1, i))
-            diff = np.abs(ours.astype(int) - ref.astype(int))
-            if 224 * min(h, w) / 256 < 4 * 224:  # no window is 4 x 224: never reduced
-                assert diff.max() <= 1 and diff.mean() < 0.2, (h, w, i)
-            else:
-                assert diff.mean() < 3, (h, w, i, diff.mean())
-
-
-def test_inception_views_are_the_crop_resized():
-    """A window of whole pixels is a crop, then resized (tf.data's order): its edge pixels
-    repeat beyond it, not the image's next ones."""
+def sampled_window(h, w, draw, size=224):
+    """The window (y, x, height, width) in original pixels that the reference's crop samples,
+    read from cv2.resize itself, not from a formula: resizing a ramp of an axis's pixel indices
+    gives the source coordinate that each output pixel samples (bilinear interpolation of a
+    ramp is the coordinate). Crop pixel i samples y + (i + 1/2) height / size - 1/2: a line
+    through the crop's first and last samples that lie inside the image (the image's edges
+    clamp the others)."""
     import cv2
-    data = jpeg_bytes(photo(240, 320, seed=5))
+    new_h, new_w, oy, ox, _ = draw
+
+    def axis(n, new, offset):
+        ramp = np.arange(n, dtype=np.float64)[None]
+        src = cv2.resize(ramp, (new, 1), interpolation=cv2.INTER_LINEAR)[0, offset:offset + size]
+        inside = np.flatnonzero((src > 0) & (src < n - 1))
+        a, b = inside[0], inside[-1]
+        step = (src[b] - src[a]) / (b - a)
+        return src[a] - (a + 0.5) * step + 0.5, step * size
+
+    (y, height), (x, width) = axis(h, new_h, oy), axis(w, new_w, ox)
+    return y, x, height, width
+
+
+SHAPES = ((375, 500), (500, 375), (1200, 1600), (240, 260), (224, 224), (300, 1000), (240, 320),
+          (200, 300))
+
+
+def test_the_crop_first_window_is_where_the_reference_samples():
+    """For the same (seed, epoch, index), the window that is decoded and resized is where
+    cv2.resize of the whole image, cropped, samples (`sampled_window`), to 0.01 source pixel
+    at each edge (the float arithmetic of OpenCV's coordinates): 2,400 draws."""
+    for h, w in SHAPES:
+        for i in range(2400 // len(SHAPES)):
+            ours = augment.scale_window(h, w, augment.example_rng(7, 3, i))
+            y, x, ch, cw = sampled_window(h, w, reference_draw(h, w, augment.example_rng(7, 3, i)))
+            edges = np.array([ours[0] - y, ours[1] - x, ours[0] + ours[2] - (y + ch),
+                              ours[1] + ours[3] - (x + cw)])
+            assert np.abs(edges).max() <= 0.01, (h, w, i, edges)
+
+
+def whole(window):
+    return all(float(v).is_integer() for v in window)
+
+
+def views_against_the_reference(data, full, rngs):
+    """Per generator: (our train view, the reference's view of the decoded image `full`, our
+    window). The reference's resizes are made once per size drawn."""
+    import cv2
+    h, w = full.shape[:2]
+    draws = [reference_draw(h, w, rng()) for rng in rngs]
+    resized = {size: cv2.resize(full, size[::-1], interpolation=cv2.INTER_LINEAR)
+               for size in {d[:2] for d in draws}}
+    for rng, draw in zip(rngs, draws, strict=True):
+        yield (augment.train_view(data, "x", "scale", rng()),
+               reference_view(resized[draw[:2]], draw),
+               augment.scale_window(h, w, rng()))
+
+
+def test_crop_first_views_match_the_reference_pipeline(helpers):
+    """Stated tolerance: at full decoding scale every pixel within 1 level of the reference
+    (OpenCV's fixed point) and on average within 0.2, on photo-like images with grain (a
+    pixel differs from its neighbours by tens of levels, so a view that repeats its window's
+    edge pixel where the reference reads the next one fails); 600 draws of each image that
+    the scale augmentation enlarges (shorter side < 256), where windows of whole pixels occur
+    (~0.1-0.2% of draws; 4 here) and must be resized, not cropped, 60 of the others; a window
+    decoded at 1/4 or 1/8 scale (1200 x 1600 here) averages where the reference samples:
+    within 3 levels on average, on a smooth image.
+    Slow: ~2,600 views, each a JPEG decoded and resampled (~1 ms): a case of 0.1-0.2% of the
+    draws needs that many to be met."""
+    wholes = 0
+    for h, w in SHAPES:
+        reduced = 224 * min(h, w) / 256 >= 4 * 224  # some windows are 4 x 224: 1/4 scale
+        img = helpers.photo(h, w, seed=h, block=16, grain=0) if reduced else helpers.photo(h, w, h)
+        data = helpers.encode(img, quality=95)
+        full = simplejpeg.decode_jpeg(data, fastdct=True)  # the fast path's pixels
+        draws = 12 if reduced else 600 if min(h, w) < 256 else 60
+        rngs = [lambda i=i: augment.example_rng(0, 1, i) for i in range(draws)]
+        for i, (ours, ref, window) in enumerate(views_against_the_reference(data, full, rngs)):
+            diff = np.abs(ours.astype(int) - ref.astype(int))
+            if reduced:
+                assert diff.mean() < 3, (h, w, i, diff.mean())
+            else:
+                assert diff.max() <= 1 and diff.mean() < 0.2, (h, w, i, window, diff.max())
+                wholes += whole(window) and min(h, w) < 256
+    assert wholes >= 4
+
+
+def test_a_window_of_whole_pixels_of_an_enlarged_image_is_still_a_resize(helpers):
+    """Regression (review of issue 25): the draw of generator 593 on 240 x 320 is the window
+    (86, 52, 112, 112), whole numbers; its view is the image enlarged x2 and cropped, which
+    reads the window's neighbours at its edges, not a crop of the window whose edge pixels
+    repeat (they differed from the reference by up to 63 levels on this image)."""
+    data = helpers.encode(helpers.photo(240, 320, seed=1))
     full = simplejpeg.decode_jpeg(data, fastdct=True)
-    for i in range(20):
-        y, x, ch, cw = augment.inception_window(240, 320, np.random.default_rng(i))
-        ours = augment.crop_resize(data, "x", lambda h, w: (y, x, ch, cw), 224)
+    rng = lambda: np.random.default_rng(593)  # noqa: E731
+    ((ours, ref, window),) = views_against_the_reference(data, full, [rng])
+    assert window == (86, 52, 112, 112)
+    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_inception_views_are_the_crop_resized(helpers):
+    """An Inception window is a crop, then resized (tf.data's order): its edge pixels
+    repeat beyond it, not the image's next ones (on an image with grain, where they differ)."""
+    import cv2
+    data = helpers.encode(helpers.photo(240, 320, seed=5))
+    full = simplejpeg.decode_jpeg(data, fastdct=True)
+    for i in range(40):
+        ours = augment.train_view(data, "x", "inception", np.random.default_rng(i))
+        rng = np.random.default_rng(i)
+        y, x, ch, cw = augment.inception_window(240, 320, rng)
         ref = cv2.resize(full[y:y + ch, x:x + cw], (224, 224), interpolation=cv2.INTER_LINEAR)
+        ref = ref[:, ::-1] if rng.random() < 0.5 else ref
         assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1, (i, (y, x, ch, cw))
 
 
@@ -138,10 +192,10 @@ def test_inception_window_area_and_aspect_and_fallback():
     assert augment.inception_window(1, 100, np.random.default_rng(0)) == (0, 0, 1, 100)
 
 
-def test_train_view_shapes_determinism_and_flip_rate():
+def test_train_view_shapes_determinism_and_flip_rate(helpers):
     arr = np.zeros((300, 400, 3), np.uint8)
     arr[:, 200:] = 255  # a flip swaps the bright side
-    data = jpeg_bytes(arr)
+    data = helpers.encode(arr, quality=95)
     flips = 0
     for i in range(100):
         out = augment.train_view(data, "x", "scale", augment.example_rng(0, 0, i))
@@ -157,12 +211,12 @@ def test_train_view_shapes_determinism_and_flip_rate():
     assert none.shape == (64, 64, 3)
 
 
-def test_a_window_of_the_whole_image_at_its_size_is_the_decode():
+@pytest.mark.parametrize("crop", [True, False])
+def test_a_window_of_the_whole_image_at_its_size_is_the_decode(helpers, crop):
     """No resampling when the window is the image at the output size: what remains is the
     decode. A colour JPEG (fast path) is within JPEG noise of Pillow's decode."""
-    arr = photo(96, 96)
-    data = jpeg_bytes(arr)
-    out = augment.crop_resize(data, "x", lambda h, w: (0, 0, h, w), 96)
+    data = helpers.encode(helpers.photo(96, 96, grain=0, block=16), quality=95)
+    out = augment.crop_resize(data, "x", lambda h, w: (0, 0, h, w), 96, crop)
     assert np.abs(out.astype(int) - decode_rgb(data).astype(int)).mean() < 1.5
 
 
@@ -173,23 +227,24 @@ def test_odd_files_give_exactly_the_rgb_of_decode_rgb(helpers):
     Image.fromarray(np.full((40, 48), 40000, np.uint16)).save(buf, "PNG")
     blobs["gray16.png"] = buf.getvalue()
     for name, blob in blobs.items():
-        out = augment.crop_resize(blob, name, lambda h, w: (0, 0, h, w), 40)
+        out = augment.crop_resize(blob, name, lambda h, w: (0, 0, h, w), 40, crop=False)
         want = decode_rgb(blob, name)[:, :40]  # (40, 48) image, window of its 40 x 40 left
         np.testing.assert_array_equal(
-            augment.crop_resize(blob, name, lambda h, w: (0, 0, 40, 40), 40), want, name)
+            augment.crop_resize(blob, name, lambda h, w: (0, 0, 40, 40), 40, crop=True), want,
+            name)
         assert out.shape == (40, 40, 3), name
-    cmyk = augment.crop_resize(blobs["cmyk.jpg"], "c", lambda h, w: (0, 0, 40, 40), 40)
+    cmyk = augment.crop_resize(blobs["cmyk.jpg"], "c", lambda h, w: (0, 0, 40, 40), 40, True)
     assert cmyk[..., 0].mean() > 200 and cmyk[..., 1:].mean() < 60
 
 
-def test_a_reduced_scale_view_is_close_to_the_full_decode_resized():
-    """A 1024 window decoded at 1/4 (`jpeg.decode_window`) averages 4 x 4 pixels where
+def test_a_reduced_scale_view_is_close_to_the_full_decode_resized(helpers):
+    """A 1024 window decoded at 1/4 (`jpeg.decode_region`) averages 4 x 4 pixels where
     bilinear resizing samples: within a few levels of the full decode resized, on a smooth
     image."""
-    big = photo(1024, 1024, seed=3)
-    data = jpeg_bytes(big)
-    fast = augment.crop_resize(data, "x", lambda h, w: (0, 0, h, w), 224)
-    full = augment.resize(decode_rgb(data), 224, 224)
+    import cv2
+    data = helpers.encode(helpers.photo(1024, 1024, seed=3, grain=0, block=16), quality=95)
+    fast = augment.crop_resize(data, "x", lambda h, w: (0, 0, h, w), 224, crop=False)
+    full = cv2.resize(decode_rgb(data), (224, 224), interpolation=cv2.INTER_LINEAR)
     assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
 
 
@@ -199,14 +254,14 @@ def test_corrupt_files_are_named(blob):
         augment.train_view(blob, "bad/file.jpg", "scale", augment.example_rng(0, 0, 0))
 
 
-def test_a_truncated_jpeg_is_named_not_decoded_grey():
-    data = jpeg_bytes(photo(300, 400))
+def test_a_truncated_jpeg_is_named_not_decoded_grey(helpers):
+    data = helpers.encode(helpers.photo(300, 400))
     with pytest.raises(CorruptImageError, match="cut.jpg"):
         augment.train_view(data[:len(data) // 2], "cut.jpg", "scale",
                            augment.example_rng(0, 0, 0))
 
 
-def test_numpy_eval_views_equal_the_tf_data_views_they_replace():
+def test_numpy_eval_views_equal_the_tf_data_views_they_replace(helpers):
     """The streaming eval's views (`data.views`, 'tf' style) are bitwise those of the
     tf.data pipeline before grain (benchmarks/tf_reference.py), so evaluations keep their
     numbers."""
@@ -217,7 +272,7 @@ def test_numpy_eval_views_equal_the_tf_data_views_they_replace():
     spec.loader.exec_module(ref)
     from resnet_jax.data import preprocess, views
     img = np.random.default_rng(2).integers(0, 256, (37, 50, 3), np.uint8)
-    data = tf.constant(jpeg_bytes(img, fmt="PNG"))
+    data = tf.constant(helpers.encode(img, "PNG"))
     prep = preprocess.Preprocessing([0, 0, 0], 1, resize=36, crop=32, style="tf")
     np.testing.assert_array_equal(views.Views(prep, "center")(img)[0],
                                   ref.eval_views(data, "center", 32, 36).numpy())

@@ -71,6 +71,16 @@ def test_preprocess_accepts_images_of_any_size_and_checks_dtypes():
         Preprocessing(np.zeros((8, 8, 3)), 1.0, crop=16)
 
 
+def test_interop_preprocess_apply_is_a_deprecated_alias():
+    """`resnet_jax.interop.preprocess.apply(prep, images)`, which that module's docstring
+    offered before issue 25 moved it to `resnet_jax.data.preprocess`, still runs (warned)."""
+    prep = preprocess.torchvision_preprocessing(20, 16)
+    img = np.random.default_rng(0).integers(0, 256, (24, 30, 3), np.uint8)
+    with pytest.warns(DeprecationWarning, match="resnet_jax.data.preprocess.apply"):
+        out = preprocess.apply(prep, img)
+    np.testing.assert_array_equal(out, data_preprocess.apply(prep, img))
+
+
 def test_preprocessing_save_load_round_trip(tmp_path):
     prep = Preprocessing(np.random.default_rng(0).random((8, 8, 3)) * 255, 60.5, resize=8,
                          crop=8, style="tf")

@@ -123,15 +123,22 @@ def test_each_shortcut_variant_computes_its_formula(name):
     np.testing.assert_allclose(block.apply(v, X), formula(v, X), rtol=1e-5, atol=1e-5)
 
 
-def test_dropout_merge_drops_the_shortcut_at_training_only():
+@pytest.mark.parametrize("rate", [0.5, 0.3])
+def test_dropout_merge_is_the_papers_scale_of_expectation_1_minus_rate(rate):
+    """He et al. 2016, Sec. 3.1 / Table 1 ("dropout shortcut 1-0.5"): dropout on the shortcut
+    imposes a scale lambda with expectation 1 - rate (0.5, like constant scaling by 0.5). So
+    at training each value of h is kept as it is (not rescaled by 1 / (1 - rate), as
+    nn.Dropout does: expectation 1) with probability 1 - rate, and at evaluation h is scaled
+    by its expectation, 1 - rate."""
     r, h = RNG.normal(size=(2, 2, 6, 6, 4)).astype(np.float32)
-    merge = ShortcutMerge("dropout", 1, Conv, dropout_rate=0.5, deterministic=False)
+    merge = ShortcutMerge("dropout", 1, Conv, dropout_rate=rate, deterministic=False)
     out = merge.apply({}, r, h, h, rngs={"dropout": jax.random.key(3, impl="rbg")})
-    dropped = np.asarray(out - r)
-    kept = np.isclose(dropped, 2.0 * h, rtol=1e-5, atol=1e-6) & (h != 0)
-    assert np.all(kept | (dropped == 0.0)) and 0.3 < kept.mean() < 0.7
+    kept = np.asarray(out) == r + h
+    np.testing.assert_array_equal(np.asarray(out)[~kept], r[~kept])
+    assert abs(kept.mean() - (1 - rate)) < 0.1  # 288 values
     eval_merge = merge.clone(deterministic=True)
-    np.testing.assert_array_equal(eval_merge.apply({}, r, h, h), r + h)
+    np.testing.assert_array_equal(eval_merge.apply({}, r, h, h),
+                                  r + h * np.float32(1 - rate))
 
 
 def net(**kw):
@@ -149,8 +156,10 @@ def test_dropout_shortcut_draws_from_the_given_key_and_only_in_training():
     key = functools.partial(jax.random.key, impl="rbg")
     chex.assert_trees_all_equal(run(key(5)), run(key(5)))
     assert not np.allclose(run(key(5)), run(key(6)))
-    # eval: no dropout, no key needed, the identity net's output bitwise
-    np.testing.assert_array_equal(model.apply(v, IMAGES), net().apply(v, IMAGES))
+    # eval: no key needed, the shortcut scaled by its expectation 0.5: the net of constant
+    # shortcut scaling 0.5 (Table 1's other row of lambda 0.5), bitwise
+    scaled = net(shortcut_variant="scale", shortcut_scale=0.5)
+    np.testing.assert_array_equal(model.apply(v, IMAGES), scaled.apply(v, IMAGES))
 
 
 def test_scale_one_is_the_identity_shortcut_bitwise():
