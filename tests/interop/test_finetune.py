@@ -10,6 +10,7 @@ import pytest
 
 from resnet_jax.config import load_config
 from resnet_jax.data import make_pipeline
+from resnet_jax.data import preprocess as data_preprocess
 from resnet_jax.interop import bundle, evaluate, preprocess, torch_import
 from resnet_jax.interop.tree import flatten
 from resnet_jax.train import loop
@@ -105,7 +106,7 @@ def test_the_eval_view_shows_as_much_of_the_image_as_the_model_was_trained_on(se
         (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(tmp_path / split / name / "0.png")
     own = _covered(bundle.load(str(model_dir)).preprocess(image)[0]
-                   * preprocess.TORCHVISION_STD + preprocess.TORCHVISION_MEAN)
+                   * data_preprocess.TORCHVISION_STD + data_preprocess.TORCHVISION_MEAN)
     assert own == pytest.approx(224 / 256, abs=0.01)
     config = load_config(f"configs/finetune.py:model={model_dir},data={tmp_path},size={size}",
                          ["--config.data.workers=0"])
@@ -117,7 +118,8 @@ def test_the_eval_view_shows_as_much_of_the_image_as_the_model_was_trained_on(se
         pipeline.close()
     assert batch["image"].shape == (1, 1, size, size, 3)
     assert _covered(batch["image"][0, 0]) == pytest.approx(own, abs=0.02)
-    assert _covered(preprocess.apply(recorded, image)[0] * recorded.std + recorded.mean) == \
+    assert _covered(data_preprocess.apply(recorded, image)[0] * recorded.std
+                    + recorded.mean) == \
         pytest.approx(own, abs=0.02)
 
 

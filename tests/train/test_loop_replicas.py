@@ -163,14 +163,21 @@ def test_eval_and_export_take_a_replica(helpers, packed, tmp_path, capsys):
 
 
 def test_a_workdir_of_another_replica_count_is_refused_untouched(packed, tmp_path, capsys):
+    """Every file of the run as it was; the workdir's lease (taken to look, then given back)
+    is the only file that changed: one, released."""
     workdir = str(tmp_path / "copy")
     shutil.copytree(packed[0], workdir)
-    before = _tree(workdir)
+
+    def run_files():
+        return [f for f in _tree(workdir) if not f[0].startswith("lease.")]
+    before = run_files()
     for spec in ("configs/smoke.py", "configs/smoke.py:replicas=3"):
         assert cli.main(["train", "--config", spec, "--workdir", workdir]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "train.replicas=" in err[0] and "hold 2 replica(s)" in err[0]
-    assert _tree(workdir) == before
+    assert run_files() == before
+    (lease,) = [n for n in os.listdir(workdir) if n.startswith("lease.")]
+    assert json.loads(open(os.path.join(workdir, lease)).read())["released"]
 
 
 @pytest.mark.parametrize("overrides, words", [
