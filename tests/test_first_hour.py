@@ -26,6 +26,7 @@ def _cli(*args):
 
 @pytest.mark.slow
 def test_a_run_says_each_phase_before_its_first_step_and_a_rerun_says_it_is_done(tmp_path):
+    """Slow: two `train` processes: what a new user sees is a real process's console."""
     workdir = tmp_path / "run"
     first = _cli("train", "--config", "configs/smoke.py", "--workdir", str(workdir))
     assert first.returncode == 0, first.stderr
@@ -48,6 +49,7 @@ def test_a_run_says_each_phase_before_its_first_step_and_a_rerun_says_it_is_done
 
 @pytest.mark.slow
 def test_a_corrupt_image_is_one_line_naming_it_and_nothing_is_written(tmp_path):
+    """Slow: a `train` process: its console and exit code are what is tested."""
     from PIL import Image
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("val", 3)):

@@ -264,7 +264,10 @@ def test_a_truncated_jpeg_is_named_not_decoded_grey(helpers):
 def test_numpy_eval_views_equal_the_tf_data_views_they_replace(helpers):
     """The streaming eval's views (`data.views`, 'tf' style) are bitwise those of the
     tf.data pipeline before grain (benchmarks/tf_reference.py), so evaluations keep their
-    numbers."""
+    numbers.
+
+    Slow: imports TensorFlow: the views compared with are tf.data's.
+    """
     tf = pytest.importorskip("tensorflow")
     spec = importlib.util.spec_from_file_location(
         "tf_reference", os.path.join(ROOT, "benchmarks", "tf_reference.py"))

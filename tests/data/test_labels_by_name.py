@@ -68,7 +68,10 @@ def _independent_error(workdir, root):
 @pytest.mark.parametrize("source,hidden", [("folder", True), ("tar", False)])
 def test_a_run_scores_its_test_split_by_class_name(tmp_path, source, hidden):
     """test/ lacks 'blue' (label 0): 'green' and 'red' must keep labels 1 and 2 (they were
-    scored as 0 and 1: a wrong error, silently); hidden folders are no classes."""
+    scored as 0 and 1: a wrong error, silently); hidden folders are no classes.
+
+    Slow: a whole training run on each source (folder, tar).
+    """
     root = tmp_path / "data"
     write_tree(root, hidden=hidden)
     path = root

@@ -54,6 +54,8 @@ STREAMING = ["--config.data.pipeline=streaming", "--config.data.num_val_examples
 
 @pytest.mark.slow
 def test_prepare_train_eval_and_sweep_without_tensorflow(tmp_path, helpers):
+    """Slow: prepare, train, eval and a sweep in one process where TensorFlow cannot be
+    imported (the process is what is tested)."""
     for split, n in (("train", 8), ("val", 3)):
         for cls in ("a", "b"):
             helpers.write_folder(str(tmp_path / "data" / split), (cls,), per_class=n,

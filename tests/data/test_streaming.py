@@ -98,7 +98,10 @@ def test_streaming_run_stopped_by_sigterm_and_resumed_equals_one_uninterrupted(t
     """The loop's streaming path: batches prefetched to the devices; a run of 2 steps per
     dispatch stopped by SIGTERM after step 2 and resumed (a new pipeline opened where it stopped)
     ends with the parameters of an uninterrupted run of 1 step per dispatch, bitwise; and
-    multi-scale eval covers each example once."""
+    multi-scale eval covers each example once.
+
+    Slow: three streaming runs (uninterrupted, stopped, resumed) and a multi-scale evaluation.
+    """
     import os
     import signal
 
@@ -206,7 +209,11 @@ def test_workers_leave_sigterm_to_the_training_process(tree, monkeypatch, readin
     must not die of it, or the run fails reading its next batch instead of saving. The first
     workers are signalled the moment they are spawned (before `init_worker` runs in
     them: they die, the stream reads on with new ones from where it stopped), and all are
-    signalled again once the run is reading (they must ignore it)."""
+    signalled again once the run is reading (they must ignore it).
+
+    Slow: a streaming run whose grain worker processes are signalled (real processes are what is
+    tested).
+    """
     import multiprocessing
     import multiprocessing.context
     import os

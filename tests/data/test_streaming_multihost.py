@@ -15,6 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_two_processes_then_one_see_the_global_batches_of_one(tmp_path, helpers, mp_worker,
                                                                monkeypatch):
+    """Slow: 2 processes start Python and JAX and compile the streaming run (2 real processes
+    are what is tested), then 2 runs in this process."""
     import jax
 
     from resnet_jax.train import loop

@@ -95,7 +95,11 @@ def test_a_run_trained_with_grouped_bn_on_8_devices_evaluates_and_exports_on_1(t
     """BN grouping (train.bn_mode=group, 2 groups of 4 devices) is how a run trained, not
     part of the model: `eval --workdir` and `export --workdir` work on 1 device (they needed
     the training device count: 'bn_group_size=4 does not divide the 1 devices') and score as
-    the run did."""
+    the run did.
+
+    Slow: a run on 8 devices, then eval and export in a process of 1 device (another device
+    count: another process, other programs).
+    """
     import os
     import subprocess
     import sys

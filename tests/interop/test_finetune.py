@@ -43,6 +43,7 @@ def _config(root, model_dir, steps=4):
 
 
 def test_fine_tuning_starts_from_the_model_with_a_new_classifier(setup):
+    """Slow: builds the fine-tuning run and compiles the initialization of its ResNet-18."""
     root, model_dir = setup
     config = _config(root, model_dir)
     assert (config.model.arch, config.model.depth, config.model.width) == ("imagenet", 18, 3)
@@ -59,6 +60,8 @@ def test_fine_tuning_starts_from_the_model_with_a_new_classifier(setup):
 
 
 def test_fine_tune_run_trains_and_exports(setup, tmp_path):
+    """Slow: a whole fine-tuning run of a ResNet-18 (its compilation) and an independent
+    scoring of its validation images."""
     root, model_dir = setup
     results = loop.train_and_evaluate(_config(root, model_dir), str(tmp_path / "run"))
     assert results["steps"] == 4
@@ -147,7 +150,10 @@ def _ten_class_data(root):
 
 def test_the_classifier_is_new_whenever_the_class_names_differ(setup, tmp_path):
     """A 10-class model fine-tuned on another 10 classes kept its old classifier (only the
-    count was compared); the same classes, by name, keep it."""
+    count was compared); the same classes, by name, keep it.
+
+    Slow: builds two fine-tuning runs of 10 classes and compiles their initialization.
+    """
     _, model_dir = setup
     _ten_class_data(tmp_path / "data")
     theirs = flatten(bundle.load(str(model_dir)).variables)

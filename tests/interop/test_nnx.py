@@ -69,6 +69,7 @@ def test_optimizer_step_changes_params_and_reduces_loss(linen):
 
 
 def test_from_a_name_and_from_a_loaded_model(linen):
+    """Slow: initializes the NNX model eagerly and converts it both ways."""
     model, variables, x, _ = linen
     fresh = resnet_jax.nnx_model("cifar_resnet8", width=4, num_classes=3,
                                  rngs=nnx.Rngs(0), input_shape=(1, 8, 8, 3))

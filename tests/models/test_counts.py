@@ -24,6 +24,8 @@ def params_of(name, image_size, **kw):
 
 @pytest.mark.parametrize("name", sorted(IMAGENET))
 def test_imagenet_params_and_macs(name):
+    """Slow: traces each ImageNet net 4 times (parameters and multiply-adds, v1 and v1.5
+    strides)."""
     params, macs_v1, macs_v15 = IMAGENET[name]
     assert params_of(name, 224) == params
     assert count_macs(create_model(name)) == pytest.approx(macs_v1, rel=5e-3)

@@ -155,6 +155,7 @@ def test_he_normal_init_std():
 
 
 def test_conv3x3_responses_one_per_3x3_layer_in_order():
+    """Slow: initializes two nets eagerly (a CIFAR net and a bottleneck ResNet-50)."""
     model = create_model("cifar_resnet14", width=4)  # n = 2: 1 + 2*3*2 = 13 3x3 convs
     x = jax.random.normal(key(1), (2, 8, 8, 3))
     variables = model.init(key(0), x)
@@ -195,7 +196,10 @@ def test_unknown_override_lists_allowed():
 @pytest.mark.parametrize("block", ["basic", "bottleneck"])
 def test_scan_blocks_is_the_same_network(block):
     """Same parameters (stacked), same logits, same BN updates, same 3x3 responses, same
-    multiply-adds as the unrolled network (up to float32 reassociation)."""
+    multiply-adds as the unrolled network (up to float32 reassociation).
+
+    Slow: initializes and runs a net both unrolled and scanned, eagerly, and counts both.
+    """
     if block == "basic":
         unrolled = create_model("cifar_resnet20", width=4)
     else:  # a short bottleneck ResNet with projections everywhere

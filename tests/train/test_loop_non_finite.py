@@ -42,6 +42,8 @@ def _record_states(monkeypatch) -> list:
 ])
 def test_nan_stops_cleanly_and_nothing_non_finite_is_saved(helpers, tmp_path, monkeypatch,
                                                            capsys, k, every, bad, kept):
+    """Slow: three whole runs (the poisoned one, its resume and a clean one); the first case
+    also compiles the poisoned step."""
     overrides = helpers.NAN_RUN + [f"--config.train.steps_per_dispatch={k}",
                            f"--config.train.checkpoint_every_steps={every}"]
     workdir = str(tmp_path / "w")

@@ -32,7 +32,11 @@ def test_each_replica_is_the_solo_run_of_its_seed(helpers, packed, finished, tmp
     """Replica i = the run with seed i, bitwise on CPU (whose runs step the replicas one after
     the other: `dispatch.replica_kind`; vmapped, they agree to float32 rounding,
     tests/train/test_replicas.py): the same rows, best and final, and parameters. (The solo
-    run of seed 0 is the session's `finished` smoke run.)"""
+    run of seed 0 is the session's `finished` smoke run.)
+
+    Slow: a whole solo run (seed 1) beside the packed one (fixtures: the packed run, and the
+    session's solo run of seed 0).
+    """
     workdir, results = packed
     assert [r["seed"] for r in results["replicas"]] == [0, 1]
     seed1_dir = str(tmp_path / "seed1")
@@ -77,7 +81,10 @@ def test_a_non_finite_replica_is_frozen_reported_and_stays_frozen_across_a_resum
         helpers, packed, tmp_path, monkeypatch, capsys):
     """Replica 1 meets a NaN at step 3: it is frozen there (reported, no more rows, no final),
     replica 0 trains exactly as in a clean run, and a run preempted after the NaN resumes with
-    replica 1 still frozen, ending bitwise as the uninterrupted one."""
+    replica 1 still frozen, ending bitwise as the uninterrupted one.
+
+    Slow: three runs of 2 replicas (poisoned, preempted, resumed).
+    """
     _, clean = packed
     helpers.poison_step(monkeypatch, 3, seeds=[1])
     full_dir, workdir = str(tmp_path / "full"), str(tmp_path / "resumed")

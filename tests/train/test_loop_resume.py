@@ -23,7 +23,10 @@ from resnet_jax.train.logging import read_metrics
 def test_sigterm_or_ctrl_c_then_resume_is_bitwise_identical(helpers, finished, tmp_path, capsys,
                                                             signum):
     """A first Ctrl-C saves and stops as a preemption does (it raised KeyboardInterrupt,
-    losing everything since the last periodic checkpoint)."""
+    losing everything since the last periodic checkpoint).
+
+    Slow: a stopped run and its resume.
+    """
     full_dir, full = finished
     workdir = str(tmp_path / "interrupted")
 
@@ -43,7 +46,10 @@ def test_sigterm_or_ctrl_c_then_resume_is_bitwise_identical(helpers, finished, t
 
 def test_resume_after_a_torn_metrics_line(helpers, finished, tmp_path):
     """SIGKILL while a metrics row is written leaves half a line: the resumed run drops it and
-    its log is the uninterrupted one."""
+    its log is the uninterrupted one.
+
+    Slow: a stopped run and its resume.
+    """
     full_dir, full = finished
     workdir = str(tmp_path / "torn")
 
@@ -79,7 +85,10 @@ def test_unreadable_newest_checkpoint_the_run_goes_past_it_and_finishes(
         helpers, finished, tmp_path, capfd, monkeypatch, tear):
     """The same command twice after the newest checkpoint was torn: eval falls back quietly,
     training sets the step aside, resumes from the one before, saves that step again and
-    finishes exactly as the uninterrupted run."""
+    finishes exactly as the uninterrupted run.
+
+    Slow: a preempted run, eval and export of it, then two resumed runs.
+    """
     full_dir, full = finished
     workdir = str(tmp_path / "w")
 
@@ -143,7 +152,10 @@ def test_a_failed_save_is_one_line_and_the_rerun_ends_as_an_uninterrupted_run(
     """A full disk during the save of the last step (8): one line naming that step and the
     checkpoint a rerun resumes from (it was "near step 4611686018427387904", with a
     traceback), exit code 4, and no results.json (the run is not complete); the same command
-    again ends exactly as the uninterrupted run."""
+    again ends exactly as the uninterrupted run.
+
+    Slow: a run that fails its last save and its rerun.
+    """
     full_dir, full = finished
     workdir = str(tmp_path / "w")
     _fail_the_save_of(monkeypatch, 8)
@@ -169,7 +181,10 @@ def test_a_run_that_loses_its_lease_stops_before_writing_again(helpers, finished
     """Another run took the workdir over (this one stalled past its lease's expiry, and no
     heartbeat ran since to tell it): this run stops at its next boundary without saving or
     logging, exit code 3, and leaves the other's lease alone. When the other is gone, the
-    same command ends as the uninterrupted run."""
+    same command ends as the uninterrupted run.
+
+    Slow: a run that loses its lease and its rerun.
+    """
     from resnet_jax.train import lease as lease_lib
     full_dir, full = finished
     workdir = str(tmp_path / "w")
@@ -205,7 +220,11 @@ def test_a_preempted_run_with_a_slow_source_exits_0_and_resumes_bitwise(
         helpers, finished, tmp_path, monkeypatch, capsys):
     """The producer thread is inside the source's slow read of step 6 while the run saves
     step 5 and stops: it is joined before the source closes, so the run exits 0 (it exited 2
-    with "generator already executing", and a sweep recorded it as failed)."""
+    with "generator already executing", and a sweep recorded it as failed).
+
+    Slow: the source sleeps 3 s in the read the run stops in (what is tested), then a resumed
+    run.
+    """
     full_dir, full = finished
     workdir = str(tmp_path / "w")
     helpers.slow_source(monkeypatch, lambda step: 3.0 if step >= 6 else 0.05)

@@ -1,5 +1,7 @@
 """Schedules hit the paper's boundaries at the right step; weight decay and LARS do what they
 say."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -157,15 +159,17 @@ def test_lars_trust_ratio_on_kernels_not_on_bn():
     assert float(optim.current_lr(tx.init(params))) == pytest.approx(0.1)
 
 
+@functools.lru_cache(maxsize=None)
 def _unrolled_and_scanned():
     """cifar_resnet20 (3 blocks per stage) params, unrolled and in the scan_blocks layout,
-    with gradients of the same values in both layouts."""
+    with gradients of the same values in both layouts ('rbg' keys: XLA:CPU compiles
+    threefry's draws anew for every parameter shape, several times slower)."""
     import resnet_jax
     from resnet_jax.models import stack_blocks
     model = resnet_jax.create_model("cifar_resnet20", width=4)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    params = model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8, 8, 3)))["params"]
     leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
+    keys = jax.random.split(jax.random.key(1, impl="rbg"), len(leaves))
     grads = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape) for k, x in
                                          zip(keys, leaves)])
     stack = lambda t: stack_blocks({"params": t}, model.stage_sizes)["params"]  # noqa: E731
@@ -175,7 +179,11 @@ def _unrolled_and_scanned():
 @pytest.mark.parametrize("name", ["sgd", "lars"])
 @pytest.mark.parametrize("decay_bn_and_bias", [False, True])
 def test_updates_are_the_same_with_and_without_scan_blocks(name, decay_bn_and_bias):
-    """Masks and LARS trust ratios go by the layer, not by the stacked array's shape."""
+    """Masks and LARS trust ratios go by the layer, not by the stacked array's shape.
+
+    Slow: the first case initializes ResNet-20 and draws its gradients eagerly (shared by the
+    others).
+    """
     (p, g), (sp, sg), stack = _unrolled_and_scanned()
     tx = optim.make_optimizer(optim_config(name=name, weight_decay=1e-2,
                                            decay_bn_and_bias=decay_bn_and_bias), 10)

@@ -71,6 +71,7 @@ def _cli(*argv) -> list[str]:
 
 
 def test_train_preempt_resume_and_eval_on_gs(gcs_emulator, local):
+    """Slow: whole runs against a local GCS emulator (every checkpoint goes over HTTP)."""
     local, full = local
 
     # 1. A fresh run on gs://, preempted by a real SIGTERM after step 4: it saves a checkpoint

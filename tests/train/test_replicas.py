@@ -95,6 +95,7 @@ def packed(data, groups=1, nan_at=None, mode="vmap"):
     ("global", 1, "vmap"), ("per_device", 1, "vmap"), ("group", 2, "vmap"),
     ("group", 2, "sequential")])
 def test_each_replica_trains_as_its_solo_run_in_every_bn_mode(bn_mode, group_size, mode):
+    """Slow: compiles a packed step and a solo step for each BN mode."""
     groups = parallel.bn_num_groups(bn_mode, group_size, 8)
     data = replica_data()
     state, m = packed(data, groups, mode=mode)
@@ -115,6 +116,7 @@ def test_each_replica_trains_as_its_solo_run_in_every_bn_mode(bn_mode, group_siz
 
 @pytest.mark.parametrize("mode", ["vmap", "sequential"])
 def test_a_non_finite_replica_is_frozen_and_the_others_train_on(mode):
+    """Slow: three packed runs of 2 replicas (clean, poisoned, one step)."""
     data = replica_data(seed=3)
     clean, clean_m = packed(data, mode=mode)
     state, m = packed(data, nan_at=(1, 1), mode=mode)    # replica 1: a NaN at step 1
@@ -132,7 +134,10 @@ def test_a_non_finite_replica_is_frozen_and_the_others_train_on(mode):
 def test_a_padded_scan_compiles_once_and_equals_single_steps():
     """Chunks of 2 and 1 steps padded to K run one compiled scan (unpadded, each chunk length
     compiled its own: the loop before; the count fails then), and the numbers are the single
-    steps'. (The unpadded scan's numbers: test_step.py's scan test.)"""
+    steps'. (The unpadded scan's numbers: test_step.py's scan test.)
+
+    Slow: compiles a scan of K steps of 2 vmapped replicas, and their single steps.
+    """
     data = replica_data(seed=5)
     ref, ref_m = packed(data)                              # K single steps (python loop)
     mesh = parallel.make_mesh(8)

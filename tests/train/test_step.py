@@ -99,6 +99,7 @@ def run(num_devices, groups, data, rng=jax.random.key(7)):
 
 
 def test_global_bn_8_devices_equals_1_device():
+    """Slow: compiles the step for 8 devices and for 1."""
     data = batches(2)
     s8, m8 = run(8, 1, data)
     s1, m1 = run(1, 1, data)
