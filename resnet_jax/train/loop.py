@@ -61,9 +61,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     say = (lambda text: print(text, flush=True)) if lead else (lambda text: None)
     d = config.data
     where = {"tar": d.path, "folder": d.path, "tfds": d.name}.get(d.source, "")
+    # Only the in-memory path lets tfds download; streaming reads a prepared dataset.
     say(f"data: loading {d.source} {where} ({d.pipeline} pipeline) ..." + (
         " (tfds downloads it the first time: this needs internet; offline, give a local "
-        "copy, e.g. configs/cifar10.py:data=PATH)" if d.source == "tfds" else ""))
+        "copy, e.g. configs/cifar10.py:data=PATH)"
+        if d.source == "tfds" and d.pipeline == "in_memory" else ""))
     started = time.perf_counter()
     run = run_lib.build(config)
     p = run.pipeline
