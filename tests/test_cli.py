@@ -96,8 +96,8 @@ def _in_a_terminal(cmd):
             if select.select([master], [], [], 0.1)[0]:
                 try:
                     os.read(master, 4096)
-                except OSError:
-                    return
+                except OSError:  # EIO while no process has the terminal open
+                    stop.wait(0.1)
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
 

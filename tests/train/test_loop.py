@@ -122,7 +122,8 @@ def test_a_training_folder_of_one_class_is_one_line_before_anything_is_written(
         os.makedirs(tmp_path / "data" / split / "cat")
         os.makedirs(tmp_path / "data" / split / "empty")  # no images: not a class
         for i in range(8):
-            Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / "data" / split / "cat" / f"{i}.png")
+            Image.new("RGB", (16, 16), (i, 0, 0)).save(
+                tmp_path / "data" / split / "cat" / f"{i}.png")
     workdir = tmp_path / "run"
     rc = cli.main(["train", "--config", helpers.SMOKE, "--workdir", str(workdir),
                    "--config.data.source=folder", f"--config.data.path={tmp_path / 'data'}",
