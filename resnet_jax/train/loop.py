@@ -80,6 +80,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                         num_replicas=n)
                    if (work / "checkpoints").exists() else None)
     writer = session = None
+    # Both take seconds to a minute on a CPU (the initialization is compiled first).
+    say(f"model: {run.meta['name']}: " + ("restoring the newest checkpoint ..." if checkpoints
+                                          else "compiling and running its initialization ..."))
     try:
         restored = run_lib.restore(run, checkpoints, set_aside=True) if checkpoints else None
         if restored is None:
@@ -233,7 +236,11 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
             return _stop_between_chunks(s, watcher, step, state, rng, ok, saved, started)
     finally:
         chunks.close()
-    return actions.finish(s, state, eval_fn, step, final)
+    results = actions.finish(s, state, eval_fn, step, final)
+    if n == 1:  # a run of replicas ended with their summary line
+        s.progress.message(f"done: {_final_line(results)}; {s.work / 'results.json'} has the "
+                           "rest")
+    return results
 
 
 def _stopped(s: actions.Session, watcher, step: int) -> dict:
