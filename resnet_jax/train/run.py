@@ -271,6 +271,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run wrote to `workdir/config.json`."""
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
+        if not path.parent.exists():
+            raise ValueError(f"--workdir {workdir} does not exist")
         raise ValueError(f"--workdir {workdir}: no config.json (not a training workdir)")
     return config_lib.from_json(path.read_text())
 
