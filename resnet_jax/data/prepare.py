@@ -73,15 +73,26 @@ def train_command(builder, name: str, data_dir: str, photos: bool) -> str:
     where = shlex.quote(data_dir if "://" in data_dir else os.path.abspath(data_dir))
     workdir = shlex.quote(os.path.join("runs", name))
     if not photos:
-        return (f"resnet-jax train --config configs/imagenet_paper.py:depth=50 "
+        return (f"resnet-jax train --config {_recipe('imagenet_paper.py')}:depth=50 "
                 f"--config.data.name={name} --config.data.data_dir={where} --workdir {workdir}")
     splits = builder.info.splits
     n = splits["train"].num_examples
     val = 0 if folders.eval_split(splits.keys()) else max(1, n // 10)
     # The recipe's batch of 128, or a power of two that the training images fill.
     batch = "" if n - val >= 128 else f",batch={2 ** ((n - val).bit_length() - 1)}"
-    return (f"resnet-jax train --config configs/imagenette.py:tfds={name},val={val}{batch} "
-            f"--config.data.data_dir={where} --workdir {workdir}")
+    return (f"resnet-jax train --config {_recipe('imagenette.py')}:tfds={name},val={val}"
+            f"{batch} --config.data.data_dir={where} --workdir {workdir}")
+
+
+def _recipe(name: str) -> str:
+    """configs/NAME as this checkout's recipe is reached from here: relative below the current
+    folder (the checkout's root: `configs/NAME`), else absolute."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "configs", name)
+    if not os.path.exists(path):  # an install without the checkout's configs/
+        return f"configs/{name}"
+    rel = os.path.relpath(path)
+    return shlex.quote(path if rel.startswith("..") else rel)
 
 
 @contextlib.contextmanager
