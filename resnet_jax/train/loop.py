@@ -113,7 +113,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                   lease=lease)
         with preemption.PreemptionWatcher() as watcher:
             result = _train(session, state, rng, step, watcher, on_step)
-        session.checkpoints.wait()
+        if session.checkpoints is not None:  # None: stopped before the first step
+            session.checkpoints.wait()
     finally:
         opened = session.checkpoints if session is not None else checkpoints
         _close_all(writer and writer.close, opened and opened.close, run.pipeline.close)

@@ -172,3 +172,27 @@ def test_a_scan_dispatches_nothing_after_the_stop(helpers, tmp_path, monkeypatch
     for a, b in zip(helpers.params(full_dir), helpers.params(workdir), strict=True):
         np.testing.assert_array_equal(a, b)
     assert helpers.rows(workdir) == helpers.rows(full_dir)
+
+
+def test_a_stop_before_the_first_step_saves_nothing_and_the_rerun_starts_afresh(
+        helpers, finished, tmp_path, monkeypatch, capsys):
+    """SIGTERM while the first chunk's data is read: the run stops at once with nothing to
+    save (it waited for the chunk, compiled and ran a step to save it), and the same command
+    again is a new run that ends as the uninterrupted one."""
+    def delay(step):
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return STEP_S
+    helpers.slow_source(monkeypatch, delay)
+    workdir = str(tmp_path / "w")
+    assert loop.train_and_evaluate(load_config(helpers.SMOKE), workdir) == {
+        "preempted": True, "step": 0}
+    out = capsys.readouterr().out
+    assert "preempted (SIGTERM): stopped before the first step; nothing new to save" in out
+    assert "compiling the training step" not in out
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+    monkeypatch.undo()
+    second = loop.train_and_evaluate(load_config(helpers.SMOKE), workdir)
+    full_dir, full = finished
+    assert second["final"] == full["final"]
+    assert helpers.rows(workdir) == helpers.rows(full_dir)
