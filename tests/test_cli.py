@@ -68,6 +68,46 @@ def _wait_for_rows(workdir, proc, rows=2, timeout=240):
     raise AssertionError(f"no metrics rows in time; rc={proc.poll()}")
 
 
+def _checkpoint_steps(workdir) -> list[int]:
+    return [int(d) for d in os.listdir(Path(workdir) / "checkpoints") if d.isdigit()]
+
+
+# A session leader's first terminal opened becomes its controlling one (closing it sends
+# SIGHUP); then the command runs in it.
+_TERMINAL = ("import os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "for i in (0, 1, 2): os.dup2(fd, i)\nos.execv(sys.executable, sys.argv[2:])")
+
+
+def _in_a_terminal(cmd):
+    """`cmd` (starting with sys.executable) in a new session with a terminal of its own, read
+    in a thread: (process, a function that stops the reading and returns the terminal's fd,
+    to close it)."""
+    import pty
+    import threading
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", _TERMINAL, os.ttyname(slave), *cmd],
+                            cwd=ROOT, env=_env(), start_new_session=True)
+    os.close(slave)
+    stop = threading.Event()
+
+    def read():  # a terminal nobody reads fills up and blocks the writer
+        import select
+        while not stop.is_set():
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    os.read(master, 4096)
+                except OSError:  # EIO while no process has the terminal open
+                    stop.wait(0.1)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def drained():  # not read while it is closed (a read in progress keeps it open)
+        stop.set()
+        reader.join()
+        return master
+    return proc, drained
+
+
 def _rows(workdir) -> int:
     path = Path(workdir) / "metrics.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -78,11 +118,12 @@ def test_a_second_copy_sigterm_ctrl_c_then_resume_is_bitwise(tmp_path, capsys):
     """Through the CLI, one workdir: a second copy of a running `train` is refused in one
     line naming the first (exit 3; both used to run, every metrics row twice); SIGTERM saves
     and exits 0; so does a Ctrl-C (it was a KeyboardInterrupt traceback, exit 130, nothing
-    saved); the last run ends with the parameters and metrics rows of an uninterrupted one.
+    saved) and a closed terminal (SIGHUP killed the run, unsaved); the last run ends with the
+    parameters and metrics rows of an uninterrupted one.
     A run of 2 replicas stops and resumes through the same loop and handler:
     tests/train/test_loop_replicas.py resumes one after a real SIGTERM, in-process.
 
-    Slow: 3 `train` processes (each starts Python and JAX, and restores), since signals, exit
+    Slow: 4 `train` processes (each starts Python and JAX, and restores), since signals, exit
     codes and a second process on the workdir are what is tested."""
     from resnet_jax.config import load_config
     from resnet_jax.train import loop
@@ -112,6 +153,14 @@ def test_a_second_copy_sigterm_ctrl_c_then_resume_is_bitwise(tmp_path, capsys):
     assert "Ctrl-C: saving a checkpoint at the next step boundary" in out
     assert "interrupted (Ctrl-C): saved the checkpoint of step" in out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+
+    # The terminal the run prints to is closed (SIGHUP; every later write fails): it saves.
+    saved = _checkpoint_steps(workdir)
+    proc, drained = _in_a_terminal(_train_cmd(workdir, steps))
+    _wait_for_rows(workdir, proc, rows=_rows(workdir) + 1)
+    os.close(drained())
+    assert proc.wait(timeout=120) == 0
+    assert max(_checkpoint_steps(workdir)) > max(saved), (saved, _checkpoint_steps(workdir))
 
     resumed = subprocess.run(_train_cmd(workdir, steps), cwd=ROOT, env=_env(),
                              capture_output=True, text=True, timeout=300)

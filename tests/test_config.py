@@ -250,3 +250,22 @@ def test_streaming_per_pixel_mean_is_named_for_what_it_is():
     assert back.data.normalize == "channel_mean_scalar_std" and cfg.validate(back) is back
     memory = cfg.load_config("configs/cifar10.py:depth=20")
     assert cfg.from_json(cfg.to_json(memory)).data.normalize == "per_pixel_mean"
+
+
+@pytest.mark.parametrize("steps, boundaries", [(1, ()), (2, (1,)), (3, (1, 2)), (4, (2, 3)),
+                                               (3000, (1500, 2250))])
+def test_imagenette_decays_at_half_and_three_quarters_of_any_steps(steps, boundaries):
+    """steps=2 made optim.boundaries=(1, 1), a field the user never set, and was refused."""
+    c = cfg.load_config(f"configs/imagenette.py:steps={steps}")
+    assert tuple(c.optim.boundaries) == boundaries and c.train.num_steps == steps
+
+
+def test_imagenette_takes_a_tfds_dataset_by_name():
+    """What `resnet-jax prepare folder` prints to train on its dataset: data.path (the tar's)
+    with source=tfds was refused."""
+    d = cfg.load_config("configs/imagenette.py:tfds=my_photos,val=0",
+                        ["--config.data.data_dir=/d/tfds"]).data
+    assert (d.source, d.name, d.path, d.data_dir, d.num_val_examples) == (
+        "tfds", "my_photos", "", "/d/tfds", 0)
+    with pytest.raises(ValueError, match="data and tfds name two datasets"):
+        cfg.load_config("configs/imagenette.py:tfds=my_photos,data=/d/photos")

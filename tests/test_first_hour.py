@@ -36,15 +36,23 @@ def test_a_run_says_each_phase_before_its_first_step_and_a_rerun_says_it_is_done
         return next(i for i, line in enumerate(lines) if line.startswith(prefix))
 
     order = [index(p) for p in ("data: loading synthetic", "data: 320 generated images",
+                                "model: cifar_resnet8: compiling and running its "
+                                "initialization ...",
                                 "model: cifar_resnet8, 5,006 parameters",
                                 "starting a new run of 8 steps", "compiling the training step",
                                 "step 2: the first dispatch took", "step 4: val loss")]
     assert order == sorted(order), lines
+    # The end: one line, not results.json's content as JSON (float noise and all).
+    assert lines[-1].startswith("done: final val top-1 error ") and lines[-1].endswith(
+        f"{workdir / 'results.json'} has the rest"), lines[-1]
+    assert not [line for line in lines if line.startswith("{")], lines
     assert first.stderr.strip() == ""   # no TensorFlow / XLA log lines
     again = _cli("train", "--config", "configs/smoke.py", "--workdir", str(workdir))
     assert again.returncode == 0, again.stderr
     assert "already complete: step 8 of 8" in again.stdout
     assert "compiling" not in again.stdout and "resuming" not in again.stdout
+    assert "model: cifar_resnet8: restoring the newest checkpoint ..." in again.stdout
+    assert not [line for line in again.stdout.splitlines() if line.startswith("{")]
 
 
 @pytest.mark.slow

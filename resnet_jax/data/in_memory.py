@@ -34,9 +34,12 @@ def _stack(items: list, on_corrupt: str, where: str) -> Arrays:
     for path, cls, data in items:
         try:
             img = decode_rgb(data, path)
-        except CorruptImageError:
-            if on_corrupt == "error":
-                raise
+        except CorruptImageError as err:
+            if on_corrupt == "error":  # the streaming pipeline's words
+                cause = err.__cause__
+                raise CorruptImageError(
+                    f"cannot decode image {path!r} (set data.on_corrupt='skip' to skip it): "
+                    f"{type(cause).__name__}: {cause}") from cause
             skipped.append(path)
             continue
         if images and img.shape != images[0].shape:

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
-_POLL_S = 0.05  # how often a producer waiting on a full queue looks whether it must stop
+_POLL_S = 0.05  # how often a producer (consumer) waiting on a full (empty) queue looks whether
+# it must stop
 
 
-def prefetch(batches: Iterable, put: Callable[[object], T], size: int = 2) -> Iterator[T]:
+def prefetch(batches: Iterable, put: Callable[[object], T], size: int = 2,
+             interrupt: Optional[Callable[[], bool]] = None) -> Iterator[T]:
     """Yield put(b) for b in batches, computed up to `size` items ahead in a thread; the
-    thread is stopped and joined when the iterator ends, fails or is closed."""
+    thread is stopped and joined when the iterator ends, fails or is closed. `interrupt`
+    (optional) is asked while the consumer waits for an item: when True, None is yielded
+    instead of waiting on (a stop request need not wait for a slow read; the consumer saves
+    what it has, then closes the iterator, which waits for the read)."""
     if size < 1:
         raise ValueError(f"prefetch size={size}; allowed: >= 1")
     q: queue.Queue = queue.Queue(maxsize=size)
@@ -57,7 +62,12 @@ def prefetch(batches: Iterable, put: Callable[[object], T], size: int = 2) -> It
     producer.start()
     try:
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=_POLL_S) if interrupt is not None else q.get()
+            except queue.Empty:
+                if interrupt():
+                    yield None
+                continue
             if item is _DONE:
                 return
             if isinstance(item, BaseException):

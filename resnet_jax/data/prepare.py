@@ -24,8 +24,12 @@ run again from the start.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import logging
 import os
+import shlex
 import struct
 from typing import Iterator, Optional
 
@@ -53,10 +57,59 @@ def run(args: argparse.Namespace) -> int:
     else:
         builder = convert_tfrecord(args.name, args.data_dir, args.version)
     splits = ", ".join(f"{s} {v.num_examples:,}" for s, v in sorted(builder.info.splits.items()))
-    print(f"tfds dataset {args.name} in {builder.data_dir}: {splits} examples, ArrayRecord; "
-          f"train on it with --config.data.source=tfds --config.data.name={args.name} "
-          f"--config.data.data_dir={args.data_dir}")
+    names = [str(n) for n in builder.info.features["label"].names]
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    print(f"tfds dataset {args.name} in {builder.data_dir}: {splits} examples of "
+          f"{len(names):,} classes ({shown}), ArrayRecord; train on it with\n"
+          f"  {train_command(builder, args.name, args.data_dir, args.what == 'folder')}")
     return 0
+
+
+def train_command(builder, name: str, data_dir: str, photos: bool) -> str:
+    """The command that trains on the prepared dataset, as a user can paste it: photographs
+    (`prepare folder`) with configs/imagenette.py (the paper's ImageNet pipeline for a small
+    set), validating on the data's own evaluation split, else on a tenth of train held out;
+    a converted tfds dataset (imagenet2012) with configs/imagenet_paper.py."""
+    where = shlex.quote(data_dir if "://" in data_dir else os.path.abspath(data_dir))
+    workdir = shlex.quote(os.path.join("runs", name))
+    if not photos:
+        return (f"resnet-jax train --config {_recipe('imagenet_paper.py')}:depth=50 "
+                f"--config.data.name={name} --config.data.data_dir={where} --workdir {workdir}")
+    splits = builder.info.splits
+    n = splits["train"].num_examples
+    val = 0 if folders.eval_split(splits.keys()) else max(1, n // 10)
+    # The recipe's batch of 128, or a power of two that the training images fill.
+    batch = "" if n - val >= 128 else f",batch={2 ** ((n - val).bit_length() - 1)}"
+    return (f"resnet-jax train --config {_recipe('imagenette.py')}:tfds={name},val={val}"
+            f"{batch} --config.data.data_dir={where} --workdir {workdir}")
+
+
+def _recipe(name: str) -> str:
+    """configs/NAME as this checkout's recipe is reached from here: relative below the current
+    folder (the checkout's root: `configs/NAME`), else absolute."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "configs", name)
+    if not os.path.exists(path):  # an install without the checkout's configs/
+        return f"configs/{name}"
+    rel = os.path.relpath(path)
+    return shlex.quote(path if rel.startswith("..") else rel)
+
+
+@contextlib.contextmanager
+def _quiet_tfds(tfds):
+    """Keeps tfds' own console output off while it writes a dataset: its 'Downloading and
+    preparing dataset' banner with terminal codes (stdout), progress bars, absl warnings
+    about the folders it is about to create. The command says what it did, once."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(True)
+        absl.setLevel(level)
 
 
 # ---- an image folder or tar -> ArrayRecord ---------------------------------------------------
@@ -98,9 +151,7 @@ def _one_validation_split(path: str, splits) -> None:
                          "'val'): rename or remove one")
 
 
-def _builder_class():
-    from resnet_jax.data.tf_import import tensorflow_datasets
-    tfds = tensorflow_datasets()
+def _builder_class(tfds):
 
     class ImageFolderDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Images as stored (bytes) with ClassLabel labels; the name is given per instance."""
@@ -132,16 +183,19 @@ def _builder_class():
 def prepare_folder(path: str, name: str, data_dir: str):
     """Write the tfds ArrayRecord dataset `name` (1.0.0) of an image folder or tar into
     `data_dir`; returns its builder. Refuses a dataset already there."""
+    from resnet_jax.data.tf_import import tensorflow_datasets
+    tfds = tensorflow_datasets()
     splits, class_names = folder_splits(path)
-    try:
-        builder = _builder_class()(name=name, splits=splits, class_names=class_names,
-                                   data_dir=data_dir, file_format="array_record")
-    except (ValueError, AssertionError) as err:
-        raise ValueError(f"--name {name!r}: {str(err).splitlines()[0]}") from None
-    if builder.is_prepared():
-        raise ValueError(f"--name {name}: a dataset is already prepared in {builder.data_dir}; "
-                         "delete that folder to prepare it again")
-    builder.download_and_prepare()
+    with _quiet_tfds(tfds):
+        try:
+            builder = _builder_class(tfds)(name=name, splits=splits, class_names=class_names,
+                                           data_dir=data_dir, file_format="array_record")
+        except (ValueError, AssertionError) as err:
+            raise ValueError(f"--name {name!r}: {str(err).splitlines()[0]}") from None
+        if builder.is_prepared():
+            raise ValueError(f"--name {name}: a dataset is already prepared in "
+                             f"{builder.data_dir}; delete that folder to prepare it again")
+        builder.download_and_prepare()
     return builder
 
 

@@ -141,6 +141,21 @@ def close_iterator(it) -> None:
         close()
 
 
+def release_shared_memory() -> None:
+    """Unlinks now the shared-memory blocks of the batches grain's workers handed over. grain
+    unlinks a block when its last array is collected, in a thread of its own; closed iterators
+    keep a few in reference cycles until the next garbage collection, which at the end of a
+    process comes too late (in the interpreter's teardown, that thread gone: "resource_tracker:
+    There appear to be 4 leaked shared_memory objects to clean up at shutdown")."""
+    import gc
+
+    from grain.multiprocessing import SharedMemoryArray
+    gc.collect()
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:  # its one thread unlinks in order: done once this marker has run
+        pool.apply(lambda: None)
+
+
 class StreamingPipeline:
     """A `resnet_jax.data.Pipeline` streaming from tfds (ArrayRecord), an image folder or an
     image tar. Multi-scale eval: `eval_batches()` yields the views of every scale in
@@ -285,6 +300,8 @@ class StreamingPipeline:
             stream, self._eval_stream = self._eval_stream, None
         if stream is not None:
             stream.close()
+        if self.workers:
+            release_shared_memory()
 
     # ---- evaluation -----------------------------------------------------------------------
     def _views(self, scales: tuple):

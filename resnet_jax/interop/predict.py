@@ -4,6 +4,8 @@
     for result in predict_files(loaded, ["cat.jpg", "dog.png"]):
         print(format_line(result))          # cat.jpg: tabby 61.25%, tiger cat 20.10%, ...
 
+A class that is an ImageNet synset is printed with its name: `n03417042 (garbage truck)`.
+
 Every file gives one result: {'file', 'top': [{'index', 'class', 'prob'}, ...]} or
 {'file', 'error'} for a missing, unreadable or corrupt file (the others are still scored).
 """
@@ -70,9 +72,24 @@ def predict_files(loaded: Any, paths: Sequence[str], k: int = 5,
                    else {"file": path, "top": tops[path]})
 
 
+@functools.lru_cache(maxsize=1)
+def _imagenet_names() -> dict:
+    """{ImageNet synset: its class name} ('n01440764': 'tench')."""
+    from resnet_jax.interop.bundle import imagenet_class_names
+    from resnet_jax.interop.eval_sources import imagenet_synsets
+    return dict(zip(imagenet_synsets(), imagenet_class_names(), strict=True))
+
+
+def readable(class_name: str) -> str:
+    """A class as a person reads it: an ImageNet synset with its name beside it
+    ('n03417042 (garbage truck)': models trained on ImageNet-style folders), else as it is."""
+    name = _imagenet_names().get(class_name)
+    return f"{class_name} ({name})" if name else class_name
+
+
 def format_line(result: dict) -> str:
     """'file: class 61.25%, class 20.10%, ...' (or the file's error)."""
     if "error" in result:
         return f"error: {result['error']}"
-    items = ", ".join(f"{t['class']} {100 * t['prob']:.2f}%" for t in result["top"])
+    items = ", ".join(f"{readable(t['class'])} {100 * t['prob']:.2f}%" for t in result["top"])
     return f"{result['file']}: {items}"

@@ -1,6 +1,7 @@
 """Matplotlib figures of a sweep (Agg backend, PNG): Fig. 6 training curves, Fig. 7 responses.
 
-Curves of members that differ only in their seed are averaged point by point. Legends sit
+Curves of members that differ only in their seed are averaged point by point (the legend says
+"mean of N seeds"). Legends sit
 below the axes, so they never cover a curve. Figures are rendered in memory and written
 through etils ``epath`` (local or remote sweep directories).
 """
@@ -61,6 +62,11 @@ def _curve_label(values: dict, family: str, members) -> str:
     return ",".join(f"{k}={grid.format_value(v)}" for k, v in zip(labels, values.values()))
 
 
+def _mean_of(seeds: int) -> str:
+    """What a legend adds to the label of a curve averaged over several seeds."""
+    return f" (mean of {seeds} seeds)" if seeds > 1 else ""
+
+
 def save_figure(fig: matplotlib.figure.Figure, path: files.PathLike) -> None:
     """Render ``fig`` as a PNG in memory (legends outside the axes included) and write it to
     ``path`` through epath; closes the figure."""
@@ -94,8 +100,10 @@ def plot_training_curves(records: Sequence[collect.MemberRecord], fields: Sequen
             if len(steps):
                 ax.plot(steps, err, "--", color=color, linewidth=1.0, alpha=0.8)
             steps, err = error_curve(members, "val")
+            seeds = sum(any(row.get("split") == "val" for row in r.metrics) for r in members)
             if len(steps):
-                ax.plot(steps, err, "-", color=color, linewidth=1.8, label=label)
+                ax.plot(steps, err, "-", color=color, linewidth=1.8,
+                        label=label + _mean_of(seeds))
         ax.set_title(title or "runs")
         ax.set_xlabel("iterations")
         ax.grid(True, alpha=0.3)
@@ -130,7 +138,8 @@ def plot_layer_responses(records: Sequence[collect.MemberRecord], fields: Sequen
         label = (members[0].results or {}).get("model") or _curve_label(values, family, members)
         if set(values) - {"model.depth", PLAIN_FIELD}:
             label = f"{label} ({_curve_label(values, '', members)})"
-        style = dict(color=colors[i % len(colors)], ls="--" if plain else "-", label=label)
+        style = dict(color=colors[i % len(colors)], ls="--" if plain else "-",
+                     label=label + _mean_of(len(stds)))
         layers = np.arange(1, len(mean) + 1)
         top.plot(layers, mean, **style)
         bottom.plot(layers, np.sort(mean)[::-1], **style)

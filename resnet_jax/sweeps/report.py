@@ -160,6 +160,13 @@ def render_members(records: Sequence[collect.MemberRecord]) -> str:
     return "\n".join(lines)
 
 
+def _recipe(spec: str) -> str:
+    """A config spec as the report names it: the recipe's file name and its argument
+    ('cifar10.py:data=../shared/data/cifar10-train.tar.gz'), without the recipe's folder."""
+    path, colon, arg = spec.partition(".py:")
+    return os.path.basename(path + ".py" if colon else path) + (f":{arg}" if colon else "")
+
+
 def write_report(sweep_dir: files.PathLike, *, plots: bool = True) -> epath.Path:
     """Write ``report.md`` (and the PNGs if ``plots``) into ``sweep_dir`` (local or remote);
     return its path. Raises ValueError when ``sweep_dir`` is not a sweep directory."""
@@ -170,8 +177,7 @@ def write_report(sweep_dir: files.PathLike, *, plots: bool = True) -> epath.Path
     title = desc.get("name") or root.name
     parts = [f"# Sweep report: {title}", ""]
     if desc.get("base"):
-        path, sep, arg = str(desc["base"]).partition(":")  # the argument may hold paths
-        parts += [f"Base config `{os.path.basename(path)}{sep}{arg}`; varied: "
+        parts += [f"Base config `{_recipe(str(desc['base']))}`; varied: "
                   + ", ".join(f"`{f}`" for f in fields) + ".", ""]
     published = desc.get("published") or []
     parts += ["Errors in percent on the run's eval split; final top-1 error as the paper "
@@ -184,10 +190,12 @@ def write_report(sweep_dir: files.PathLike, *, plots: bool = True) -> epath.Path
         from resnet_jax.sweeps import plots as plotting  # lazy: matplotlib
 
         figures = []
+        mean = "; a curve of several seeds is their mean"
         if plotting.plot_training_curves(records, fields, root / FIG6):
-            figures.append(("Train (dashed) and eval (solid) error vs iterations (Fig. 6)", FIG6))
+            figures.append(("Train (dashed) and eval (solid) error vs iterations (Fig. 6)"
+                            + mean, FIG6))
         if plotting.plot_layer_responses(records, fields, root / FIG7):
-            figures.append(("Std of 3x3 layer responses after BN (Fig. 7)", FIG7))
+            figures.append(("Std of 3x3 layer responses after BN (Fig. 7)" + mean, FIG7))
         if figures:
             parts += ["## Figures", ""] + [f"![{t}]({f})\n" for t, f in figures]
     out = root / "report.md"

@@ -94,11 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
     init_runtime(args)
     from resnet_jax.train.loop import train_and_evaluate
     # A NaN, a busy workdir, a failed save: one line and an exit code each (resnet_jax/cli.py).
-    results = train_and_evaluate(config, args.workdir)
-    import jax
-    if jax.process_index() == 0 and not results.get("preempted"):
-        keys = ("replicas", "summary") if "replicas" in results else ("best", "final")
-        print(json.dumps({key: results[key] for key in keys}))
+    # The run's last line says how it ended; results.json has the numbers.
+    train_and_evaluate(config, args.workdir)
     return 0
 
 

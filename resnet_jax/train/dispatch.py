@@ -157,9 +157,9 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
     step on, and no update is applied after it. `ok` (a replicated bool, the last `finite` of
     the previous call) carries that across calls without a host round trip: given False, a
     call applies nothing, so a loop that looks only now and then never trains past a NaN.
-    `stop` (python loop only): asked before each step after the first; True ends the call
-    early, and the metrics then cover the steps done (a preemption on CPU need not wait for
-    the whole chunk).
+    `stop` (python loop only): asked after each step, once it has run (the call then returns
+    when its steps are done, not queued); True ends the call early, and the metrics then cover
+    the steps done (a preemption on CPU waits for one step, not for the whole chunk).
     """
     kind = loop_kind(loop, mesh)
     mode = replica_kind(replica_mode, mesh, kind) if replicas > 1 else "vmap"
@@ -241,10 +241,15 @@ def make_train_fn(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh
             return compiled(state, chunk, None, rng, ok, arrays)
         out = []
         for x in chunk:
-            if out and stop is not None and stop():
-                break  # the steps done so far are the chunk
             state, metrics, ok = python_call(state, x, rng, ok)
             out.append(metrics)
+            if stop is not None:
+                # A call returns before its step has run (JAX dispatches asynchronously, and
+                # XLA:CPU queues tens of steps): asked now, `stop` would be answered only
+                # once all those queued steps had run, a minute on a slow CPU.
+                jax.block_until_ready(ok)
+                if stop():
+                    break  # the steps done so far are the chunk
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *out)
 
     return fn

@@ -14,7 +14,7 @@ pipeline (`pipeline.with_seed(seed + i)`: the same resident split in that seed's
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from jax.sharding import Mesh
@@ -65,11 +65,14 @@ def replica_pipelines(pipeline: Any, seeds: Optional[Sequence[int]]) -> list:
 
 
 def device_chunks(pipeline: Any, mesh: Mesh, start: int, train: Any, *, ahead: int,
-                  loop: str = "auto", seeds: Optional[Sequence[int]] = None) -> Iterator[Chunk]:
+                  loop: str = "auto", seeds: Optional[Sequence[int]] = None,
+                  interrupt: Optional[Callable[[], bool]] = None,
+                  ) -> Iterator[Optional[Chunk]]:
     """The run's chunks from `start` on, each put on the mesh (`dispatch.put_chunk`) `ahead`
     chunks before it is needed; `seeds` (one per replica, for `train.replicas` > 1) stack each
     replica's own rows. A scan's chunks are padded to `train.steps_per_dispatch` steps (one
-    compiled program). Close it to stop the thread."""
+    compiled program). `interrupt`: when it is True while the next chunk is not ready, None
+    comes instead (`prefetch`). Close it to stop the thread."""
     pipelines = replica_pipelines(pipeline, seeds)
     steps = train.steps_per_dispatch
 
@@ -77,4 +80,4 @@ def device_chunks(pipeline: Any, mesh: Mesh, start: int, train: Any, *, ahead: i
         step, k = item
         return Chunk(step, k, dispatch.put_chunk(host_chunk(pipelines, step, k), mesh, loop,
                                                  replicas=len(pipelines), steps=steps))
-    return prefetch(schedule(start, train), put, size=ahead)
+    return prefetch(schedule(start, train), put, size=ahead, interrupt=interrupt)

@@ -68,9 +68,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     resuming = bool(parallel.from_process_0(lead and (work / "checkpoints").exists()))
     d = config.data
     where = {"tar": d.path, "folder": d.path, "tfds": d.name}.get(d.source, "")
+    # Only the in-memory path lets tfds download; streaming reads a prepared dataset.
     say(f"data: loading {d.source} {where} ({d.pipeline} pipeline) ..." + (
         " (tfds downloads it the first time: this needs internet; offline, give a local "
-        "copy, e.g. configs/cifar10.py:data=PATH)" if d.source == "tfds" else ""))
+        "copy, e.g. configs/cifar10.py:data=PATH)"
+        if d.source == "tfds" and d.pipeline == "in_memory" else ""))
     started = time.perf_counter()
     run = run_lib.build(config)
     p = run.pipeline
@@ -81,6 +83,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # nothing behind); an existing one is resumed (or refused, if of another model) first.
     n = replicas.count(config)
     checkpoints = writer = session = restored = None
+    # Both take seconds to a minute on a CPU (the initialization is compiled first).
+    say(f"model: {run.meta['name']}: " + ("restoring the newest checkpoint ..." if resuming
+                                          else "compiling and running its initialization ..."))
     try:
         if resuming:
             lease.check()  # orbax clears unfinished saves; a torn checkpoint is set aside
@@ -120,7 +125,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                   lease=lease, data_record=data_record)
         with preemption.PreemptionWatcher() as watcher:
             result = _train(session, state, rng, step, watcher, on_step)
-        session.checkpoints.wait()
+        if session.checkpoints is not None:  # None: stopped before the first step
+            session.checkpoints.wait()
     finally:
         opened = session.checkpoints if session is not None else checkpoints
         _close_all(writer and writer.close, opened and opened.close, run.pipeline.close)
@@ -172,17 +178,24 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
                                       replicas=n)
     eval_fn = dispatch.make_eval_fn(run.model, run.mesh,
                                     preprocess=run.pipeline.device_preprocess, replicas=n)
+    # One process: a stop request also ends a CPU dispatch between its steps and the wait for
+    # the next chunk's data, so its save starts within one step (several processes must stop
+    # at the same boundary, which JAX's coordination service picks).
+    stop_now = watcher.requested if jax.process_count() == 1 else None
     chunks = feed.device_chunks(run.pipeline, run.mesh, step, t, ahead=run.config.data.prefetch,
-                                seeds=replicas.seeds(run.config) if n > 1 else None)
-    # One process: a SIGTERM also ends a CPU dispatch between its steps (several processes
-    # must stop at the same boundary, which JAX's coordination service picks).
-    stop_now = (lambda: watcher.should_stop(boundary)) if jax.process_count() == 1 else None
-    timer, boundary, final, first = Timer(), 0, None, True
+                                seeds=replicas.seeds(run.config) if n > 1 else None,
+                                interrupt=stop_now)
+    scan = dispatch.loop_kind("auto", run.mesh) == "scan"
+    timer, boundary, final, first, saved = Timer(), 0, None, True, step
     # Device flags: every step so far finite (per replica); read without a sync only when due.
     ok, previous_ok = actions.initial_ok(s, run.mesh), None
     started = time.perf_counter() - s.train_time_s
     try:
         for chunk in chunks:
+            # None: a stop came while the data was awaited. A scan's chunk cannot stop
+            # midway: none is dispatched after the request.
+            if chunk is None or (scan and stop_now is not None and stop_now()):
+                break
             if first:
                 actions.open_files(s)
                 s.say(f"compiling the training step; then {chunk.size} step(s) per dispatch "
@@ -220,17 +233,49 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
                 actions.log_train(s, logs, timer)
             evaluated = actions.log_eval(s, state, eval_fn, step) if evaluate else None
             final = evaluated or final
+            stop = stop and step < t.num_steps
+            if stop:
+                s.progress.message(f"{watcher.why()}: saving the checkpoint of step {step} ...")
             if stop or evaluated or save:
                 s.train_time_s = time.perf_counter() - started
                 actions.save(s, step, state, rng, evaluated)
                 timer.restart()
+                saved = step
             if on_step is not None:
                 on_step(step)
-            if stop and step < t.num_steps:
-                s.checkpoints.wait()
-                s.progress.message(f"{watcher.why()}: saved the checkpoint of step {step}; "
-                                   "run the same command again to resume")
-                return {"preempted": True, "step": step}
+            if stop:
+                return _stopped(s, watcher, step)
+        if step < t.num_steps:  # stopped between chunks
+            return _stop_between_chunks(s, watcher, step, state, rng, ok, saved, started)
     finally:
         chunks.close()
-    return actions.finish(s, state, eval_fn, step, final)
+    results = actions.finish(s, state, eval_fn, step, final)
+    if n == 1:  # a run of replicas ended with their summary line
+        s.progress.message(f"done: {_final_line(results)}; {s.work / 'results.json'} has the "
+                           "rest")
+    return results
+
+
+def _stopped(s: actions.Session, watcher, step: int) -> dict:
+    s.checkpoints.wait()
+    s.progress.message(f"{watcher.why()}: saved the checkpoint of step {step}; run the same "
+                       "command again to resume")
+    return {"preempted": True, "step": step}
+
+
+def _stop_between_chunks(s: actions.Session, watcher, step: int, state, rng, ok,
+                         saved: int, started: float) -> dict:
+    """The stop of a run whose chunks ended before its last step: its state (of `step`,
+    `ok` its finite flags) is saved, unless it is the state the run started from or saved
+    last."""
+    if s.checkpoints is None:  # not one step done: nothing new to save
+        s.progress.message(f"{watcher.why()}: stopped before the first step; nothing new to "
+                           "save")
+        return {"preempted": True, "step": step}
+    s.progress.message(f"{watcher.why()}: saving the checkpoint of step {step} ...")
+    if saved != step:
+        s.lease.check()
+        actions.guard(s, [ok])  # nothing non-finite is saved
+        s.train_time_s = time.perf_counter() - started
+        actions.save(s, step, state, rng, None)
+    return _stopped(s, watcher, step)

@@ -107,9 +107,24 @@ def build(config: ml_collections.ConfigDict) -> Run:
     pipeline = data_lib.make_pipeline(
         config.data, global_batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    _check_classes(config.data, pipeline)
     meta = model_meta(config, pipeline.num_classes, pipeline.image_shape)
     return Run(config, mesh, pipeline, make_model(config, meta, mesh.size),
                _optimizer(config, pipeline.steps_per_epoch), meta)
+
+
+def _check_classes(data: ml_collections.ConfigDict, pipeline: data_lib.Pipeline) -> None:
+    """Refuses a training split of one class, before the run writes anything (it trained to
+    loss 0 and top-1 error 0%: nothing to tell apart)."""
+    if pipeline.num_classes >= 2:
+        return
+    pipeline.close()
+    field = {"tfds": f"data.name={data.name!r}",
+             "synthetic": f"data.num_classes={data.num_classes}"}.get(data.source,
+                                                                     f"data.path={data.path!r}")
+    raise ValueError(f"{field}: the training split has 1 class "
+                     f"({', '.join(map(str, pipeline.class_names))}); a classifier needs at "
+                     "least 2 (layout: train/<class>/<image>)")
 
 
 def build_for_eval(config: ml_collections.ConfigDict) -> Run:
@@ -284,6 +299,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     files.check_remote(workdir, "--workdir")
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
+        if not path.parent.exists():
+            raise ValueError(f"--workdir {workdir} does not exist")
         raise ValueError(f"--workdir {workdir}: no config.json (not a training workdir)")
     return config_lib.from_json(path.read_text())
 

@@ -68,3 +68,23 @@ def test_a_producer_failure_while_the_consumer_is_gone_does_not_hang():
     assert next(it) == 1
     it.close()                  # joins a producer that failed with nobody to hand it to
     assert not [t for t in threading.enumerate() if t.name == "resnet-jax-prefetch"]
+
+
+def test_a_consumer_waiting_on_a_slow_read_is_interrupted_at_once():
+    """`interrupt` turns True while the consumer waits for a 2 s read: None comes within the
+    poll (a stop request waited for the read); closing then waits for the read."""
+    asked = threading.Event()
+
+    def source():
+        yield 0
+        time.sleep(2.0)
+        yield 1
+
+    it = prefetch(source(), lambda x: x, size=1, interrupt=asked.is_set)
+    assert next(it) == 0
+    threading.Timer(0.2, asked.set).start()
+    started = time.monotonic()
+    assert next(it) is None
+    assert time.monotonic() - started < 1.0
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name == "resnet-jax-prefetch"]

@@ -62,6 +62,29 @@ def test_predict_prints_top5_per_image(model_dir, images, capsys):
     assert top[0]["class"] == m.class_names[top[0]["index"]]
 
 
+def test_predict_says_an_imagenet_synsets_class_name(images, tmp_path, capsys):
+    """A model whose classes are ImageNet synsets (trained on Imagenette's: the fixture has 10
+    classes) printed 'n03417042 68.70%'; --json keeps the class as it is."""
+    import re
+
+    from resnet_jax.interop.eval_sources import imagenet_synsets
+    synsets = tmp_path / "synsets.txt"
+    synsets.write_text("n01440764 n02102040 n02979186 n03000684 n03028079 n03394916 n03417042 "
+                       "n03425413 n03445777 n03888605".replace(" ", "\n"))
+    out = tmp_path / "r18"
+    assert cli.main(["convert", "--from", "torchvision", R18, "--model", "resnet18",
+                     "--width", "3", "--out", str(out), "--class-names", str(synsets)]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", "--model", str(out), str(images / "a.jpg")]) == 0
+    items = capsys.readouterr().out.strip().split(": ", 1)[1].split(", ")
+    names = dict(zip(imagenet_synsets(), resnet_jax.interop.bundle.imagenet_class_names()))
+    for item in items:
+        synset, name = re.fullmatch(r"(n\d{8}) \((.+)\) \d+\.\d\d%", item).groups()
+        assert names[synset] == name
+    assert cli.main(["predict", "--model", str(out), "--json", str(images / "a.jpg")]) == 0
+    assert re.fullmatch(r"n\d{8}", json.loads(capsys.readouterr().out)["top"][0]["class"])
+
+
 def test_predict_bad_files_are_one_line_each(model_dir, images, capsys):
     bad = [str(images / "missing.jpg"), str(images / "corrupt.jpg"), str(images / "text.png")]
     code = cli.main(["predict", "--model", str(model_dir), str(images / "a.jpg"), *bad])

@@ -327,6 +327,8 @@ def test_errors_are_one_line(model_dir, files, tfds_dir, tmp_path, capsys):
         (model, "--model needs --data"),
         ([*model, "--data", str(tmp_path / "none")], "no such file or folder"),
         (["--workdir", str(tmp_path), "--data", str(root / "flat")], "no config.json"),
+        (["--workdir", str(tmp_path / "doesnotexist")],  # it said "no config.json"
+         f"--workdir {tmp_path / 'doesnotexist'} does not exist$"),
     ]
     for args, message in cases:
         assert cli.main(["eval", *args]) == 2, args

@@ -116,6 +116,15 @@ def test_report_on_a_folder_that_is_not_a_sweep_fails_clearly(tmp_path, capsys, 
     assert not (tmp_path / "report.md").exists()
 
 
+def test_the_report_names_its_base_recipe(tmp_path):
+    """It titled "Base config `cifar10-train.tar.gz`": the last part of the recipe's argument."""
+    (tmp_path / "sweep.json").write_text(json.dumps(
+        {"name": "s", "base": "/repo/configs/cifar10.py:data=../shared/data/cifar10-train.tar.gz",
+         "axes": [["seed", [0, 1]]], "members": ["seed=0", "seed=1"]}))
+    text = report.write_report(tmp_path, plots=False).read_text()
+    assert "Base config `cifar10.py:data=../shared/data/cifar10-train.tar.gz`;" in text, text
+
+
 def test_report_of_a_sweep_not_started_yet(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps(
         {"name": "s", "axes": [["seed", [0, 1]]], "members": ["seed=0", "seed=1"]}))
@@ -147,6 +156,32 @@ def test_fig6_and_fig7_legends_never_cover_the_axes(depth_sweep, monkeypatch, tm
     assert plots.plot_training_curves(records, fields, tmp_path / "f6.png")
     assert plots.plot_layer_responses(records, fields, tmp_path / "f7.png")
     assert len(saved) == 2
+
+
+def test_figures_say_a_curve_is_the_mean_over_seeds(depth_sweep, monkeypatch, tmp_path):
+    """Both figures plotted the mean over each net's seeds without saying so."""
+    import matplotlib.figure
+
+    from resnet_jax.sweeps import plots
+
+    legends = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        legends.append([t.get_text() for ax in fig.axes if ax.get_legend()
+                        for t in ax.get_legend().get_texts()])
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    desc, records = collect.read_sweep(depth_sweep)
+    fields = collect.varied_fields(desc, records)
+    assert plots.plot_training_curves(records, fields, tmp_path / "f6.png")
+    assert plots.plot_layer_responses(records, fields, tmp_path / "f7.png")
+    fig6, fig7 = legends
+    assert "ResNet-20 (mean of 2 seeds)" in fig6 and "plain-56 (mean of 2 seeds)" in fig6, fig6
+    assert fig7 == ["plain-20 (mean of 2 seeds)", "ResNet-20 (mean of 2 seeds)"], fig7
+    text = report.write_report(depth_sweep).read_text()
+    assert text.count("a curve of several seeds is their mean") == 2, text
 
 
 def test_report_and_plots_do_not_import_each_other():
