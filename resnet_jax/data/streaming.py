@@ -156,6 +156,14 @@ def release_shared_memory() -> None:
         pool.apply(lambda: None)
 
 
+def owned(batch: dict) -> dict:
+    """`batch` with its arrays copied out of the workers' shared memory: a block lives as long
+    as any array on it, and one that a caller still holds when the process ends is never
+    unlinked ("leaked shared_memory objects" at exit)."""
+    return {key: tuple(map(np.array, value)) if isinstance(value, tuple) else np.array(value)
+            for key, value in batch.items()}
+
+
 class StreamingPipeline:
     """A `resnet_jax.data.Pipeline` streaming from tfds (ArrayRecord), an image folder or an
     image tar. Multi-scale eval: `eval_batches()` yields the views of every scale in
@@ -256,6 +264,10 @@ class StreamingPipeline:
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict]:
         """Endless per-process batches {'image': uint8 (b, S, S, 3), 'label': int32 (b,)}."""
+        return map(owned, self._batches(start_step))
+
+    def _batches(self, start_step: int) -> Iterator[dict]:
+        """`train_batches`, its arrays still in the workers' shared memory."""
         step = start_step
         for batch in read_on(lambda at: make_iterator(self._train_dataset(at), self.workers),
                              start_step):
@@ -273,15 +285,15 @@ class StreamingPipeline:
                     "after close()" if self._closed else "of an evaluation-only pipeline"))
             if self._stream is None or step != self._next_step:
                 self._close_stream()
-                self._stream = self.train_batches(step)
+                self._stream = self._batches(step)
             try:
                 batches = [next(self._stream) for _ in range(k)]
             except BaseException:
                 self._close_stream()  # a failed stream is not resumed mid-way
                 raise
             self._next_step = step + k
-        if k == 1:  # a view, not a copy
-            return {key: value[None] for key, value in batches[0].items()}
+        if k == 1:
+            return {key: value[None] for key, value in owned(batches[0]).items()}
         return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
     def _close_stream(self) -> None:
@@ -338,7 +350,7 @@ class StreamingPipeline:
         whole = False
         try:
             for _ in range(self._eval_batches_per_pass()):
-                yield self._check(next(stream), "evaluation")
+                yield owned(self._check(next(stream), "evaluation"))
             whole = True
         finally:
             with self._eval_lock:
