@@ -264,7 +264,12 @@ class StreamingPipeline:
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict]:
         """Endless per-process batches {'image': uint8 (b, S, S, 3), 'label': int32 (b,)}."""
-        return map(owned, self._batches(start_step))
+        batches = self._batches(start_step)
+        try:
+            for batch in batches:
+                yield owned(batch)
+        finally:
+            batches.close()  # its workers now, not when it is collected
 
     def _batches(self, start_step: int) -> Iterator[dict]:
         """`train_batches`, its arrays still in the workers' shared memory."""

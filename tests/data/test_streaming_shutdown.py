@@ -30,7 +30,9 @@ def run():
     for batch in p.eval_batches():
         pass
     HELD.append(batch)
-    HELD.append(next(p.train_batches(5)))
+    batches = p.train_batches(5)  # for one's own loop: closed when done with it
+    HELD.append(next(batches))
+    batches.close()
     p.close()
 
 
