@@ -45,6 +45,32 @@ def test_sigterm_or_ctrl_c_then_resume_is_bitwise_identical(helpers, finished, t
     assert helpers.rows(workdir) == helpers.rows(full_dir)
 
 
+def test_a_dropout_shortcut_run_stopped_and_resumed_is_bitwise(helpers, finished, tmp_path):
+    """The dropout shortcut (He et al. 2016) draws its masks from the step's key: a run stopped
+    by SIGTERM and resumed ends bitwise as the uninterrupted one, and the masks do act in
+    training (the run is not the identity-shortcut run).
+
+    Slow: a dropout-shortcut model compiled, run once whole, once stopped and resumed."""
+    change = ["--config.model.shortcut_variant=dropout"]
+    whole, stopped = str(tmp_path / "whole"), str(tmp_path / "stopped")
+    full = loop.train_and_evaluate(load_config(helpers.SMOKE, change), whole)
+
+    def preempt(step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+    first = loop.train_and_evaluate(load_config(helpers.SMOKE, change), stopped,
+                                    on_step=preempt)
+    assert first == {"preempted": True, "step": 5}
+    second = loop.train_and_evaluate(load_config(helpers.SMOKE, change), stopped)
+    assert second["final"] == full["final"]
+    for a, b in zip(helpers.params(whole), helpers.params(stopped), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert helpers.rows(stopped) == helpers.rows(whole)
+    identity = helpers.params(finished[0])
+    assert any(not np.array_equal(a, b) for a, b in zip(identity, helpers.params(whole),
+                                                         strict=True))
+
+
 def test_resume_after_a_torn_metrics_line(helpers, finished, tmp_path):
     """SIGKILL while a metrics row is written leaves half a line: the resumed run drops it and
     its log is the uninterrupted one.
