@@ -314,10 +314,26 @@ def _check_remote_support(directory: str) -> None:
 _READ_NOISE = ("Event loop is closed", "Encountered error while reading array")
 
 
+class _OrphanedReads(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for orbax's other array reads of a
+    restore that failed (the first failure is raised and reported; the tasks of the others are
+    collected later, each with a tensorstore traceback of thousands of characters)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("Task exception was never retrieved")
+                    and "async_deserialize" in message)
+
+
+_ORPHANED_READS = _OrphanedReads()
+
+
 def _silence_failed_read_noise() -> None:
-    """Drops the 'unraisable' errors a failed orbax read leaves behind (see `_restore_state`);
-    every other unraisable error still reaches the previous hook. Installed once (again if
-    someone replaced the hook since)."""
+    """Drops the 'unraisable' errors a failed orbax read leaves behind (see `_restore_state`),
+    and asyncio's log of the read tasks orphaned by it; every other unraisable error or
+    asyncio log record still goes through. Installed once (again if someone replaced the hook
+    since)."""
+    logging.getLogger("asyncio").addFilter(_ORPHANED_READS)  # once: a filter is a set member
     previous = sys.unraisablehook
     if getattr(previous, "_resnet_jax_filter", False):
         return

@@ -261,6 +261,38 @@ def test_failed_read_leftovers_are_silenced_other_unraisables_are_not(tmp_path, 
     assert [u.exc_value for u in seen] == [other]
 
 
+def test_orphaned_read_tasks_of_a_failed_restore_are_not_logged_other_tasks_are(tmp_path,
+                                                                                  caplog):
+    """A torn gs:// checkpoint, set aside with one line, was followed in the console by
+    asyncio's "Task exception was never retrieved" for orbax's other reads of it (each with a
+    tensorstore traceback of thousands of characters), whenever their tasks were collected."""
+    import asyncio
+    import gc
+
+    ckpt.Checkpointer(str(tmp_path / "ck"), keep=3)  # what every run makes first
+
+    async def async_deserialize():  # the name of orbax's read coroutine
+        raise ValueError("OUT_OF_RANGE: Error opening \"zarr\" driver: Error reading ...")
+
+    async def train_something():
+        raise ValueError("a bug of ours")
+
+    def orphan(coroutine):
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(coroutine())
+        loop.run_until_complete(asyncio.wait([task]))  # done; its exception never retrieved
+        loop.close()
+        del task
+        gc.collect()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        orphan(async_deserialize)
+        assert not [r for r in caplog.records if r.name == "asyncio"]
+        orphan(train_something)
+    logged = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert len(logged) == 1 and "train_something" in logged[0], logged
+
+
 def test_gs_directory_without_google_cloud_storage_is_refused_at_once(monkeypatch):
     """orbax needs google-cloud-storage to list a gs:// directory's steps, only once there are
     some: without it, a run would train, save, and fail to resume. Refused before anything."""
