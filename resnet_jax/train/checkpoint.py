@@ -333,7 +333,7 @@ def _silence_failed_read_noise() -> None:
     and asyncio's log of the read tasks orphaned by it; every other unraisable error or
     asyncio log record still goes through. Installed once (again if someone replaced the hook
     since)."""
-    logging.getLogger("asyncio").addFilter(_ORPHANED_READS)  # once: a filter is a set member
+    logging.getLogger("asyncio").addFilter(_ORPHANED_READS)  # a no-op when it is there
     previous = sys.unraisablehook
     if getattr(previous, "_resnet_jax_filter", False):
         return
