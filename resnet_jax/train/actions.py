@@ -198,9 +198,10 @@ def _take_pending(s: Session, upto: int) -> dict:
     return {k: v[:cut] for k, v in merged.items()}
 
 
-def log_train(s: Session, steps: list[int], timer: Timer) -> None:
+def log_train(s: Session, steps: list[int], timer: Timer) -> float:
     """The train rows of the log steps `steps` (ascending, all done): means over the steps
-    since the row before; one row per live replica with replicas."""
+    since the row before; one row per live replica with replicas. Returns the seconds per
+    step of the window."""
     t = s.run.config.train
     images_per_sec, sec_per_step = timer.rate(t.batch_size)
     for step in steps:
@@ -220,6 +221,27 @@ def log_train(s: Session, steps: list[int], timer: Timer) -> None:
                               float(np.mean([r["top1_error"] for r in rows])),
                               images_per_sec, (t.num_steps - step) * sec_per_step,
                               replicas=len(rows) if s.n > 1 else 1)
+    return sec_per_step
+
+
+# A stop (SIGTERM, Ctrl-C) waits for the dispatch running and the one queued behind it: with
+# dispatches of at most this, a preemption notice (~30 s) leaves time for the save.
+MAX_DISPATCH_S = 10.0
+
+
+def say_if_dispatch_long(s: Session, steps: int, sec_per_step: float) -> bool:
+    """On a scan (an accelerator: a dispatch of `steps` steps cannot stop midway), says once
+    that a dispatch takes longer than `MAX_DISPATCH_S` and what to set; True if it said so."""
+    seconds = steps * sec_per_step
+    if not seconds > MAX_DISPATCH_S:  # also NaN: nothing measured
+        return False
+    fits = max(1, int(MAX_DISPATCH_S / sec_per_step))
+    s.say(f"a dispatch of {steps} steps takes {seconds:.0f} s here, and a stop (SIGTERM, "
+          f"Ctrl-C) waits for the one running and the one queued behind it (up to "
+          f"{2 * seconds:.0f} s; a preemption notice gives about 30 s): set "
+          f"--config.train.steps_per_dispatch={fits} or less to keep a dispatch under "
+          f"{MAX_DISPATCH_S:.0f} s")
+    return True
 
 
 def _entry(step: int, summary: dict) -> dict:

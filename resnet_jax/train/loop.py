@@ -187,6 +187,9 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
                                 interrupt=stop_now)
     scan = dispatch.loop_kind("auto", run.mesh) == "scan"
     timer, boundary, final, first, saved = Timer(), 0, None, True, step
+    # `actions.say_if_dispatch_long`, once a run; None: the first log window, which holds the
+    # compilation, is not judged
+    said_long = None
     # Device flags: every step so far finite (per replica); read without a sync only when due.
     ok, previous_ok = actions.initial_ok(s, run.mesh), None
     started = time.perf_counter() - s.train_time_s
@@ -230,7 +233,11 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
             if flags:
                 actions.guard(s, flags)
             if logs:
-                actions.log_train(s, logs, timer)
+                sec_per_step = actions.log_train(s, logs, timer)
+                if said_long is None:
+                    said_long = False
+                elif scan and not said_long:
+                    said_long = actions.say_if_dispatch_long(s, chunk.size, sec_per_step)
             evaluated = actions.log_eval(s, state, eval_fn, step) if evaluate else None
             final = evaluated or final
             stop = stop and step < t.num_steps

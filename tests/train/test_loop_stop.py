@@ -151,10 +151,13 @@ def test_sighup_turns_a_closed_terminal_into_dev_null():
             os.close(fd)
 
 
-def test_a_scan_dispatches_nothing_after_the_stop(helpers, tmp_path, monkeypatch):
+def test_a_scan_dispatches_nothing_after_the_stop(helpers, tmp_path, monkeypatch, capsys):
     """On an accelerator a dispatch is one `lax.scan` that cannot stop midway: a request seen
     before a dispatch starts ends the run there (it ran the next dispatch first, and saved 4
-    instead of 2), and the run resumes to the uninterrupted scan run's numbers.
+    instead of 2), and the run resumes to the uninterrupted scan run's numbers. A dispatch
+    longer than `actions.MAX_DISPATCH_S` is said once, with the steps_per_dispatch that fits
+    (the limit set to 0 s for the uninterrupted run, so that its dispatches are "long"; the
+    first log window, which holds the compilation, is not judged).
 
     Slow: the scan is compiled here (the other runs use the CPU python loop), and an
     uninterrupted scan run is the reference."""
@@ -166,8 +169,17 @@ def test_a_scan_dispatches_nothing_after_the_stop(helpers, tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGTERM)
     first = loop.train_and_evaluate(load_config(helpers.SMOKE), workdir, on_step=signal_at)
     assert first == {"preempted": True, "step": 2}
-    full = loop.train_and_evaluate(load_config(helpers.SMOKE), full_dir)
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        patched.setattr(actions, "MAX_DISPATCH_S", 0.0)
+        full = loop.train_and_evaluate(load_config(helpers.SMOKE), full_dir,
+                                       on_step=lambda step: print(f"<step {step} done>"))
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if line.startswith("a dispatch of 2 steps takes")]
+    assert len(said) == 1 and "--config.train.steps_per_dispatch=1 or less" in said[0], said
+    assert out.index("<step 2 done>") < out.index(said[0]) < out.index("<step 4 done>")
     second = loop.train_and_evaluate(load_config(helpers.SMOKE), workdir)
+    assert "a dispatch of" not in capsys.readouterr().out  # tiny steps: under 10 s
     assert second["final"] == full["final"]
     for a, b in zip(helpers.params(full_dir), helpers.params(workdir), strict=True):
         np.testing.assert_array_equal(a, b)
