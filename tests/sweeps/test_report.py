@@ -131,16 +131,30 @@ def test_report_of_a_sweep_not_started_yet(tmp_path):
     assert "No member has started yet." in report.write_report(tmp_path, plots=False).read_text()
 
 
-def test_fig6_and_fig7_legends_never_cover_the_axes(depth_sweep, monkeypatch, tmp_path):
-    """The legend sits outside every panel (it covered the end of the plain panel's curves)."""
+def plot_figures_6_and_7(sweep, monkeypatch, tmp_path, on_save) -> None:
+    """Plots the sweep's Figure 6 and Figure 7, calling `on_save(fig)` as each is saved."""
     import matplotlib.figure
 
     from resnet_jax.sweeps import plots
 
-    saved = []
     real_savefig = matplotlib.figure.Figure.savefig
 
     def savefig(fig, *args, **kwargs):
+        on_save(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    desc, records = collect.read_sweep(sweep)
+    fields = collect.varied_fields(desc, records)
+    assert plots.plot_training_curves(records, fields, tmp_path / "f6.png")
+    assert plots.plot_layer_responses(records, fields, tmp_path / "f7.png")
+
+
+def test_fig6_and_fig7_legends_never_cover_the_axes(depth_sweep, monkeypatch, tmp_path):
+    """The legend sits outside every panel (it covered the end of the plain panel's curves)."""
+    saved = []
+
+    def check(fig):
         fig.canvas.draw()
         for ax in fig.axes:
             box = ax.get_window_extent()
@@ -148,35 +162,16 @@ def test_fig6_and_fig7_legends_never_cover_the_axes(depth_sweep, monkeypatch, tm
                 if legend is not None:
                     assert not legend.get_window_extent().overlaps(box), ax.get_title()
         saved.append(fig)
-        return real_savefig(fig, *args, **kwargs)
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
-    desc, records = collect.read_sweep(depth_sweep)
-    fields = collect.varied_fields(desc, records)
-    assert plots.plot_training_curves(records, fields, tmp_path / "f6.png")
-    assert plots.plot_layer_responses(records, fields, tmp_path / "f7.png")
+    plot_figures_6_and_7(depth_sweep, monkeypatch, tmp_path, check)
     assert len(saved) == 2
 
 
 def test_figures_say_a_curve_is_the_mean_over_seeds(depth_sweep, monkeypatch, tmp_path):
     """Both figures plotted the mean over each net's seeds without saying so."""
-    import matplotlib.figure
-
-    from resnet_jax.sweeps import plots
-
     legends = []
-    real_savefig = matplotlib.figure.Figure.savefig
-
-    def savefig(fig, *args, **kwargs):
-        legends.append([t.get_text() for ax in fig.axes if ax.get_legend()
-                        for t in ax.get_legend().get_texts()])
-        return real_savefig(fig, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
-    desc, records = collect.read_sweep(depth_sweep)
-    fields = collect.varied_fields(desc, records)
-    assert plots.plot_training_curves(records, fields, tmp_path / "f6.png")
-    assert plots.plot_layer_responses(records, fields, tmp_path / "f7.png")
+    plot_figures_6_and_7(depth_sweep, monkeypatch, tmp_path, lambda fig: legends.append(
+        [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]))
     fig6, fig7 = legends
     assert "ResNet-20 (mean of 2 seeds)" in fig6 and "plain-56 (mean of 2 seeds)" in fig6, fig6
     assert fig7 == ["plain-20 (mean of 2 seeds)", "ResNet-20 (mean of 2 seeds)"], fig7
