@@ -18,21 +18,22 @@ PathLike = str | os.PathLike | epath.Path
 GCS_MODULES = ("google.cloud.storage", "gcsfs")
 
 
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (found, without importing it)."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # no parent package; or a module set to None
+        return False
+
+
 def check_remote(path: PathLike, flag: str) -> None:
     """Refuses a gs:// `path` (given as `flag`, e.g. --workdir) when the `gcs` extra is not
     installed: one ValueError line naming it, raised by every process that checks, before
     anything is read or written (else the first client to import it fails with a traceback,
     on process 0 alone while the others wait for it)."""
-    import importlib.util
     if not os.fspath(path).startswith("gs://"):
         return
-
-    def installed(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):  # no parent package; or a module set to None
-            return False
-
     missing = [m for m in GCS_MODULES if not installed(m)]
     if missing:
         raise ValueError(f"{flag} {os.fspath(path)}: gs:// paths need the gcs extra "

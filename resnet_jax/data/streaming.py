@@ -156,10 +156,12 @@ def release_shared_memory() -> None:
         pool.apply(lambda: None)
 
 
-def owned(batch: dict) -> dict:
-    """`batch` with its arrays copied out of the workers' shared memory: a block lives as long
-    as any array on it, and one that a caller still holds when the process ends is never
-    unlinked ("leaked shared_memory objects" at exit)."""
+def owned(batch: dict, workers: int) -> dict:
+    """`batch` with its arrays copied out of the workers' shared memory (with `workers` > 0):
+    a block lives as long as any array on it, and one that a caller still holds when the
+    process ends is never unlinked ("leaked shared_memory objects" at exit)."""
+    if not workers:  # made in this process: nothing shared
+        return batch
     return {key: tuple(map(np.array, value)) if isinstance(value, tuple) else np.array(value)
             for key, value in batch.items()}
 
@@ -267,7 +269,7 @@ class StreamingPipeline:
         batches = self._batches(start_step)
         try:
             for batch in batches:
-                yield owned(batch)
+                yield owned(batch, self.workers)
         finally:
             batches.close()  # its workers now, not when it is collected
 
@@ -297,8 +299,7 @@ class StreamingPipeline:
                 self._close_stream()  # a failed stream is not resumed mid-way
                 raise
             self._next_step = step + k
-        if k == 1:
-            return {key: value[None] for key, value in owned(batches[0]).items()}
+        # a copy (off the workers' shared memory too, as `owned`)
         return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
     def _close_stream(self) -> None:
@@ -355,7 +356,7 @@ class StreamingPipeline:
         whole = False
         try:
             for _ in range(self._eval_batches_per_pass()):
-                yield owned(self._check(next(stream), "evaluation"))
+                yield owned(self._check(next(stream), "evaluation"), self.workers)
             whole = True
         finally:
             with self._eval_lock:

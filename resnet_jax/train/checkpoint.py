@@ -14,7 +14,6 @@ and the run resumes from the one before it and saves that step again.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import sys
@@ -26,6 +25,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from resnet_jax import files
 from resnet_jax.errors import StorageError
 from resnet_jax.train import checkpoint_reads as reads
 from resnet_jax.train.checkpoint_reads import (  # noqa: F401 - the errors a caller catches
@@ -299,13 +299,7 @@ def _check_remote_support(directory: str) -> None:
     of a gs:// directory through it (it asks whether the bucket has a hierarchical namespace),
     but only once the directory holds checkpoints, so a run would train and save and then fail
     to resume after a preemption."""
-    if not directory.startswith("gs://"):
-        return
-    try:
-        found = importlib.util.find_spec("google.cloud.storage") is not None
-    except (ImportError, ValueError):  # no google.cloud package; or a module set to None
-        found = False
-    if not found:
+    if directory.startswith("gs://") and not files.installed("google.cloud.storage"):
         raise ImportError(
             f"checkpoints in {directory} need google-cloud-storage (orbax asks it about the "
             "bucket when it lists the checkpoints): pip install 'resnet-jax[gcs]'")

@@ -12,7 +12,9 @@ the config alone, so a resumed run reproduces the uninterrupted one bitwise. Wit
 
 The host waits on the device only where it must: the NaN guard reads the previous dispatch's
 finite flag (one dispatch late, while the next one runs) and, at a log, eval or save, the
-current one; logs, evaluations and saves fetch what they write.
+current one; logs, evaluations and saves fetch what they write. And in the python loop (CPU)
+of a run that can be stopped, after each step, so that a stop is seen within one step
+(`dispatch.make_train_fn`'s `stop`).
 """
 from __future__ import annotations
 
@@ -187,9 +189,9 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
                                 interrupt=stop_now)
     scan = dispatch.loop_kind("auto", run.mesh) == "scan"
     timer, boundary, final, first, saved = Timer(), 0, None, True, step
-    # `actions.say_if_dispatch_long`, once a run; None: the first log window, which holds the
-    # compilation, is not judged
-    said_long = None
+    # `actions.say_if_dispatch_long`, once a run, from the second log window (the first holds
+    # the compilation)
+    judge_dispatch, said_long = False, False
     # Device flags: every step so far finite (per replica); read without a sync only when due.
     ok, previous_ok = actions.initial_ok(s, run.mesh), None
     started = time.perf_counter() - s.train_time_s
@@ -234,10 +236,9 @@ def _train(s: actions.Session, state, rng, step: int, watcher, on_step) -> dict:
                 actions.guard(s, flags)
             if logs:
                 sec_per_step = actions.log_train(s, logs, timer)
-                if said_long is None:
-                    said_long = False
-                elif scan and not said_long:
+                if scan and judge_dispatch and not said_long:
                     said_long = actions.say_if_dispatch_long(s, chunk.size, sec_per_step)
+                judge_dispatch = True
             evaluated = actions.log_eval(s, state, eval_fn, step) if evaluate else None
             final = evaluated or final
             stop = stop and step < t.num_steps

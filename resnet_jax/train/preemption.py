@@ -96,10 +96,6 @@ class PreemptionWatcher:
         else:
             self._flag.set()
 
-    def request_stop(self) -> None:
-        """What the SIGTERM handler does; tests call it directly."""
-        self._flag.set()
-
     def why(self) -> str:
         """What stopped the run, for its last lines."""
         return WHY[self._signal]
