@@ -142,6 +142,8 @@ def test_a_damaged_complete_jpeg_gives_the_same_pixels_on_every_path(monkeypatch
     big = damaged(helpers, 1000, 1000)
     quarter = jpeg.decode_region(big, (1000, 1000), (0, 0, 1000, 1000), 4)
     assert quarter is not None and quarter[0].shape == (250, 250, 3)
+    if jpeg.region_decoder() is None:  # `views` came from the full decode: nothing to compare
+        pytest.skip("nvimgcodec is not installed (the 1/4 decode above was checked)")
     without_region_decoder(monkeypatch)
     for i, (ours, want) in enumerate(zip(scale_views(bad, draws=8), views, strict=True)):
         np.testing.assert_array_equal(ours, want, f"draw {i}")

@@ -15,13 +15,15 @@ import pytest
 from resnet_jax import cli
 from resnet_jax.config import load_config
 from resnet_jax.train import checkpoint as ckpt_lib
-from resnet_jax.train import loop, preemption
+from resnet_jax.train import loop
 from resnet_jax.train.logging import read_metrics
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("signum, said", [(signal.SIGTERM, "preempted (SIGTERM)"),
+                                           (signal.SIGINT, "interrupted (Ctrl-C)"),
+                                           (signal.SIGHUP, "terminal closed (SIGHUP)")])
 def test_sigterm_or_ctrl_c_then_resume_is_bitwise_identical(helpers, finished, tmp_path, capsys,
-                                                            signum):
+                                                            signum, said):
     """A first Ctrl-C saves and stops as a preemption does (it raised KeyboardInterrupt,
     losing everything since the last periodic checkpoint); so does a closed terminal (SIGHUP
     killed the run, unsaved).
@@ -33,7 +35,6 @@ def test_sigterm_or_ctrl_c_then_resume_is_bitwise_identical(helpers, finished, t
 
     first = helpers.interrupted_run(workdir, signum)
     assert first == {"preempted": True, "step": 5}  # the CPU dispatch 4..6 stops after 4
-    said = preemption.WHY[signum]
     assert f"{said}: saved the checkpoint of step 5" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     assert not os.path.exists(os.path.join(workdir, "results.json"))
