@@ -40,14 +40,15 @@ def rows(workdir, replica=None) -> list[dict]:
             if r.get("replica") == replica]
 
 
-def interrupted_run(workdir, signum=signal.SIGTERM):
-    """The smoke run stopped by a real SIGTERM (or Ctrl-C: SIGINT) sent after step 4: the next
-    CPU dispatch (steps 4, 5) stops after its first step and saves step 5 (4 is a checkpoint
-    step too)."""
+def interrupted_run(workdir, signum=signal.SIGTERM, overrides=()):
+    """The smoke run (with `overrides`, --config.x=y) stopped by a real SIGTERM (or Ctrl-C:
+    SIGINT) sent after step 4: the next CPU dispatch (steps 4, 5) stops after its first step
+    and saves step 5 (4 is a checkpoint step too)."""
     def preempt(step):
         if step == 4:
             os.kill(os.getpid(), signum)
-    return loop.train_and_evaluate(load_config(SMOKE), workdir, on_step=preempt)
+    return loop.train_and_evaluate(load_config(SMOKE, list(overrides)), workdir,
+                                   on_step=preempt)
 
 
 def poison_step(monkeypatch, bad_step, seeds=None):

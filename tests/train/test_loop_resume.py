@@ -55,13 +55,7 @@ def test_a_dropout_shortcut_run_stopped_and_resumed_is_bitwise(helpers, finished
     change = ["--config.model.shortcut_variant=dropout"]
     whole, stopped = str(tmp_path / "whole"), str(tmp_path / "stopped")
     full = loop.train_and_evaluate(load_config(helpers.SMOKE, change), whole)
-
-    def preempt(step):
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-    first = loop.train_and_evaluate(load_config(helpers.SMOKE, change), stopped,
-                                    on_step=preempt)
-    assert first == {"preempted": True, "step": 5}
+    assert helpers.interrupted_run(stopped, overrides=change) == {"preempted": True, "step": 5}
     second = loop.train_and_evaluate(load_config(helpers.SMOKE, change), stopped)
     assert second["final"] == full["final"]
     for a, b in zip(helpers.params(whole), helpers.params(stopped), strict=True):
